@@ -1,0 +1,65 @@
+# pfbd-qemu: top-level entry points.  See README.md.
+#
+#   make deps    install the Debian packages (scripts/install-deps.sh)
+#   make         configure if needed and build build/qemu-system-x86_64
+#   make run     the main job: boot the test guest on a pfbd volume and
+#                compare fio against stock virtio-blk-pci
+#   make check   every test (unit, functional guest tests)
+
+BUILD ?= build
+QB := $(BUILD)/qemu-build
+NINJA ?= ninja
+PYTHON ?= /usr/bin/python3
+PYTEST ?= $(PYTHON) -m pytest
+
+# Files whose change needs ./configure again (new overlay files are
+# picked up by it too).
+OVERLAY := $(shell find hw include block tests/unit tests/qtest -type f \
+		\( -name '*.c' -o -name '*.h' -o -name meson.build \) 2>/dev/null)
+CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
+
+NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd
+
+.PHONY: all build deps configure run check check-unit check-functional \
+	guest clean distclean
+
+all: build
+
+$(BUILD)/.deps-done: scripts/install-deps.sh
+	@mkdir -p $(BUILD)
+	bash scripts/install-deps.sh
+	@touch $@
+
+deps:
+	bash scripts/install-deps.sh
+	@mkdir -p $(BUILD) && touch $(BUILD)/.deps-done
+
+$(BUILD)/.configured: $(CONFIG_INPUTS) $(OVERLAY) | $(BUILD)/.deps-done
+	./configure --build-dir=$(BUILD) $(CONFIGURE_FLAGS)
+	@touch $@
+
+configure: $(BUILD)/.configured
+
+build: $(BUILD)/.configured
+	$(NINJA) -C $(QB) $(NINJA_TARGETS)
+
+guest: | $(BUILD)/.deps-done
+	bash tests/guest/build-guest.sh $(BUILD)/guest
+
+run: build guest
+	$(PYTHON) tests/bench/guest-fio.py
+
+check-unit: build
+	$(QB)/tests/unit/test-pfbd --tap -k
+
+check-functional: build guest
+	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
+		$(PYTEST) -v -rs tests/functional
+
+check: check-unit check-functional
+
+clean:
+	if [ -d $(QB) ]; then $(NINJA) -C $(QB) clean; fi
+
+distclean:
+	rm -rf $(BUILD)

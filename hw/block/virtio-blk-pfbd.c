@@ -1,0 +1,1017 @@
+/*
+ * virtio-blk-pfbd: virtio-blk with a per-virtqueue native data plane
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The guest sees an ordinary virtio-blk disk.  Each virtqueue is served in
+ * its own AioContext (an IOThread, or the main loop): the ioeventfd handler
+ * pops a batch of requests, submits them to the virtqueue's libpfbd queue
+ * with one engine submit, and the engine's completion eventfd, registered in
+ * the same AioContext, completes them to the guest with one notification
+ * per batch.  There is no BlockBackend, no coroutine and no bottom half on
+ * the data path, and per-queue state is touched by one thread only.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/iov.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/module.h"
+#include "block/aio-wait.h"
+#include "hw/qdev-properties.h"
+#include "hw/qdev-properties-system.h"
+#include "hw/virtio/virtio-blk-pfbd.h"
+#include "hw/virtio/virtio-blk-common.h"
+#include "hw/virtio/virtio-bus.h"
+#include "hw/virtio/virtio-access.h"
+#include "hw/virtio/iothread-vq-mapping.h"
+#include "exec/memory.h"
+#include "system/system.h"
+#include "trace.h"
+
+#define SECTOR_BITS 9
+#define SECTOR_SIZE (1 << SECTOR_BITS)
+
+/* Largest request, in sectors, whose byte count fits an int */
+#define VIRTIO_BLK_PFBD_MAX_SECTORS (INT32_MAX >> SECTOR_BITS)
+
+struct virtio_blk_pfbd_outhdr {
+    uint32_t type;
+    uint32_t ioprio;
+    uint64_t sector;
+};
+
+/* Push @req to the used ring; the guest is notified at the end of the batch */
+static void virtio_blk_pfbd_req_complete(VirtIOBlockPfbdReq *req,
+                                         uint8_t status)
+{
+    VirtIOBlockPfbdQueue *q = req->q;
+
+    trace_virtio_blk_pfbd_req_complete(q->s, q->index, req, status);
+
+    stb_p(req->status, status);
+    virtqueue_push(q->vq, &req->elem, req->in_len);
+    q->notify_pending = true;
+    g_free(req->iov_copy);
+    g_free(req);
+}
+
+static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(q->s);
+
+    if (!q->notify_pending) {
+        return;
+    }
+    q->notify_pending = false;
+    trace_virtio_blk_pfbd_notify(q->s, q->index);
+    if (qemu_in_iothread()) {
+        virtio_notify_irqfd(vdev, q->vq);
+    } else {
+        virtio_notify(vdev, q->vq);
+    }
+}
+
+static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
+{
+    VirtIOBlockPfbdReq *req = opaque;
+    uint8_t status = VIRTIO_BLK_S_OK;
+
+    if (ret < 0) {
+        trace_virtio_blk_pfbd_io_error(req->q->s, req->q->index, req,
+                                       req->type, req->sector, ret);
+        status = ret == -ENOTSUP ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR;
+    }
+    virtio_blk_pfbd_req_complete(req, status);
+}
+
+/*
+ * Hand @req to the engine.  Errors the engine reports at once complete the
+ * request here.
+ */
+static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
+                                   const struct iovec *iov, int iovcnt,
+                                   uint64_t bytes, unsigned flags)
+{
+    VirtIOBlockPfbdQueue *q = req->q;
+    int ret;
+
+    trace_virtio_blk_pfbd_req(q->s, q->index, req, req->type, req->sector,
+                              bytes);
+    ret = pfbd_submit(q->pq, op, req->sector << SECTOR_BITS, iov, iovcnt,
+                      bytes, flags, virtio_blk_pfbd_engine_cb, req);
+    if (ret < 0) {
+        virtio_blk_pfbd_engine_cb(req, ret);
+    }
+}
+
+static bool virtio_blk_pfbd_sect_range_ok(VirtIOBlockPfbd *s,
+                                          uint64_t sector, uint64_t bytes)
+{
+    uint64_t nb_sectors = bytes >> SECTOR_BITS;
+
+    if (sector & s->sector_mask) {
+        return false;
+    }
+    if (bytes % s->conf.logical_block_size) {
+        return false;
+    }
+    return sector <= s->capacity && nb_sectors <= s->capacity - sector;
+}
+
+/*
+ * The data buffers of a request are @iov minus @front bytes at the start
+ * and @back bytes at the end.  When the cuts fall on element boundaries, as
+ * they do for every driver that puts the header and the status byte in
+ * descriptors of their own, the guest's iovec is used as it is; otherwise a
+ * trimmed copy is made.
+ */
+static void virtio_blk_pfbd_data_iov(VirtIOBlockPfbdReq *req,
+                                     struct iovec *iov, unsigned int num,
+                                     size_t front, size_t back,
+                                     struct iovec **data, unsigned int *cnt)
+{
+    if (front && num && iov[0].iov_len == front) {
+        iov++;
+        num--;
+        front = 0;
+    }
+    if (back && num && iov[num - 1].iov_len == back) {
+        num--;
+        back = 0;
+    }
+    if (front || back) {
+        struct iovec *copy = g_memdup2(iov, num * sizeof(*iov));
+
+        req->iov_copy = copy;
+        iov_discard_front(&copy, &num, front);
+        iov_discard_back(copy, &num, back);
+        iov = copy;
+    }
+    *data = iov;
+    *cnt = num;
+}
+
+static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
+{
+    VirtIOBlockPfbd *s = req->q->s;
+    struct iovec *iov;
+    unsigned int cnt;
+    uint64_t bytes;
+
+    if (is_write) {
+        virtio_blk_pfbd_data_iov(req, req->elem.out_sg, req->elem.out_num,
+                                 sizeof(struct virtio_blk_pfbd_outhdr), 0,
+                                 &iov, &cnt);
+    } else {
+        virtio_blk_pfbd_data_iov(req, req->elem.in_sg, req->elem.in_num,
+                                 0, 1, &iov, &cnt);
+        req->in_len = iov_size(req->elem.in_sg, req->elem.in_num);
+    }
+    bytes = iov_size(iov, cnt);
+
+    if (!virtio_blk_pfbd_sect_range_ok(s, req->sector, bytes) ||
+        (is_write && s->info.read_only)) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+    if (bytes == 0) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
+        return;
+    }
+
+    virtio_blk_pfbd_submit(req, is_write ? PFBD_OP_WRITE : PFBD_OP_READ,
+                           iov, cnt, bytes,
+                           is_write && !qatomic_read(&s->writeback) ?
+                           PFBD_REQ_FUA : 0);
+}
+
+static void virtio_blk_pfbd_handle_get_id(VirtIOBlockPfbdReq *req)
+{
+    VirtIOBlockPfbd *s = req->q->s;
+    const char *serial = s->conf.serial ? s->conf.serial : "";
+    size_t avail = iov_size(req->elem.in_sg, req->elem.in_num) - 1;
+    size_t size;
+
+    /* NUL-terminated only when shorter than the 20-byte field */
+    size = MIN(strlen(serial) + 1, MIN(avail, VIRTIO_BLK_ID_BYTES));
+    iov_from_buf(req->elem.in_sg, req->elem.in_num, 0, serial, size);
+    req->in_len = size + 1;
+    virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
+}
+
+/* Returns false on a malformed request (virtio_error() was called) */
+static bool virtio_blk_pfbd_handle_discard_write_zeroes(
+    VirtIOBlockPfbdReq *req, bool is_write_zeroes)
+{
+    VirtIOBlockPfbd *s = req->q->s;
+    VirtIODevice *vdev = VIRTIO_DEVICE(s);
+    struct virtio_blk_discard_write_zeroes dwz;
+    size_t out_len = iov_size(req->elem.out_sg, req->elem.out_num) -
+                     sizeof(struct virtio_blk_pfbd_outhdr);
+    uint32_t num_sectors, flags, max_sectors;
+    uint64_t feature = is_write_zeroes ? VIRTIO_BLK_F_WRITE_ZEROES :
+                                         VIRTIO_BLK_F_DISCARD;
+
+    /* One segment only (max_discard_seg = max_write_zeroes_seg = 1) */
+    if (!virtio_has_feature(s->host_features, feature) ||
+        !(req->type & VIRTIO_BLK_T_OUT) || out_len > sizeof(dwz)) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
+        return true;
+    }
+    if (iov_to_buf(req->elem.out_sg, req->elem.out_num,
+                   sizeof(struct virtio_blk_pfbd_outhdr),
+                   &dwz, sizeof(dwz)) != sizeof(dwz)) {
+        virtio_error(vdev, "virtio-blk-pfbd discard/write_zeroes header"
+                     " too short");
+        return false;
+    }
+
+    req->sector = virtio_ldq_p(vdev, &dwz.sector);
+    num_sectors = virtio_ldl_p(vdev, &dwz.num_sectors);
+    flags = virtio_ldl_p(vdev, &dwz.flags);
+    max_sectors = is_write_zeroes ? s->conf.max_write_zeroes_sectors :
+                                    s->conf.max_discard_sectors;
+
+    /* Unknown flags, and UNMAP on a discard, are unsupported */
+    if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) ||
+        (!is_write_zeroes && (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
+        return true;
+    }
+    if (num_sectors > max_sectors || s->info.read_only ||
+        !virtio_blk_pfbd_sect_range_ok(s, req->sector,
+                                       (uint64_t)num_sectors << SECTOR_BITS)) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
+        return true;
+    }
+    if (num_sectors == 0) {
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
+        return true;
+    }
+
+    virtio_blk_pfbd_submit(req, is_write_zeroes ? PFBD_OP_WRITE_ZEROES :
+                                                  PFBD_OP_DISCARD,
+                           NULL, 0, (uint64_t)num_sectors << SECTOR_BITS,
+                           flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP ?
+                           PFBD_REQ_UNMAP : 0);
+    return true;
+}
+
+/*
+ * Parse and start one request.  Returns false when the request is
+ * malformed; virtio_error() has then been called and @req still belongs to
+ * the caller.
+ */
+static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
+{
+    VirtIOBlockPfbd *s = req->q->s;
+    VirtIODevice *vdev = VIRTIO_DEVICE(s);
+    VirtQueueElement *elem = &req->elem;
+    struct virtio_blk_pfbd_outhdr hdr;
+
+    if (elem->out_num < 1 || elem->in_num < 1) {
+        virtio_error(vdev, "virtio-blk-pfbd missing headers");
+        return false;
+    }
+    if (iov_to_buf(elem->out_sg, elem->out_num, 0, &hdr, sizeof(hdr)) !=
+        sizeof(hdr)) {
+        virtio_error(vdev, "virtio-blk-pfbd request outhdr too short");
+        return false;
+    }
+    if (elem->in_sg[elem->in_num - 1].iov_len < 1) {
+        virtio_error(vdev, "virtio-blk-pfbd request inhdr too short");
+        return false;
+    }
+
+    /* The status byte is the last byte the driver gave us */
+    req->status = (uint8_t *)elem->in_sg[elem->in_num - 1].iov_base +
+                  elem->in_sg[elem->in_num - 1].iov_len - 1;
+    req->in_len = 1;
+    req->type = virtio_ldl_p(vdev, &hdr.type);
+    req->sector = virtio_ldq_p(vdev, &hdr.sector);
+
+    /*
+     * VIRTIO_BLK_T_OUT gives the direction; VIRTIO_BLK_T_BARRIER has never
+     * been offered, but like stock virtio-blk we ignore it.
+     */
+    switch (req->type & ~(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_BARRIER)) {
+    case VIRTIO_BLK_T_IN:
+        virtio_blk_pfbd_handle_rw(req, req->type & VIRTIO_BLK_T_OUT);
+        break;
+    case VIRTIO_BLK_T_FLUSH:
+        virtio_blk_pfbd_submit(req, PFBD_OP_FLUSH, NULL, 0, 0, 0);
+        break;
+    case VIRTIO_BLK_T_GET_ID:
+        virtio_blk_pfbd_handle_get_id(req);
+        break;
+    case VIRTIO_BLK_T_DISCARD & ~VIRTIO_BLK_T_OUT:
+        return virtio_blk_pfbd_handle_discard_write_zeroes(req, false);
+    case VIRTIO_BLK_T_WRITE_ZEROES & ~VIRTIO_BLK_T_OUT:
+        return virtio_blk_pfbd_handle_discard_write_zeroes(req, true);
+    default:
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
+        break;
+    }
+    return true;
+}
+
+/* Context: the virtqueue's AioContext */
+static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
+{
+    VirtIOBlockPfbdReq *req;
+    unsigned int n = 0;
+    int ret;
+
+    do {
+        virtio_queue_set_notification(q->vq, 0);
+        while ((req = virtqueue_pop(q->vq, sizeof(VirtIOBlockPfbdReq)))) {
+            req->q = q;
+            req->iov_copy = NULL;
+            n++;
+            if (!virtio_blk_pfbd_handle_request(req)) {
+                virtqueue_detach_element(q->vq, &req->elem, 0);
+                g_free(req->iov_copy);
+                g_free(req);
+                break;
+            }
+        }
+        virtio_queue_set_notification(q->vq, 1);
+    } while (!virtio_queue_empty(q->vq) && !VIRTIO_DEVICE(q->s)->broken);
+
+    trace_virtio_blk_pfbd_handle_vq(q->s, q->index, n);
+
+    /* One engine submit for the whole batch */
+    ret = pfbd_queue_flush(q->pq);
+    trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
+
+    virtio_blk_pfbd_notify(q);
+}
+
+static void virtio_blk_pfbd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+
+    if (!s->ioeventfd_started) {
+        /*
+         * Some guests kick before setting DRIVER_OK: start ioeventfd now;
+         * attaching the host notifiers processes what is already queued.
+         */
+        if (!s->ioeventfd_disabled) {
+            virtio_device_start_ioeventfd(vdev);
+        }
+        if (!s->ioeventfd_started) {
+            virtio_error(vdev, "virtio-blk-pfbd cannot serve requests "
+                         "without ioeventfd");
+        }
+        return;
+    }
+
+    virtio_blk_pfbd_handle_vq(&s->queues[virtio_get_queue_index(vq)]);
+}
+
+/* Context: the virtqueue's AioContext */
+static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
+{
+    int n = pfbd_queue_reap(q->pq, 0);
+
+    if (n > 0) {
+        trace_virtio_blk_pfbd_reap(q->s, q->index, n);
+        virtio_blk_pfbd_notify(q);
+    }
+}
+
+static void virtio_blk_pfbd_completion_read(EventNotifier *e)
+{
+    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
+                                           completion);
+
+    event_notifier_test_and_clear(e);
+    virtio_blk_pfbd_reap(q);
+}
+
+static bool virtio_blk_pfbd_completion_poll(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = container_of(opaque, VirtIOBlockPfbdQueue,
+                                           completion);
+
+    return pfbd_queue_completions_ready(q->pq);
+}
+
+static void virtio_blk_pfbd_completion_poll_ready(EventNotifier *e)
+{
+    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
+                                           completion);
+
+    virtio_blk_pfbd_reap(q);
+}
+
+static void virtio_blk_pfbd_reset(VirtIODevice *vdev)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+
+    /* ->stop_ioeventfd() has drained every queue */
+    assert(!s->ioeventfd_started);
+    s->writeback = true;
+}
+
+static void virtio_blk_pfbd_update_config(VirtIODevice *vdev, uint8_t *config)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+    VirtIOBlockPfbdConf *conf = &s->conf;
+    struct virtio_blk_config blkcfg;
+    uint32_t blk_size = conf->logical_block_size;
+
+    memset(&blkcfg, 0, sizeof(blkcfg));
+    virtio_stq_p(vdev, &blkcfg.capacity, s->capacity);
+    virtio_stl_p(vdev, &blkcfg.seg_max,
+                 conf->seg_max_adjust ? conf->queue_size - 2 : 128 - 2);
+    virtio_stl_p(vdev, &blkcfg.blk_size, blk_size);
+    blkcfg.physical_block_exp = ctz32(conf->physical_block_size / blk_size);
+    blkcfg.wce = s->writeback;
+    virtio_stw_p(vdev, &blkcfg.num_queues, conf->num_queues);
+    if (virtio_has_feature(s->host_features, VIRTIO_BLK_F_DISCARD)) {
+        virtio_stl_p(vdev, &blkcfg.max_discard_sectors,
+                     conf->max_discard_sectors);
+        virtio_stl_p(vdev, &blkcfg.discard_sector_alignment,
+                     blk_size >> SECTOR_BITS);
+        virtio_stl_p(vdev, &blkcfg.max_discard_seg, 1);
+    }
+    if (virtio_has_feature(s->host_features, VIRTIO_BLK_F_WRITE_ZEROES)) {
+        virtio_stl_p(vdev, &blkcfg.max_write_zeroes_sectors,
+                     conf->max_write_zeroes_sectors);
+        blkcfg.write_zeroes_may_unmap = 1;
+        virtio_stl_p(vdev, &blkcfg.max_write_zeroes_seg, 1);
+    }
+    memcpy(config, &blkcfg, s->config_size);
+}
+
+static void virtio_blk_pfbd_set_config(VirtIODevice *vdev,
+                                       const uint8_t *config)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+    struct virtio_blk_config blkcfg;
+
+    memcpy(&blkcfg, config, s->config_size);
+    qatomic_set(&s->writeback, blkcfg.wce != 0);
+}
+
+static uint64_t virtio_blk_pfbd_get_features(VirtIODevice *vdev,
+                                             uint64_t features, Error **errp)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+
+    features |= s->host_features;
+    virtio_add_feature(&features, VIRTIO_BLK_F_SEG_MAX);
+    virtio_add_feature(&features, VIRTIO_BLK_F_TOPOLOGY);
+    virtio_add_feature(&features, VIRTIO_BLK_F_BLK_SIZE);
+    virtio_add_feature(&features, VIRTIO_BLK_F_FLUSH);
+    if (s->info.read_only) {
+        virtio_add_feature(&features, VIRTIO_BLK_F_RO);
+    }
+    if (s->conf.num_queues > 1) {
+        virtio_add_feature(&features, VIRTIO_BLK_F_MQ);
+    }
+    return features;
+}
+
+static void virtio_blk_pfbd_set_status(VirtIODevice *vdev, uint8_t status)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+
+    if (!(status & VIRTIO_CONFIG_S_DRIVER_OK)) {
+        return;
+    }
+    /*
+     * A driver without CONFIG_WCE gets a write cache only if it can flush
+     * it; one with CONFIG_WCE chooses through the config space.
+     */
+    if (!virtio_vdev_has_feature(vdev, VIRTIO_BLK_F_CONFIG_WCE)) {
+        qatomic_set(&s->writeback,
+                    virtio_vdev_has_feature(vdev, VIRTIO_BLK_F_FLUSH));
+    }
+}
+
+static void virtio_blk_pfbd_attach_queue(VirtIOBlockPfbdQueue *q)
+{
+    aio_set_event_notifier(q->ctx, &q->completion,
+                           virtio_blk_pfbd_completion_read,
+                           virtio_blk_pfbd_completion_poll,
+                           virtio_blk_pfbd_completion_poll_ready);
+    /* This also kicks the virtqueue, processing what it already holds */
+    virtio_queue_aio_attach_host_notifier(q->vq, q->ctx);
+}
+
+/* Context: BQL held */
+static int virtio_blk_pfbd_start_ioeventfd(VirtIODevice *vdev)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+    BusState *qbus = BUS(qdev_get_parent_bus(DEVICE(s)));
+    VirtioBusClass *k = VIRTIO_BUS_GET_CLASS(qbus);
+    unsigned int nvqs = s->conf.num_queues;
+    unsigned int i;
+    int r;
+
+    if (s->ioeventfd_started || s->ioeventfd_starting) {
+        return 0;
+    }
+    s->ioeventfd_starting = true;
+
+    r = k->set_guest_notifiers(qbus->parent, nvqs, true);
+    if (r != 0) {
+        error_report("virtio-blk-pfbd: failed to set guest notifiers: %s",
+                     strerror(-r));
+        goto fail_guest_notifiers;
+    }
+
+    /* One transaction: address_space_update_ioeventfds() is quadratic */
+    memory_region_transaction_begin();
+    for (i = 0; i < nvqs; i++) {
+        r = virtio_bus_set_host_notifier(VIRTIO_BUS(qbus), i, true);
+        if (r != 0) {
+            unsigned int j = i;
+
+            error_report("virtio-blk-pfbd: failed to set host notifier: %s",
+                         strerror(-r));
+            while (i--) {
+                virtio_bus_set_host_notifier(VIRTIO_BUS(qbus), i, false);
+            }
+            memory_region_transaction_commit();
+            while (j--) {
+                virtio_bus_cleanup_host_notifier(VIRTIO_BUS(qbus), j);
+            }
+            goto fail_host_notifiers;
+        }
+    }
+    memory_region_transaction_commit();
+
+    trace_virtio_blk_pfbd_start(s, nvqs);
+
+    /* Visible to the IOThreads before their handlers run */
+    s->ioeventfd_starting = false;
+    s->ioeventfd_started = true;
+    smp_wmb();
+
+    for (i = 0; i < nvqs; i++) {
+        virtio_blk_pfbd_attach_queue(&s->queues[i]);
+    }
+    return 0;
+
+fail_host_notifiers:
+    k->set_guest_notifiers(qbus->parent, nvqs, false);
+fail_guest_notifiers:
+    s->ioeventfd_disabled = true;
+    s->ioeventfd_starting = false;
+    return -ENOSYS;
+}
+
+/*
+ * Stop taking requests from the guest and wait for those in flight.
+ *
+ * Context: BH in the virtqueue's AioContext
+ */
+static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+    EventNotifier *host_notifier = virtio_queue_get_host_notifier(q->vq);
+
+    virtio_queue_aio_detach_host_notifier(q->vq, q->ctx);
+
+    /* Serve a kick that arrived before the detach */
+    virtio_queue_host_notifier_read(host_notifier);
+
+    trace_virtio_blk_pfbd_drain(q->s, q->index, pfbd_queue_inflight(q->pq));
+    pfbd_queue_drain(q->pq);
+    virtio_blk_pfbd_notify(q);
+
+    aio_set_event_notifier(q->ctx, &q->completion, NULL, NULL, NULL);
+    event_notifier_test_and_clear(&q->completion);
+}
+
+/* Context: BQL held */
+static void virtio_blk_pfbd_stop_ioeventfd(VirtIODevice *vdev)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+    BusState *qbus = qdev_get_parent_bus(DEVICE(s));
+    VirtioBusClass *k = VIRTIO_BUS_GET_CLASS(qbus);
+    unsigned int nvqs = s->conf.num_queues;
+    unsigned int i;
+
+    if (!s->ioeventfd_started || s->ioeventfd_stopping) {
+        return;
+    }
+    s->ioeventfd_stopping = true;
+
+    trace_virtio_blk_pfbd_stop(s);
+    for (i = 0; i < nvqs; i++) {
+        aio_wait_bh_oneshot(s->queues[i].ctx, virtio_blk_pfbd_stop_vq_bh,
+                            &s->queues[i]);
+    }
+
+    memory_region_transaction_begin();
+    for (i = 0; i < nvqs; i++) {
+        virtio_bus_set_host_notifier(VIRTIO_BUS(qbus), i, false);
+    }
+    memory_region_transaction_commit();
+    for (i = 0; i < nvqs; i++) {
+        virtio_bus_cleanup_host_notifier(VIRTIO_BUS(qbus), i);
+    }
+
+    s->ioeventfd_started = false;
+
+    k->set_guest_notifiers(qbus->parent, nvqs, false);
+    s->ioeventfd_stopping = false;
+}
+
+/* Context: BQL held */
+static bool virtio_blk_pfbd_vq_aio_context_init(VirtIOBlockPfbd *s,
+                                                Error **errp)
+{
+    VirtIOBlockPfbdConf *conf = &s->conf;
+    AioContext *ctx;
+    unsigned int i;
+
+    if (conf->iothread && conf->iothread_vq_mapping_list) {
+        error_setg(errp, "iothread and iothread-vq-mapping properties cannot "
+                   "be set at the same time");
+        return false;
+    }
+
+    s->vq_aio_context = g_new(AioContext *, conf->num_queues);
+    if (conf->iothread_vq_mapping_list) {
+        if (!iothread_vq_mapping_apply(conf->iothread_vq_mapping_list,
+                                       s->vq_aio_context, conf->num_queues,
+                                       errp)) {
+            g_free(s->vq_aio_context);
+            s->vq_aio_context = NULL;
+            return false;
+        }
+        return true;
+    }
+
+    if (conf->iothread) {
+        ctx = iothread_get_aio_context(conf->iothread);
+        /* Released in virtio_blk_pfbd_vq_aio_context_cleanup() */
+        object_ref(OBJECT(conf->iothread));
+    } else {
+        ctx = qemu_get_aio_context();
+    }
+    for (i = 0; i < conf->num_queues; i++) {
+        s->vq_aio_context[i] = ctx;
+    }
+    return true;
+}
+
+/* Context: BQL held */
+static void virtio_blk_pfbd_vq_aio_context_cleanup(VirtIOBlockPfbd *s)
+{
+    if (!s->vq_aio_context) {
+        return;
+    }
+    if (s->conf.iothread_vq_mapping_list) {
+        iothread_vq_mapping_cleanup(s->conf.iothread_vq_mapping_list);
+    }
+    if (s->conf.iothread) {
+        object_unref(OBJECT(s->conf.iothread));
+    }
+    g_free(s->vq_aio_context);
+    s->vq_aio_context = NULL;
+}
+
+static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
+{
+    VirtIOBlockPfbdConf *conf = &s->conf;
+
+    if (!conf->volume || !conf->volume[0]) {
+        error_setg(errp, "property 'volume' is required "
+                   "(e.g. volume=file:/path/to/image or volume=null:1G)");
+        return false;
+    }
+    if (conf->num_queues == VIRTIO_BLK_PFBD_AUTO_NUM_QUEUES) {
+        conf->num_queues = 1;
+    }
+    if (conf->num_queues == 0) {
+        error_setg(errp, "num-queues property must be larger than 0");
+        return false;
+    }
+    if (conf->num_queues > VIRTIO_QUEUE_MAX) {
+        error_setg(errp, "num-queues property (%" PRIu16 ") must be at most "
+                   "%d", conf->num_queues, VIRTIO_QUEUE_MAX);
+        return false;
+    }
+    if (conf->queue_size <= 2) {
+        error_setg(errp, "invalid queue-size property (%" PRIu16 "), "
+                   "must be > 2", conf->queue_size);
+        return false;
+    }
+    if (!is_power_of_2(conf->queue_size) ||
+        conf->queue_size > VIRTQUEUE_MAX_SIZE) {
+        error_setg(errp, "invalid queue-size property (%" PRIu16 "), "
+                   "must be a power of 2 (max %d)",
+                   conf->queue_size, VIRTQUEUE_MAX_SIZE);
+        return false;
+    }
+    if (virtio_has_feature(s->host_features, VIRTIO_BLK_F_DISCARD) &&
+        (!conf->max_discard_sectors ||
+         conf->max_discard_sectors > VIRTIO_BLK_PFBD_MAX_SECTORS)) {
+        error_setg(errp, "invalid max-discard-sectors property (%" PRIu32
+                   "), must be between 1 and %d",
+                   conf->max_discard_sectors, VIRTIO_BLK_PFBD_MAX_SECTORS);
+        return false;
+    }
+    if (virtio_has_feature(s->host_features, VIRTIO_BLK_F_WRITE_ZEROES) &&
+        (!conf->max_write_zeroes_sectors ||
+         conf->max_write_zeroes_sectors > VIRTIO_BLK_PFBD_MAX_SECTORS)) {
+        error_setg(errp, "invalid max-write-zeroes-sectors property (%" PRIu32
+                   "), must be between 1 and %d",
+                   conf->max_write_zeroes_sectors,
+                   VIRTIO_BLK_PFBD_MAX_SECTORS);
+        return false;
+    }
+    return true;
+}
+
+/* Open the volume and derive the geometry the guest sees */
+static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
+{
+    VirtIOBlockPfbdConf *conf = &s->conf;
+    PfbdOpenOptions opts = { .read_only = conf->read_only };
+    char *msg = NULL;
+    int ret;
+
+    ret = pfbd_volume_open(conf->volume, &opts, &s->volume, &msg);
+    if (ret < 0) {
+        if (msg) {
+            /* libpfbd's message names the volume and the culprit */
+            error_setg(errp, "%s", msg);
+        } else {
+            error_setg_errno(errp, -ret, "cannot open volume '%s'",
+                             conf->volume);
+        }
+        free(msg);
+        return false;
+    }
+    pfbd_volume_get_info(s->volume, &s->info);
+
+    if (!conf->logical_block_size) {
+        conf->logical_block_size = MAX(SECTOR_SIZE, s->info.block_size);
+    }
+    if (!conf->physical_block_size) {
+        conf->physical_block_size = conf->logical_block_size;
+    }
+    if (conf->logical_block_size < s->info.block_size) {
+        error_setg(errp, "logical_block_size %" PRIu32 " is smaller than "
+                   "the block size %" PRIu32 " of volume '%s'",
+                   conf->logical_block_size, s->info.block_size,
+                   conf->volume);
+        return false;
+    }
+    if (conf->logical_block_size > conf->physical_block_size) {
+        error_setg(errp, "logical_block_size > physical_block_size "
+                   "not supported");
+        return false;
+    }
+    s->sector_mask = (conf->logical_block_size >> SECTOR_BITS) - 1;
+    s->capacity = QEMU_ALIGN_DOWN(s->info.size, conf->logical_block_size) >>
+                  SECTOR_BITS;
+    if (s->capacity == 0) {
+        error_setg(errp, "volume '%s' is smaller than one block (%" PRIu32
+                   " bytes)", conf->volume, conf->logical_block_size);
+        return false;
+    }
+
+    if (!(s->info.caps & PFBD_CAP_DISCARD)) {
+        virtio_clear_feature(&s->host_features, VIRTIO_BLK_F_DISCARD);
+    }
+    if (!(s->info.caps & PFBD_CAP_WRITE_ZEROES)) {
+        virtio_clear_feature(&s->host_features, VIRTIO_BLK_F_WRITE_ZEROES);
+    }
+    return true;
+}
+
+static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(s);
+    unsigned int i;
+    int ret;
+
+    s->queues = g_new0(VirtIOBlockPfbdQueue, s->conf.num_queues);
+    for (i = 0; i < s->conf.num_queues; i++) {
+        VirtIOBlockPfbdQueue *q = &s->queues[i];
+
+        q->s = s;
+        q->index = i;
+        q->vq = virtio_get_queue(vdev, i);
+        q->ctx = s->vq_aio_context[i];
+        ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot create engine queue %u "
+                             "of volume '%s'", i, s->conf.volume);
+            return false;
+        }
+        event_notifier_init_fd(&q->completion, pfbd_queue_get_fd(q->pq));
+    }
+    return true;
+}
+
+static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
+{
+    unsigned int i;
+
+    if (!s->queues) {
+        return;
+    }
+    for (i = 0; i < s->conf.num_queues; i++) {
+        pfbd_queue_free(s->queues[i].pq);
+    }
+    g_free(s->queues);
+    s->queues = NULL;
+}
+
+static void virtio_blk_pfbd_device_unrealize(DeviceState *dev);
+
+static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(dev);
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(dev);
+    BusState *qbus = BUS(qdev_get_parent_bus(dev));
+    VirtioBusClass *k = VIRTIO_BUS_GET_CLASS(qbus);
+    unsigned int i;
+
+    if (!virtio_blk_pfbd_check_conf(s, errp) ||
+        !virtio_blk_pfbd_open_volume(s, errp)) {
+        goto fail_volume;
+    }
+
+    s->writeback = true;
+    s->config_size = virtio_get_config_size(&virtio_blk_cfg_size_params,
+                                            s->host_features);
+    virtio_init(vdev, VIRTIO_ID_BLOCK, s->config_size);
+    for (i = 0; i < s->conf.num_queues; i++) {
+        virtio_add_queue(vdev, s->conf.queue_size,
+                         virtio_blk_pfbd_handle_output);
+    }
+
+    /* The data path runs from ioeventfd handlers only */
+    if (!k->set_guest_notifiers || !k->ioeventfd_assign ||
+        !virtio_device_ioeventfd_enabled(vdev)) {
+        error_setg(errp, "virtio-blk-pfbd needs ioeventfd "
+                   "(do not set ioeventfd=off)");
+        goto fail;
+    }
+    if (!virtio_blk_pfbd_vq_aio_context_init(s, errp) ||
+        !virtio_blk_pfbd_queues_init(s, errp)) {
+        goto fail;
+    }
+    return;
+
+fail:
+    virtio_blk_pfbd_device_unrealize(dev);
+    return;
+fail_volume:
+    pfbd_volume_close(s->volume);
+    s->volume = NULL;
+}
+
+static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(dev);
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(dev);
+    unsigned int i;
+
+    assert(!s->ioeventfd_started);
+    virtio_blk_pfbd_queues_cleanup(s);
+    virtio_blk_pfbd_vq_aio_context_cleanup(s);
+    for (i = 0; i < s->conf.num_queues; i++) {
+        virtio_del_queue(vdev, i);
+    }
+    virtio_cleanup(vdev);
+    pfbd_volume_close(s->volume);
+    s->volume = NULL;
+}
+
+static void virtio_blk_pfbd_instance_init(Object *obj)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
+
+    device_add_bootindex_property(obj, &s->bootindex, "bootindex",
+                                  "/disk@0,0", DEVICE(obj));
+}
+
+static const VMStateDescription vmstate_virtio_blk_pfbd = {
+    .name = "virtio-blk-pfbd",
+    .minimum_version_id = 1,
+    .version_id = 1,
+    .fields = (const VMStateField[]) {
+        VMSTATE_VIRTIO_DEVICE,
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static const Property virtio_blk_pfbd_properties[] = {
+    DEFINE_PROP_STRING("volume", VirtIOBlockPfbd, conf.volume),
+    DEFINE_PROP_STRING("serial", VirtIOBlockPfbd, conf.serial),
+    DEFINE_PROP_UINT16("num-queues", VirtIOBlockPfbd, conf.num_queues,
+                       VIRTIO_BLK_PFBD_AUTO_NUM_QUEUES),
+    DEFINE_PROP_UINT16("queue-size", VirtIOBlockPfbd, conf.queue_size, 256),
+    DEFINE_PROP_BOOL("seg-max-adjust", VirtIOBlockPfbd, conf.seg_max_adjust,
+                     true),
+    DEFINE_PROP_LINK("iothread", VirtIOBlockPfbd, conf.iothread,
+                     TYPE_IOTHREAD, IOThread *),
+    DEFINE_PROP_IOTHREAD_VQ_MAPPING_LIST("iothread-vq-mapping",
+                                         VirtIOBlockPfbd,
+                                         conf.iothread_vq_mapping_list),
+    DEFINE_PROP_BLOCKSIZE("logical_block_size", VirtIOBlockPfbd,
+                          conf.logical_block_size),
+    DEFINE_PROP_BLOCKSIZE("physical_block_size", VirtIOBlockPfbd,
+                          conf.physical_block_size),
+    DEFINE_PROP_BIT64("discard", VirtIOBlockPfbd, host_features,
+                      VIRTIO_BLK_F_DISCARD, true),
+    DEFINE_PROP_BIT64("write-zeroes", VirtIOBlockPfbd, host_features,
+                      VIRTIO_BLK_F_WRITE_ZEROES, true),
+    DEFINE_PROP_UINT32("max-discard-sectors", VirtIOBlockPfbd,
+                       conf.max_discard_sectors, VIRTIO_BLK_PFBD_MAX_SECTORS),
+    DEFINE_PROP_UINT32("max-write-zeroes-sectors", VirtIOBlockPfbd,
+                       conf.max_write_zeroes_sectors,
+                       VIRTIO_BLK_PFBD_MAX_SECTORS),
+    DEFINE_PROP_BIT64("config-wce", VirtIOBlockPfbd, host_features,
+                      VIRTIO_BLK_F_CONFIG_WCE, true),
+    DEFINE_PROP_BOOL("read-only", VirtIOBlockPfbd, conf.read_only, false),
+};
+
+static const struct {
+    const char *name;
+    const char *description;
+} virtio_blk_pfbd_property_help[] = {
+    { "volume", "the volume: file:PATH (io_uring, O_DIRECT), null:SIZE "
+      "(no data; e.g. null:1G) or a name in the pool directory "
+      "($PFBD_POOL_DIR, default /var/lib/pfbd)" },
+    { "serial", "serial number reported by VIRTIO_BLK_T_GET_ID "
+      "(at most 20 bytes are visible)" },
+    { "num-queues", "number of virtqueues (default: one per vCPU)" },
+    { "queue-size", "virtqueue size, a power of 2 (default 256)" },
+    { "seg-max-adjust", "offer queue-size - 2 segments per request "
+      "(off: 126)" },
+    { "iothread", "the IOThread that serves every virtqueue "
+      "(default: the main loop)" },
+    { "iothread-vq-mapping", "IOThread of each virtqueue, as in virtio-blk: "
+      "[{\"iothread\":\"io0\",\"vqs\":[0,2]},...]; round-robin when vqs "
+      "are omitted" },
+    { "logical_block_size", "logical block size (default: the volume's, "
+      "at least 512)" },
+    { "physical_block_size", "physical block size (default: "
+      "logical_block_size)" },
+    { "discard", "offer VIRTIO_BLK_F_DISCARD when the volume supports it" },
+    { "write-zeroes", "offer VIRTIO_BLK_F_WRITE_ZEROES when the volume "
+      "supports it" },
+    { "max-discard-sectors", "largest discard, in 512-byte sectors" },
+    { "max-write-zeroes-sectors", "largest write-zeroes, in 512-byte "
+      "sectors" },
+    { "config-wce", "let the guest switch the write cache through the "
+      "config space" },
+    { "read-only", "open the volume read-only and offer VIRTIO_BLK_F_RO" },
+};
+
+static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
+{
+    DeviceClass *dc = DEVICE_CLASS(klass);
+    VirtioDeviceClass *vdc = VIRTIO_DEVICE_CLASS(klass);
+    unsigned int i;
+
+    device_class_set_props(dc, virtio_blk_pfbd_properties);
+    for (i = 0; i < ARRAY_SIZE(virtio_blk_pfbd_property_help); i++) {
+        object_class_property_set_description(klass,
+            virtio_blk_pfbd_property_help[i].name,
+            virtio_blk_pfbd_property_help[i].description);
+    }
+    dc->vmsd = &vmstate_virtio_blk_pfbd;
+    dc->desc = "virtio-blk with a native per-queue data plane (libpfbd)";
+    set_bit(DEVICE_CATEGORY_STORAGE, dc->categories);
+    vdc->realize = virtio_blk_pfbd_device_realize;
+    vdc->unrealize = virtio_blk_pfbd_device_unrealize;
+    vdc->get_config = virtio_blk_pfbd_update_config;
+    vdc->set_config = virtio_blk_pfbd_set_config;
+    vdc->get_features = virtio_blk_pfbd_get_features;
+    vdc->set_status = virtio_blk_pfbd_set_status;
+    vdc->reset = virtio_blk_pfbd_reset;
+    vdc->start_ioeventfd = virtio_blk_pfbd_start_ioeventfd;
+    vdc->stop_ioeventfd = virtio_blk_pfbd_stop_ioeventfd;
+}
+
+static const TypeInfo virtio_blk_pfbd_info = {
+    .name = TYPE_VIRTIO_BLK_PFBD,
+    .parent = TYPE_VIRTIO_DEVICE,
+    .instance_size = sizeof(VirtIOBlockPfbd),
+    .instance_init = virtio_blk_pfbd_instance_init,
+    .class_init = virtio_blk_pfbd_class_init,
+};
+
+static void virtio_blk_pfbd_register_types(void)
+{
+    type_register_static(&virtio_blk_pfbd_info);
+}
+
+type_init(virtio_blk_pfbd_register_types)

@@ -1,0 +1,197 @@
+/*
+ * libpfbd: a per-queue storage client for virtio-blk-pfbd
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A volume is opened once per device; each virtqueue gets its own PfbdQueue,
+ * owned by the one thread that serves that virtqueue.  The library has no
+ * global state and needs no QEMU headers.
+ *
+ * Threading: pfbd_volume_*() may be called from any thread, but not
+ * concurrently with each other or while queues of the volume exist (except
+ * pfbd_volume_get_info()).  A PfbdQueue and everything submitted on it
+ * belongs to one thread at a time: pfbd_submit(), pfbd_queue_flush(),
+ * pfbd_queue_reap() and pfbd_queue_drain() must be called from that thread,
+ * and completion callbacks run only inside pfbd_queue_reap() or
+ * pfbd_queue_drain(), in that thread.
+ *
+ * Errors are negative errno values, like liburing.
+ */
+
+#ifndef BLOCK_PFBD_H
+#define BLOCK_PFBD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+typedef struct PfbdVolume PfbdVolume;
+typedef struct PfbdQueue PfbdQueue;
+
+typedef enum PfbdOp {
+    PFBD_OP_READ,
+    PFBD_OP_WRITE,
+    PFBD_OP_FLUSH,
+    PFBD_OP_DISCARD,
+    PFBD_OP_WRITE_ZEROES,
+} PfbdOp;
+
+/* pfbd_submit() flags */
+#define PFBD_REQ_FUA    (1u << 0)   /* WRITE: data is durable on completion */
+#define PFBD_REQ_UNMAP  (1u << 1)   /* WRITE_ZEROES: range may be deallocated */
+
+/* PfbdVolumeInfo.caps: operations the engine implements natively */
+#define PFBD_CAP_FLUSH          (1u << 0)
+#define PFBD_CAP_DISCARD        (1u << 1)
+#define PFBD_CAP_WRITE_ZEROES   (1u << 2)
+
+typedef struct PfbdOpenOptions {
+    bool read_only;         /* open without write access */
+    const char *pool_dir;   /* directory for bare volume names, or NULL */
+} PfbdOpenOptions;
+
+typedef struct PfbdVolumeInfo {
+    const char *engine;     /* "file", "null", ... (static string) */
+    uint64_t size;          /* bytes, a multiple of block_size */
+    uint32_t block_size;    /* required alignment of offsets and lengths */
+    uint32_t mem_align;     /* buffer alignment served without bouncing */
+    uint32_t caps;          /* PFBD_CAP_* */
+    bool read_only;
+} PfbdVolumeInfo;
+
+/*
+ * Completion callback: @ret is 0 on success or a negative errno.  Runs in
+ * the thread that owns the queue, from pfbd_queue_reap() or
+ * pfbd_queue_drain().  It may call pfbd_submit() on the same queue.
+ */
+typedef void PfbdCompletionFunc(void *opaque, int ret);
+
+/**
+ * pfbd_volume_open: open the volume named by @spec
+ *
+ * @spec is one of:
+ *   "file:PATH"  a regular file or block device, served with io_uring and
+ *                O_DIRECT (buffered I/O where the filesystem refuses
+ *                O_DIRECT);
+ *   "null:SIZE"  a volume that completes every request at once without
+ *                moving data (reads are not zeroed); SIZE takes K/M/G/T
+ *                suffixes (powers of 1024), e.g. "null:1G";
+ *   "NAME"       a bare name (letters, digits, '.', '_', '-'; not starting
+ *                with '.') resolved as the file @opts->pool_dir/NAME, or
+ *                $PFBD_POOL_DIR/NAME, or /var/lib/pfbd/NAME.
+ *
+ * @opts may be NULL (read-write, default pool).  On success stores the
+ * volume in @volp and returns 0.  On failure returns a negative errno and,
+ * if @errmsg is not NULL, stores a malloc'ed message naming the culprit
+ * (free it with free()).
+ */
+int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
+                     PfbdVolume **volp, char **errmsg);
+
+/**
+ * pfbd_volume_close: close @vol; every queue must have been freed.
+ * @vol may be NULL.
+ */
+void pfbd_volume_close(PfbdVolume *vol);
+
+/**
+ * pfbd_volume_get_info: fill @info with the volume's geometry and caps.
+ */
+void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info);
+
+/**
+ * pfbd_volume_refresh_size: re-read the size of the backing store.
+ *
+ * Returns 0 and updates what pfbd_volume_get_info() reports, or a
+ * negative errno.
+ */
+int pfbd_volume_refresh_size(PfbdVolume *vol);
+
+/**
+ * pfbd_queue_new: create a submission/completion context on @vol
+ *
+ * @depth is the most requests that may be in flight at once (at least 1).
+ * Returns 0 and stores the queue in @qp, or a negative errno.
+ */
+int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);
+
+/**
+ * pfbd_queue_free: free @q.  No request may be in flight (drain first).
+ * @q may be NULL.
+ */
+void pfbd_queue_free(PfbdQueue *q);
+
+/**
+ * pfbd_queue_get_fd: the queue's completion notifier
+ *
+ * Returns an eventfd (non-blocking) that becomes readable when completions
+ * may be ready.  The caller clears it (reads the 8-byte counter) and then
+ * calls pfbd_queue_reap().  The fd belongs to the queue: do not close it.
+ */
+int pfbd_queue_get_fd(PfbdQueue *q);
+
+/**
+ * pfbd_submit: queue one request on @q
+ *
+ * @op:     the operation
+ * @offset: byte offset, a multiple of the volume's block_size
+ * @iov, @iovcnt: the data buffers for READ and WRITE (NULL/0 otherwise);
+ *          they are used in place (zero-copy) when their addresses and
+ *          lengths are multiples of mem_align, else bounced.  @iov and the
+ *          buffers must stay valid until the callback runs.
+ * @len:    the byte count: the total of @iov for READ/WRITE, the range
+ *          for DISCARD/WRITE_ZEROES, 0 for FLUSH; a multiple of block_size
+ * @flags:  PFBD_REQ_* flags
+ * @cb, @opaque: completion callback, called exactly once if this returns 0
+ *
+ * The request reaches the engine at the next pfbd_queue_flush() (it may
+ * be sent earlier if the submission ring is full).  Returns 0 when the
+ * request was queued, or a negative errno and never calls @cb:
+ *   -EINVAL   misaligned offset or length, length not matching @iov, or
+ *             unknown op or flags
+ *   -ERANGE   the range goes beyond the end of the volume
+ *   -EROFS    write, discard or write-zeroes on a read-only volume
+ *   -ENOTSUP  the engine does not support @op
+ *   -EAGAIN   @depth requests are already in flight
+ *   -ENOMEM   out of memory (bounce buffer)
+ */
+int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                const struct iovec *iov, int iovcnt, uint64_t len,
+                unsigned flags, PfbdCompletionFunc *cb, void *opaque);
+
+/**
+ * pfbd_queue_flush: send every queued request to the engine (one system
+ * call for the io_uring engine).  Returns the number of requests sent
+ * (0 if none were queued) or a negative errno; after an error the
+ * requests stay queued and are failed or sent by pfbd_queue_drain().
+ */
+int pfbd_queue_flush(PfbdQueue *q);
+
+/**
+ * pfbd_queue_completions_ready: true if pfbd_queue_reap() would complete
+ * at least one request now.  Cheap (no system call): for polling.
+ */
+bool pfbd_queue_completions_ready(PfbdQueue *q);
+
+/**
+ * pfbd_queue_reap: run the callbacks of up to @max completed requests
+ * (@max 0 means no limit) without blocking.  Returns how many completed.
+ */
+int pfbd_queue_reap(PfbdQueue *q, unsigned max);
+
+/**
+ * pfbd_queue_inflight: the number of requests submitted whose callback has
+ * not run yet.
+ */
+unsigned pfbd_queue_inflight(PfbdQueue *q);
+
+/**
+ * pfbd_queue_drain: flush, then block until every request in flight has
+ * completed, running their callbacks (including requests submitted by
+ * those callbacks).
+ */
+void pfbd_queue_drain(PfbdQueue *q);
+
+#endif /* BLOCK_PFBD_H */

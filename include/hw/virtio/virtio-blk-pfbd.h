@@ -1,0 +1,88 @@
+/*
+ * virtio-blk-pfbd: virtio-blk with a per-virtqueue native data plane
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_VIRTIO_BLK_PFBD_H
+#define QEMU_VIRTIO_BLK_PFBD_H
+
+#include "standard-headers/linux/virtio_blk.h"
+#include "hw/virtio/virtio.h"
+#include "system/iothread.h"
+#include "qemu/event_notifier.h"
+#include "qom/object.h"
+#include "qapi/qapi-types-virtio.h"
+#include "block/pfbd.h"
+
+#define TYPE_VIRTIO_BLK_PFBD "virtio-blk-pfbd-device"
+OBJECT_DECLARE_SIMPLE_TYPE(VirtIOBlockPfbd, VIRTIO_BLK_PFBD)
+
+#define VIRTIO_BLK_PFBD_AUTO_NUM_QUEUES UINT16_MAX
+
+typedef struct VirtIOBlockPfbdConf {
+    char *volume;
+    char *serial;
+    IOThread *iothread;
+    IOThreadVirtQueueMappingList *iothread_vq_mapping_list;
+    uint16_t num_queues;
+    uint16_t queue_size;
+    uint32_t logical_block_size;
+    uint32_t physical_block_size;
+    uint32_t max_discard_sectors;
+    uint32_t max_write_zeroes_sectors;
+    bool seg_max_adjust;
+    bool read_only;
+} VirtIOBlockPfbdConf;
+
+/*
+ * Per-virtqueue state.  Everything below is touched only by the thread of
+ * the virtqueue's AioContext while ioeventfd is started, and only with the
+ * BQL held while it is stopped.
+ */
+typedef struct VirtIOBlockPfbdQueue {
+    struct VirtIOBlockPfbd *s;
+    VirtQueue *vq;
+    AioContext *ctx;
+    PfbdQueue *pq;                  /* the engine's queue */
+    EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
+    unsigned int index;
+    bool notify_pending;            /* used ring changed since last notify */
+} VirtIOBlockPfbdQueue;
+
+struct VirtIOBlockPfbd {
+    VirtIODevice parent_obj;
+    VirtIOBlockPfbdConf conf;
+    int32_t bootindex;
+
+    PfbdVolume *volume;
+    PfbdVolumeInfo info;
+    uint64_t capacity;              /* in 512-byte sectors */
+    unsigned int sector_mask;       /* logical block size in sectors - 1 */
+    bool writeback;                 /* guest-visible write cache enabled */
+
+    uint64_t host_features;
+    size_t config_size;
+
+    AioContext **vq_aio_context;
+    VirtIOBlockPfbdQueue *queues;
+
+    bool ioeventfd_disabled;
+    bool ioeventfd_started;
+    bool ioeventfd_starting;
+    bool ioeventfd_stopping;
+};
+
+typedef struct VirtIOBlockPfbdReq {
+    VirtQueueElement elem;
+    VirtIOBlockPfbdQueue *q;
+    uint8_t *status;                /* the guest's status byte */
+    size_t in_len;                  /* bytes written to the guest */
+    struct iovec *iov_copy;         /* data iovec when it had to be trimmed */
+    uint64_t sector;
+    uint32_t type;
+} VirtIOBlockPfbdReq;
+
+#endif

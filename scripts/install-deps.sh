@@ -1,0 +1,150 @@
+#!/bin/bash
+# install-deps.sh: install every Debian package that building pfbd-qemu,
+# its tests and its test guest need.  Idempotent; run as root.
+#
+# On bookworm it adds the bookworm-backports suite (meson >= 1.5 and
+# python3-pycotap live there) and a deb-src entry for trixie (the QEMU
+# 10.0.x source package), reusing the URI of the machine's existing Debian
+# entry.  On trixie and later only the deb-src entry is added.
+
+set -euo pipefail
+
+say() { echo "install-deps: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+
+. /etc/os-release
+codename=${VERSION_CODENAME:-}
+if [ "${ID:-}" != debian ] || [ -z "$codename" ]; then
+    say "this script knows Debian only (found ${PRETTY_NAME:-unknown})" >&2
+    exit 1
+fi
+
+# The URI of the existing Debian archive entry (deb822 or one-line format),
+# skipping the security archive.
+debian_uri() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        uri=$(awk -v cn="$codename" '
+            /^[ \t]*$/ { if (u != "" && s ~ ("(^| )" cn "( |$)")) { print u; exit }
+                         u = ""; s = ""; next }
+            /^URIs:/   { u = $2 }
+            /^Suites:/ { $1 = ""; s = $0 " " }
+            END        { if (u != "" && s ~ ("(^| )" cn "( |$)")) print u }' "$f")
+        if [ -n "$uri" ]; then
+            echo "$uri"
+            return
+        fi
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        uri=$(awk -v cn="$codename" '$1 == "deb" && $0 !~ /security/ {
+                  for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {
+                      if ($(i + 1) == cn) { print $i; exit } } }' "$f")
+        if [ -n "$uri" ]; then
+            echo "$uri"
+            return
+        fi
+    done
+}
+
+uri=$(debian_uri)
+if [ -z "$uri" ]; then
+    say "no Debian entry for '$codename' found in /etc/apt; cannot add suites" >&2
+    exit 1
+fi
+
+list=/etc/apt/sources.list.d/pfbd-qemu.sources
+want=$(mktemp)
+trap 'rm -f "$want"' EXIT
+if [ "$codename" = bookworm ]; then
+    cat >"$want" <<EOT
+# Added by pfbd-qemu scripts/install-deps.sh
+Types: deb deb-src
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: $uri
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+else
+    cat >"$want" <<EOT
+# Added by pfbd-qemu scripts/install-deps.sh
+Types: deb-src
+URIs: $uri
+Suites: $codename
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+fi
+
+if ! cmp -s "$want" "$list"; then
+    say "adding apt sources in $list (URI $uri)"
+    $SUDO cp "$want" "$list"
+    $SUDO chmod 644 "$list"
+    need_update=1
+fi
+
+pkgs=(
+    # QEMU build
+    gcc make ninja-build pkg-config python3 python3-venv ccache
+    libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev flex bison
+    liburing-dev libaio-dev librbd-dev
+    # upstream source and its unpacking
+    dpkg-dev xz-utils
+    # firmware for the test guests
+    seabios qemu-system-data
+    # tests and the test guest
+    python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
+)
+bpo_pkgs=(meson python3-pycotap)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null |
+        grep -q '^install ok installed' || missing+=("$p")
+done
+meson_ok=0
+if command -v meson >/dev/null &&
+   dpkg --compare-versions "$(meson --version)" ge 1.5; then
+    meson_ok=1
+fi
+pycotap_ok=0
+if /usr/bin/python3 -c 'import pycotap' 2>/dev/null; then
+    pycotap_ok=1
+fi
+
+if [ ${#missing[@]} = 0 ] && [ $meson_ok = 1 ] && [ $pycotap_ok = 1 ]; then
+    say "all packages present"
+    exit 0
+fi
+
+if [ -n "${need_update:-}" ] ||
+   [ -z "$(find /var/lib/apt/lists -name '*Sources*' -mmin -1440 2>/dev/null)" ]; then
+    say "apt-get update"
+    $SUDO apt-get update -q
+fi
+export DEBIAN_FRONTEND=noninteractive
+if [ ${#missing[@]} != 0 ]; then
+    say "installing: ${missing[*]}"
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if [ $meson_ok = 0 ] || [ $pycotap_ok = 0 ]; then
+    if [ "$codename" = bookworm ]; then
+        say "installing from bookworm-backports: ${bpo_pkgs[*]}"
+        $SUDO apt-get install -y -q -t bookworm-backports "${bpo_pkgs[@]}"
+    else
+        $SUDO apt-get install -y -q "${bpo_pkgs[@]}"
+    fi
+fi
+say "done"
