@@ -553,7 +553,7 @@ static int virtio_blk_pfbd_start_ioeventfd(VirtIODevice *vdev)
     /* Visible to the IOThreads before their handlers run */
     s->ioeventfd_starting = false;
     s->ioeventfd_started = true;
-    smp_wmb();
+    smp_wmb(); /* paired with aio_notify_accept() on the read side */
 
     for (i = 0; i < nvqs; i++) {
         virtio_blk_pfbd_attach_queue(&s->queues[i]);

@@ -1,0 +1,779 @@
+/*
+ * libpfbd: the file engine, io_uring on a regular file or block device
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Each queue has its own io_uring with the volume's fd registered, and an
+ * eventfd registered as its completion notifier.  Reads and writes use the
+ * caller's buffers in place when they suit O_DIRECT, else an aligned
+ * bounce buffer.  Short transfers are continued until done.  Zeroing
+ * falls back from FALLOC_FL_ZERO_RANGE to FALLOC_FL_PUNCH_HOLE to writing
+ * zeroes, as the filesystem allows.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <liburing.h>
+#include "pfbd-int.h"
+
+#define FILE_MIN_BLOCK_SIZE 512
+#define FILE_ZERO_BUF_SIZE (256 * 1024)
+
+typedef struct FileVolume {
+    PfbdVolume base;
+    int fd;
+    bool is_blkdev;
+    /* Set once the filesystem answered -EOPNOTSUPP; any queue's thread */
+    bool no_zero_range;
+    bool no_punch_hole;
+} FileVolume;
+
+typedef struct FileQueue FileQueue;
+
+typedef struct FileReq {
+    PfbdOp op;
+    unsigned flags;
+    uint64_t offset;
+    uint64_t len;
+    uint64_t done;              /* bytes transferred so far */
+    const struct iovec *iov;    /* the caller's, or &bounce_iov */
+    int iovcnt;
+    struct iovec *iov_rest;     /* what is left after a short transfer */
+    int iovcnt_rest;
+    void *bounce;               /* aligned copy of the data, or NULL */
+    struct iovec bounce_iov;
+    const struct iovec *caller_iov; /* where a bounced read goes */
+    int caller_iovcnt;
+    int falloc_mode;            /* WRITE_ZEROES: 0 means writing zeroes */
+    bool tried_zero_range;
+    bool tried_punch_hole;
+    PfbdCompletionFunc *cb;
+    void *opaque;
+    struct FileReq *next_free;
+} FileReq;
+
+struct FileQueue {
+    PfbdQueue base;
+    struct io_uring ring;
+    int efd;
+    int fd;                     /* 0 with the fd registered, else the fd */
+    unsigned sqe_flags;         /* IOSQE_FIXED_FILE with the fd registered */
+    FileReq *reqs;              /* base.depth requests */
+    FileReq *free_reqs;
+    void *zero_buf;             /* FILE_ZERO_BUF_SIZE zeroes, on demand */
+    bool single_issuer;         /* IORING_SETUP_SINGLE_ISSUER */
+    bool enabled;               /* the ring was enabled, by @owner */
+    pthread_t owner;
+};
+
+static uint32_t file_max_u32(uint32_t a, uint32_t b)
+{
+    return a > b ? a : b;
+}
+
+static bool file_is_pow2(uint32_t x)
+{
+    return x && !(x & (x - 1));
+}
+
+/* Read the size of the open file or block device into *@sizep */
+static int file_get_size(FileVolume *fv, uint64_t *sizep)
+{
+    struct stat st;
+
+    if (fv->is_blkdev) {
+        if (ioctl(fv->fd, BLKGETSIZE64, sizep) < 0) {
+            return -errno;
+        }
+        return 0;
+    }
+    if (fstat(fv->fd, &st) < 0) {
+        return -errno;
+    }
+    *sizep = st.st_size;
+    return 0;
+}
+
+/* Fill in block_size and mem_align */
+static void file_get_alignment(FileVolume *fv, bool buffered)
+{
+    PfbdVolumeInfo *info = &fv->base.info;
+    uint32_t block_size = FILE_MIN_BLOCK_SIZE;
+    uint32_t mem_align = FILE_MIN_BLOCK_SIZE;
+    int sector_size;
+#ifdef STATX_DIOALIGN
+    struct statx stx;
+#endif
+
+    if (fv->is_blkdev && ioctl(fv->fd, BLKSSZGET, &sector_size) == 0 &&
+        sector_size > 0) {
+        block_size = file_max_u32(block_size, sector_size);
+    }
+#ifdef STATX_DIOALIGN
+    if (!buffered &&
+        statx(fv->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        block_size = file_max_u32(block_size, stx.stx_dio_offset_align);
+        mem_align = stx.stx_dio_mem_align;
+    }
+#endif
+    if (buffered || !file_is_pow2(mem_align)) {
+        mem_align = buffered ? 1 : FILE_MIN_BLOCK_SIZE;
+    }
+    if (!file_is_pow2(block_size)) {
+        block_size = FILE_MIN_BLOCK_SIZE;
+    }
+    info->block_size = block_size;
+    info->mem_align = mem_align;
+}
+
+static int file_volume_open(const char *spec, const char *path,
+                            const PfbdOpenOptions *opts, PfbdVolume **volp,
+                            char **errmsg)
+{
+    bool read_only = opts && opts->read_only;
+    int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    bool buffered = false;
+    FileVolume *fv;
+    struct stat st;
+    uint64_t size;
+    int ret;
+
+    if (!path[0]) {
+        pfbd_set_error(errmsg, "volume spec '%s': missing file name", spec);
+        return -EINVAL;
+    }
+    fv = calloc(1, sizeof(*fv));
+    if (!fv) {
+        pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
+        return -ENOMEM;
+    }
+
+    fv->fd = open(path, flags | O_DIRECT);
+    if (fv->fd < 0 && errno == EINVAL) {
+        buffered = true;
+        fv->fd = open(path, flags);
+    }
+    if (fv->fd < 0) {
+        ret = -errno;
+        if (ret == -EISDIR) {
+            pfbd_set_error(errmsg, "volume '%s': '%s' is a directory, not a "
+                           "regular file or block device", spec, path);
+            ret = -EINVAL;
+        } else {
+            pfbd_set_error(errmsg, "volume '%s': could not open '%s': %s",
+                           spec, path, strerror(-ret));
+        }
+        goto fail;
+    }
+
+    if (fstat(fv->fd, &st) < 0) {
+        ret = -errno;
+        pfbd_set_error(errmsg, "volume '%s': could not stat '%s': %s",
+                       spec, path, strerror(-ret));
+        goto fail;
+    }
+    if (S_ISBLK(st.st_mode)) {
+        fv->is_blkdev = true;
+    } else if (!S_ISREG(st.st_mode)) {
+        pfbd_set_error(errmsg, "volume '%s': '%s' is not a regular file or "
+                       "block device", spec, path);
+        ret = -EINVAL;
+        goto fail;
+    }
+
+    file_get_alignment(fv, buffered);
+    ret = file_get_size(fv, &size);
+    if (ret < 0) {
+        pfbd_set_error(errmsg, "volume '%s': could not get the size of "
+                       "'%s': %s", spec, path, strerror(-ret));
+        goto fail;
+    }
+    size -= size % fv->base.info.block_size;
+    if (size == 0) {
+        pfbd_set_error(errmsg, "volume '%s': '%s' is smaller than one block "
+                       "(%u bytes)", spec, path, fv->base.info.block_size);
+        ret = -EINVAL;
+        goto fail;
+    }
+    fv->base.info.size = size;
+    fv->base.info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
+                         PFBD_CAP_WRITE_ZEROES;
+    *volp = &fv->base;
+    return 0;
+
+fail:
+    if (fv->fd >= 0) {
+        close(fv->fd);
+    }
+    free(fv);
+    return ret;
+}
+
+static void file_volume_close(PfbdVolume *vol)
+{
+    FileVolume *fv = (FileVolume *)vol;
+
+    close(fv->fd);
+    free(fv);
+}
+
+static int file_volume_refresh_size(PfbdVolume *vol)
+{
+    FileVolume *fv = (FileVolume *)vol;
+    uint64_t size;
+    int ret;
+
+    ret = file_get_size(fv, &size);
+    if (ret < 0) {
+        return ret;
+    }
+    size -= size % vol->info.block_size;
+    if (size == 0) {
+        return -EINVAL;
+    }
+    vol->info.size = size;
+    return 0;
+}
+
+/*
+ * Set up @ring for @fq: @depth entries, the volume's fd registered, the
+ * queue's eventfd as notifier.  A single-issuer ring starts disabled:
+ * file_ring_bind() enables it in the thread that uses it.
+ */
+static int file_ring_init(FileQueue *fq, unsigned depth,
+                          struct io_uring *ring)
+{
+    FileVolume *fv = (FileVolume *)fq->base.vol;
+    int ret;
+
+    ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
+                              IORING_SETUP_COOP_TASKRUN |
+                              IORING_SETUP_R_DISABLED);
+    fq->single_issuer = ret == 0;
+    if (ret == -EINVAL) {
+        ret = io_uring_queue_init(depth, ring, 0);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    fq->enabled = !fq->single_issuer;
+
+    if (io_uring_register_files(ring, &fv->fd, 1) == 0) {
+        fq->fd = 0;
+        fq->sqe_flags = IOSQE_FIXED_FILE;
+    } else {
+        fq->fd = fv->fd;
+        fq->sqe_flags = 0;
+    }
+    ret = io_uring_register_eventfd(ring, fq->efd);
+    if (ret < 0) {
+        io_uring_queue_exit(ring);
+        return ret;
+    }
+    return 0;
+}
+
+/*
+ * Make the ring usable from the calling thread before anything enters the
+ * kernel.  A single-issuer ring only takes submissions from the thread
+ * that enabled it; when an idle queue has moved to another thread, it gets
+ * a new ring (with the same eventfd).
+ */
+static int file_ring_bind(FileQueue *fq)
+{
+    pthread_t self = pthread_self();
+    struct io_uring ring;
+    FileQueue old;
+    int ret;
+
+    if (!fq->single_issuer ||
+        (fq->enabled && pthread_equal(fq->owner, self))) {
+        return 0;
+    }
+    if (fq->enabled) {
+        if (fq->base.inflight > 0) {
+            return -EEXIST;     /* moved with requests in flight */
+        }
+        old = *fq;
+        ret = file_ring_init(fq, fq->base.depth, &ring);
+        if (ret < 0) {
+            /* Keep the old ring, and the settings that go with it */
+            fq->single_issuer = old.single_issuer;
+            fq->enabled = old.enabled;
+            fq->fd = old.fd;
+            fq->sqe_flags = old.sqe_flags;
+            return ret;
+        }
+        io_uring_queue_exit(&fq->ring);
+        fq->ring = ring;
+        if (!fq->single_issuer) {
+            return 0;
+        }
+    }
+    /* io_uring_enable_rings() is not exported by liburing 2.3 */
+    ret = io_uring_register(fq->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                            NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    fq->enabled = true;
+    fq->owner = self;
+    return 0;
+}
+
+static int file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
+{
+    FileQueue *fq;
+    unsigned i;
+    int ret;
+
+    fq = calloc(1, sizeof(*fq));
+    if (!fq) {
+        return -ENOMEM;
+    }
+    fq->base.vol = vol;
+    fq->base.depth = depth;
+    fq->reqs = calloc(depth, sizeof(fq->reqs[0]));
+    if (!fq->reqs) {
+        free(fq);
+        return -ENOMEM;
+    }
+    for (i = 0; i < depth; i++) {
+        fq->reqs[i].next_free = fq->free_reqs;
+        fq->free_reqs = &fq->reqs[i];
+    }
+
+    fq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fq->efd < 0) {
+        ret = -errno;
+        goto fail;
+    }
+    ret = file_ring_init(fq, depth, &fq->ring);
+    if (ret < 0) {
+        close(fq->efd);
+        goto fail;
+    }
+    *qp = &fq->base;
+    return 0;
+
+fail:
+    free(fq->reqs);
+    free(fq);
+    return ret;
+}
+
+static void file_queue_free(PfbdQueue *q)
+{
+    FileQueue *fq = (FileQueue *)q;
+
+    io_uring_queue_exit(&fq->ring);
+    close(fq->efd);
+    free(fq->zero_buf);
+    free(fq->reqs);
+    free(fq);
+}
+
+static int file_queue_get_fd(PfbdQueue *q)
+{
+    return ((FileQueue *)q)->efd;
+}
+
+/* The next way for @req to write zeroes; 0 means writing a zero buffer */
+static int file_zero_mode(FileVolume *fv, FileReq *req)
+{
+    bool zero_range = !req->tried_zero_range &&
+                      !__atomic_load_n(&fv->no_zero_range, __ATOMIC_RELAXED);
+    bool punch_hole = !req->tried_punch_hole &&
+                      !__atomic_load_n(&fv->no_punch_hole, __ATOMIC_RELAXED);
+
+    if (punch_hole && (req->flags & PFBD_REQ_UNMAP)) {
+        return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    }
+    if (zero_range) {
+        return FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    }
+    if (punch_hole) {
+        return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    }
+    return 0;
+}
+
+/* Get an SQE, sending what is queued if the ring is full */
+static struct io_uring_sqe *file_get_sqe(FileQueue *fq)
+{
+    struct io_uring_sqe *sqe;
+
+    sqe = io_uring_get_sqe(&fq->ring);
+    if (!sqe) {
+        io_uring_submit(&fq->ring);
+        sqe = io_uring_get_sqe(&fq->ring);
+    }
+    return sqe;
+}
+
+/* Queue the next (or only) SQE of @req */
+static int file_req_queue(FileQueue *fq, FileReq *req)
+{
+    FileVolume *fv = (FileVolume *)fq->base.vol;
+    struct io_uring_sqe *sqe;
+    uint64_t chunk;
+
+    if (req->op == PFBD_OP_WRITE_ZEROES && !req->falloc_mode &&
+        !fq->zero_buf) {
+        if (posix_memalign(&fq->zero_buf,
+                           file_max_u32(fv->base.info.mem_align, 4096),
+                           FILE_ZERO_BUF_SIZE)) {
+            fq->zero_buf = NULL;
+            return -ENOMEM;
+        }
+        memset(fq->zero_buf, 0, FILE_ZERO_BUF_SIZE);
+    }
+
+    sqe = file_get_sqe(fq);
+    if (!sqe) {
+        return -EAGAIN;
+    }
+
+    switch (req->op) {
+    case PFBD_OP_READ:
+    case PFBD_OP_WRITE:
+        if (req->op == PFBD_OP_READ) {
+            io_uring_prep_readv(sqe, fq->fd, req->iov_rest ?: req->iov,
+                                req->iov_rest ? req->iovcnt_rest : req->iovcnt,
+                                req->offset + req->done);
+        } else {
+            io_uring_prep_writev(sqe, fq->fd, req->iov_rest ?: req->iov,
+                                 req->iov_rest ? req->iovcnt_rest :
+                                                 req->iovcnt,
+                                 req->offset + req->done);
+            if (req->flags & PFBD_REQ_FUA) {
+                sqe->rw_flags = RWF_DSYNC;
+            }
+        }
+        break;
+    case PFBD_OP_FLUSH:
+        io_uring_prep_fsync(sqe, fq->fd, IORING_FSYNC_DATASYNC);
+        break;
+    case PFBD_OP_DISCARD:
+        if (req->falloc_mode) {
+            io_uring_prep_fallocate(sqe, fq->fd, req->falloc_mode,
+                                    req->offset, req->len);
+        } else {
+            /* Punching holes is not supported: discard nothing */
+            io_uring_prep_nop(sqe);
+        }
+        break;
+    case PFBD_OP_WRITE_ZEROES:
+        if (req->falloc_mode) {
+            if (req->falloc_mode & FALLOC_FL_ZERO_RANGE) {
+                req->tried_zero_range = true;
+            } else {
+                req->tried_punch_hole = true;
+            }
+            io_uring_prep_fallocate(sqe, fq->fd, req->falloc_mode,
+                                    req->offset, req->len);
+        } else {
+            chunk = req->len - req->done;
+            if (chunk > FILE_ZERO_BUF_SIZE) {
+                chunk = FILE_ZERO_BUF_SIZE;
+            }
+            io_uring_prep_write(sqe, fq->fd, fq->zero_buf, chunk,
+                                req->offset + req->done);
+        }
+        break;
+    }
+    sqe->flags |= fq->sqe_flags;
+    io_uring_sqe_set_data(sqe, req);
+    return 0;
+}
+
+static void file_req_release(FileQueue *fq, FileReq *req)
+{
+    free(req->bounce);
+    free(req->iov_rest);
+    req->bounce = NULL;
+    req->iov_rest = NULL;
+    req->next_free = fq->free_reqs;
+    fq->free_reqs = req;
+}
+
+static void file_req_finish(FileQueue *fq, FileReq *req, int ret)
+{
+    PfbdCompletionFunc *cb = req->cb;
+    void *opaque = req->opaque;
+    const char *p = req->bounce;
+    int i;
+
+    if (req->bounce && req->op == PFBD_OP_READ && ret == 0) {
+        for (i = 0; i < req->caller_iovcnt; i++) {
+            memcpy(req->caller_iov[i].iov_base, p,
+                   req->caller_iov[i].iov_len);
+            p += req->caller_iov[i].iov_len;
+        }
+    }
+    file_req_release(fq, req);
+    pfbd_complete(&fq->base, cb, opaque, ret);
+}
+
+/* After a short transfer, point iov_rest at what is left of req->iov */
+static int file_req_advance(FileReq *req)
+{
+    uint64_t skip = req->done;
+    int i, n = 0;
+
+    if (!req->iov_rest) {
+        req->iov_rest = malloc(req->iovcnt * sizeof(req->iov_rest[0]));
+        if (!req->iov_rest) {
+            return -ENOMEM;
+        }
+    }
+    for (i = 0; i < req->iovcnt; i++) {
+        if (skip >= req->iov[i].iov_len) {
+            skip -= req->iov[i].iov_len;
+            continue;
+        }
+        req->iov_rest[n].iov_base = (char *)req->iov[i].iov_base + skip;
+        req->iov_rest[n].iov_len = req->iov[i].iov_len - skip;
+        skip = 0;
+        n++;
+    }
+    req->iovcnt_rest = n;
+    return 0;
+}
+
+/*
+ * Handle the completion @res of @req's current SQE.  Returns true if @req
+ * completed, false if it queued its next SQE.
+ */
+static bool file_req_step(FileQueue *fq, FileReq *req, int res)
+{
+    FileVolume *fv = (FileVolume *)fq->base.vol;
+    int ret;
+
+    if (res == -EOPNOTSUPP && req->falloc_mode) {
+        if (req->falloc_mode & FALLOC_FL_ZERO_RANGE) {
+            __atomic_store_n(&fv->no_zero_range, true, __ATOMIC_RELAXED);
+        } else {
+            __atomic_store_n(&fv->no_punch_hole, true, __ATOMIC_RELAXED);
+        }
+        if (req->op == PFBD_OP_DISCARD) {
+            /* Discarding is a hint: doing nothing is fine */
+            file_req_finish(fq, req, 0);
+            return true;
+        }
+        req->falloc_mode = file_zero_mode(fv, req);
+        goto next;
+    }
+    if (res < 0) {
+        file_req_finish(fq, req, res);
+        return true;
+    }
+
+    switch (req->op) {
+    case PFBD_OP_READ:
+    case PFBD_OP_WRITE:
+    case PFBD_OP_WRITE_ZEROES:
+        if (req->op == PFBD_OP_WRITE_ZEROES && req->falloc_mode) {
+            break;
+        }
+        if (res == 0) {
+            file_req_finish(fq, req, -EIO);
+            return true;
+        }
+        req->done += res;
+        if (req->done >= req->len) {
+            break;
+        }
+        if (req->op != PFBD_OP_WRITE_ZEROES) {
+            ret = file_req_advance(req);
+            if (ret < 0) {
+                file_req_finish(fq, req, ret);
+                return true;
+            }
+        }
+        goto next;
+    default:
+        break;
+    }
+    file_req_finish(fq, req, 0);
+    return true;
+
+next:
+    ret = file_req_queue(fq, req);
+    if (ret < 0) {
+        file_req_finish(fq, req, ret);
+        return true;
+    }
+    return false;
+}
+
+static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                       const struct iovec *iov, int iovcnt, uint64_t len,
+                       unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+{
+    FileQueue *fq = (FileQueue *)q;
+    FileVolume *fv = (FileVolume *)q->vol;
+    uint32_t mem_align = q->vol->info.mem_align;
+    FileReq *req = fq->free_reqs;
+    char *p;
+    int i, ret;
+
+    if (!req) {
+        return -EAGAIN;
+    }
+    ret = file_ring_bind(fq);
+    if (ret < 0) {
+        return ret;
+    }
+    fq->free_reqs = req->next_free;
+    *req = (FileReq) {
+        .op = op,
+        .flags = flags,
+        .offset = offset,
+        .len = len,
+        .iov = iov,
+        .iovcnt = iovcnt,
+        .cb = cb,
+        .opaque = opaque,
+    };
+
+    if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
+        (iovcnt > IOV_MAX || !pfbd_iov_is_aligned(iov, iovcnt, mem_align))) {
+        if ((size_t)len != len ||
+            posix_memalign(&req->bounce, file_max_u32(mem_align, 64), len)) {
+            req->bounce = NULL;
+            ret = -ENOMEM;
+            goto fail;
+        }
+        if (op == PFBD_OP_READ) {
+            /*
+             * Cheap next to the copy out, and tools like memcheck cannot
+             * see io_uring write the buffer
+             */
+            memset(req->bounce, 0, len);
+        } else {
+            p = req->bounce;
+            for (i = 0; i < iovcnt; i++) {
+                memcpy(p, iov[i].iov_base, iov[i].iov_len);
+                p += iov[i].iov_len;
+            }
+        }
+        req->caller_iov = iov;
+        req->caller_iovcnt = iovcnt;
+        req->bounce_iov.iov_base = req->bounce;
+        req->bounce_iov.iov_len = len;
+        req->iov = &req->bounce_iov;
+        req->iovcnt = 1;
+    } else if (op == PFBD_OP_DISCARD &&
+               !__atomic_load_n(&fv->no_punch_hole, __ATOMIC_RELAXED)) {
+        req->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    } else if (op == PFBD_OP_WRITE_ZEROES) {
+        req->falloc_mode = file_zero_mode(fv, req);
+    }
+
+    ret = file_req_queue(fq, req);
+    if (ret < 0) {
+        goto fail;
+    }
+    return 0;
+
+fail:
+    file_req_release(fq, req);
+    return ret;
+}
+
+static int file_flush(PfbdQueue *q)
+{
+    FileQueue *fq = (FileQueue *)q;
+    int ret;
+
+    if (q->inflight == 0) {
+        return 0;
+    }
+    ret = file_ring_bind(fq);
+    if (ret < 0) {
+        return ret;
+    }
+    return io_uring_submit(&fq->ring);
+}
+
+static bool file_completions_ready(PfbdQueue *q)
+{
+    return io_uring_cq_ready(&((FileQueue *)q)->ring) > 0;
+}
+
+static int file_reap(PfbdQueue *q, unsigned max)
+{
+    FileQueue *fq = (FileQueue *)q;
+    struct io_uring_cqe *cqe;
+    bool requeued = false;
+    FileReq *req;
+    int res;
+    int n = 0;
+
+    while (max == 0 || n < max) {
+        if (io_uring_peek_cqe(&fq->ring, &cqe) < 0) {
+            break;
+        }
+        req = io_uring_cqe_get_data(cqe);
+        res = cqe->res;
+        io_uring_cqe_seen(&fq->ring, cqe);
+        if (file_req_step(fq, req, res)) {
+            n++;
+        } else {
+            requeued = true;
+        }
+    }
+    if (requeued) {
+        /* Continue short transfers and fallbacks without waiting */
+        io_uring_submit(&fq->ring);
+    }
+    return n;
+}
+
+static void file_wait(PfbdQueue *q)
+{
+    FileQueue *fq = (FileQueue *)q;
+    struct __kernel_timespec ts = { .tv_nsec = 1000000 };
+    struct io_uring_cqe *cqe;
+    int ret;
+
+    ret = file_ring_bind(fq);
+    if (ret == 0) {
+        do {
+            ret = io_uring_submit_and_wait(&fq->ring, 1);
+        } while (ret == -EINTR);
+    }
+    if (ret < 0) {
+        /* Could not send (-EAGAIN, -EBUSY...): wait for room, then retry */
+        io_uring_wait_cqe_timeout(&fq->ring, &cqe, &ts);
+    }
+}
+
+const PfbdEngine pfbd_engine_file = {
+    .name = "file",
+    .volume_open = file_volume_open,
+    .volume_close = file_volume_close,
+    .volume_refresh_size = file_volume_refresh_size,
+    .queue_new = file_queue_new,
+    .queue_free = file_queue_free,
+    .queue_get_fd = file_queue_get_fd,
+    .submit = file_submit,
+    .flush = file_flush,
+    .completions_ready = file_completions_ready,
+    .reap = file_reap,
+    .wait = file_wait,
+};

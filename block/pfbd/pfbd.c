@@ -1,0 +1,399 @@
+/*
+ * libpfbd: volume specs, request validation and engine dispatch
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pfbd-int.h"
+
+#define PFBD_DEFAULT_POOL_DIR "/var/lib/pfbd"
+
+/* The engines built in, in the order error messages list them */
+static const PfbdEngine *const pfbd_engines[] = {
+#ifdef PFBD_HAVE_IO_URING
+    &pfbd_engine_file,
+#endif
+    &pfbd_engine_null,
+#ifdef PFBD_HAVE_RBD
+    &pfbd_engine_rbd,
+#endif
+};
+
+#define PFBD_NUM_ENGINES (sizeof(pfbd_engines) / sizeof(pfbd_engines[0]))
+
+/* Engines that a build may leave out: their specs get -ENOTSUP */
+static const char *const pfbd_optional_engines[] = {
+    "file", "rbd",
+};
+
+void pfbd_set_error(char **errmsg, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!errmsg) {
+        return;
+    }
+    va_start(ap, fmt);
+    if (vasprintf(errmsg, fmt, ap) < 0) {
+        *errmsg = NULL;
+    }
+    va_end(ap);
+}
+
+bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt, uint32_t align)
+{
+    uintptr_t mask = align - 1;
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        if (((uintptr_t)iov[i].iov_base & mask) || (iov[i].iov_len & mask)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static const PfbdEngine *pfbd_find_engine(const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < PFBD_NUM_ENGINES; i++) {
+        if (strlen(pfbd_engines[i]->name) == len &&
+            !memcmp(pfbd_engines[i]->name, name, len)) {
+            return pfbd_engines[i];
+        }
+    }
+    return NULL;
+}
+
+static bool pfbd_is_optional_engine(const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(pfbd_optional_engines) /
+                    sizeof(pfbd_optional_engines[0]); i++) {
+        if (strlen(pfbd_optional_engines[i]) == len &&
+            !memcmp(pfbd_optional_engines[i], name, len)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "file, null": the names of the engines built in */
+static void pfbd_engine_names(char *buf, size_t size)
+{
+    size_t i, pos = 0;
+
+    buf[0] = '\0';
+    for (i = 0; i < PFBD_NUM_ENGINES && pos < size; i++) {
+        pos += snprintf(buf + pos, size - pos, "%s%s", i ? ", " : "",
+                        pfbd_engines[i]->name);
+    }
+}
+
+static bool pfbd_is_volume_name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+/* Open a bare volume NAME as a file of the pool directory */
+static int pfbd_open_bare_name(const char *spec, const PfbdOpenOptions *opts,
+                               PfbdVolume **volp, char **errmsg)
+{
+    const char *dir;
+    const char *p;
+    char *path;
+    int ret;
+
+    if (spec[0] == '.') {
+        pfbd_set_error(errmsg, "invalid volume name '%s': it must not start "
+                       "with '.'", spec);
+        return -EINVAL;
+    }
+    for (p = spec; *p; p++) {
+        if (!pfbd_is_volume_name_char(*p)) {
+            pfbd_set_error(errmsg, "invalid volume name '%s': only letters, "
+                           "digits, '.', '_' and '-' are allowed "
+                           "(or use ENGINE:ARG)", spec);
+            return -EINVAL;
+        }
+    }
+
+#ifdef PFBD_HAVE_IO_URING
+    dir = opts ? opts->pool_dir : NULL;
+    if (!dir) {
+        dir = getenv("PFBD_POOL_DIR");
+    }
+    if (!dir || !dir[0]) {
+        dir = PFBD_DEFAULT_POOL_DIR;
+    }
+    if (asprintf(&path, "%s/%s", dir, spec) < 0) {
+        pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
+        return -ENOMEM;
+    }
+    ret = pfbd_engine_file.volume_open(spec, path, opts, volp, errmsg);
+    if (ret == 0) {
+        (*volp)->engine = &pfbd_engine_file;
+    }
+    free(path);
+    return ret;
+#else
+    (void)dir;
+    (void)path;
+    (void)ret;
+    pfbd_set_error(errmsg, "volume '%s': pool volumes need the file engine, "
+                   "which is not built in", spec);
+    return -ENOTSUP;
+#endif
+}
+
+int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
+                     PfbdVolume **volp, char **errmsg)
+{
+    const PfbdEngine *engine;
+    PfbdVolume *vol = NULL;
+    const char *colon;
+    char names[128];
+    size_t len;
+    int ret;
+
+    *volp = NULL;
+    if (errmsg) {
+        *errmsg = NULL;
+    }
+    if (!spec || !spec[0]) {
+        pfbd_set_error(errmsg, "empty volume spec");
+        return -EINVAL;
+    }
+
+    colon = strchr(spec, ':');
+    if (!colon) {
+        ret = pfbd_open_bare_name(spec, opts, &vol, errmsg);
+    } else {
+        len = colon - spec;
+        engine = pfbd_find_engine(spec, len);
+        if (!engine) {
+            if (pfbd_is_optional_engine(spec, len)) {
+                pfbd_set_error(errmsg, "volume spec '%s': the %.*s engine is "
+                               "not built in", spec, (int)len, spec);
+                return -ENOTSUP;
+            }
+            pfbd_engine_names(names, sizeof(names));
+            pfbd_set_error(errmsg, "unknown engine '%.*s' in volume spec "
+                           "'%s' (known: %s)", (int)len, spec, spec, names);
+            return -EINVAL;
+        }
+        ret = engine->volume_open(spec, colon + 1, opts, &vol, errmsg);
+        if (ret == 0) {
+            vol->engine = engine;
+        }
+    }
+    if (ret < 0) {
+        return ret;
+    }
+
+    vol->info.engine = vol->engine->name;
+    vol->info.read_only = opts && opts->read_only;
+    vol->nqueues = 0;
+    *volp = vol;
+    return 0;
+}
+
+void pfbd_volume_close(PfbdVolume *vol)
+{
+    if (vol) {
+        vol->engine->volume_close(vol);
+    }
+}
+
+void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info)
+{
+    *info = vol->info;
+}
+
+int pfbd_volume_refresh_size(PfbdVolume *vol)
+{
+    if (!vol->engine->volume_refresh_size) {
+        return 0;
+    }
+    return vol->engine->volume_refresh_size(vol);
+}
+
+int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
+{
+    PfbdQueue *q;
+    int ret;
+
+    *qp = NULL;
+    if (depth < 1) {
+        return -EINVAL;
+    }
+    ret = vol->engine->queue_new(vol, depth, &q);
+    if (ret < 0) {
+        return ret;
+    }
+    q->vol = vol;
+    q->depth = depth;
+    q->inflight = 0;
+    vol->nqueues++;
+    *qp = q;
+    return 0;
+}
+
+void pfbd_queue_free(PfbdQueue *q)
+{
+    if (q) {
+        q->vol->nqueues--;
+        q->vol->engine->queue_free(q);
+    }
+}
+
+int pfbd_queue_get_fd(PfbdQueue *q)
+{
+    return q->vol->engine->queue_get_fd(q);
+}
+
+/* The flags that @op accepts */
+static unsigned pfbd_op_flags(PfbdOp op)
+{
+    switch (op) {
+    case PFBD_OP_WRITE:
+        return PFBD_REQ_FUA;
+    case PFBD_OP_WRITE_ZEROES:
+        return PFBD_REQ_UNMAP;
+    default:
+        return 0;
+    }
+}
+
+/* Check the arguments of pfbd_submit() against the volume */
+static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                              const struct iovec *iov, int iovcnt,
+                              uint64_t len, unsigned flags)
+{
+    const PfbdVolumeInfo *info = &q->vol->info;
+    uint32_t cap;
+    uint64_t total;
+    int i;
+
+    switch (op) {
+    case PFBD_OP_READ:
+    case PFBD_OP_WRITE:
+        cap = 0;
+        break;
+    case PFBD_OP_FLUSH:
+        cap = PFBD_CAP_FLUSH;
+        break;
+    case PFBD_OP_DISCARD:
+        cap = PFBD_CAP_DISCARD;
+        break;
+    case PFBD_OP_WRITE_ZEROES:
+        cap = PFBD_CAP_WRITE_ZEROES;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (flags & ~pfbd_op_flags(op)) {
+        return -EINVAL;
+    }
+    if (op != PFBD_OP_READ && op != PFBD_OP_FLUSH && info->read_only) {
+        return -EROFS;
+    }
+    if ((info->caps & cap) != cap) {
+        return -ENOTSUP;
+    }
+
+    if (op == PFBD_OP_FLUSH) {
+        return (iov || iovcnt || len) ? -EINVAL : 0;
+    }
+
+    if (op == PFBD_OP_READ || op == PFBD_OP_WRITE) {
+        if (!iov || iovcnt < 1) {
+            return -EINVAL;
+        }
+        total = 0;
+        for (i = 0; i < iovcnt; i++) {
+            if (iov[i].iov_len > UINT64_MAX - total) {
+                return -EINVAL;
+            }
+            total += iov[i].iov_len;
+        }
+        if (total != len) {
+            return -EINVAL;
+        }
+    } else if (iov || iovcnt) {
+        return -EINVAL;
+    }
+
+    if (len == 0 || (offset % info->block_size) ||
+        (len % info->block_size)) {
+        return -EINVAL;
+    }
+    if (offset > info->size || len > info->size - offset) {
+        return -ERANGE;
+    }
+    return 0;
+}
+
+int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                const struct iovec *iov, int iovcnt, uint64_t len,
+                unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+{
+    int ret;
+
+    ret = pfbd_check_request(q, op, offset, iov, iovcnt, len, flags);
+    if (ret < 0) {
+        return ret;
+    }
+    if (q->inflight >= q->depth) {
+        return -EAGAIN;
+    }
+    ret = q->vol->engine->submit(q, op, offset, iov, iovcnt, len, flags,
+                                 cb, opaque);
+    if (ret < 0) {
+        return ret;
+    }
+    q->inflight++;
+    return 0;
+}
+
+int pfbd_queue_flush(PfbdQueue *q)
+{
+    return q->vol->engine->flush(q);
+}
+
+bool pfbd_queue_completions_ready(PfbdQueue *q)
+{
+    return q->vol->engine->completions_ready(q);
+}
+
+int pfbd_queue_reap(PfbdQueue *q, unsigned max)
+{
+    return q->vol->engine->reap(q, max);
+}
+
+unsigned pfbd_queue_inflight(PfbdQueue *q)
+{
+    return q->inflight;
+}
+
+void pfbd_queue_drain(PfbdQueue *q)
+{
+    pfbd_queue_flush(q);
+    for (;;) {
+        pfbd_queue_reap(q, 0);
+        if (q->inflight == 0) {
+            break;
+        }
+        q->vol->engine->wait(q);
+    }
+}

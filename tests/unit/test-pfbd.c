@@ -1,0 +1,1119 @@
+/*
+ * libpfbd unit tests: the file and null engines on real files
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Every test works on its own files in a temporary directory.  The
+ * -ENOSPC and fallback tests mount small tmpfs/ramfs file systems and so
+ * must run as root.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <glib.h>
+#include "block/pfbd.h"
+
+#define MiB (1024 * 1024)
+
+static char *tmpdir;
+static unsigned file_counter;
+
+typedef struct Completion {
+    int ret;
+    int count;
+} Completion;
+
+typedef struct TestVolume {
+    char *path;
+    PfbdVolume *vol;
+    PfbdQueue *q;
+    PfbdVolumeInfo info;
+} TestVolume;
+
+static void complete_cb(void *opaque, int ret)
+{
+    Completion *c = opaque;
+
+    c->ret = ret;
+    c->count++;
+}
+
+static void *alloc_aligned(size_t len)
+{
+    void *buf;
+
+    g_assert_cmpint(posix_memalign(&buf, 4096, len), ==, 0);
+    return buf;
+}
+
+static void fill_pattern(void *buf, size_t len, unsigned seed)
+{
+    uint8_t *p = buf;
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        p[i] = (uint8_t)(i * 7 + seed * 31 + (i >> 9));
+    }
+}
+
+static bool is_zero(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (p[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A new file of @size bytes (sparse) in @dir, or in tmpdir if NULL */
+static char *make_file(const char *dir, uint64_t size)
+{
+    char *path = g_strdup_printf("%s/vol%u", dir ? dir : tmpdir,
+                                 file_counter++);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, size), ==, 0);
+    close(fd);
+    return path;
+}
+
+static void open_spec(TestVolume *tv, const char *spec, bool read_only,
+                      unsigned depth)
+{
+    PfbdOpenOptions opts = { .read_only = read_only };
+    char *err = NULL;
+    int ret;
+
+    ret = pfbd_volume_open(spec, &opts, &tv->vol, &err);
+    if (ret < 0) {
+        g_test_message("pfbd_volume_open('%s'): %s", spec, err);
+    }
+    g_assert_cmpint(ret, ==, 0);
+    g_assert_null(err);
+    g_assert_cmpint(pfbd_queue_new(tv->vol, depth, &tv->q), ==, 0);
+    pfbd_volume_get_info(tv->vol, &tv->info);
+}
+
+/* Open a new file of @size bytes in @dir (tmpdir if NULL) */
+static void open_file(TestVolume *tv, const char *dir, uint64_t size,
+                      bool read_only, unsigned depth)
+{
+    char *spec;
+
+    tv->path = make_file(dir, size);
+    spec = g_strdup_printf("file:%s", tv->path);
+    open_spec(tv, spec, read_only, depth);
+    g_free(spec);
+}
+
+static void close_volume(TestVolume *tv)
+{
+    pfbd_queue_drain(tv->q);
+    g_assert_cmpuint(pfbd_queue_inflight(tv->q), ==, 0);
+    pfbd_queue_free(tv->q);
+    pfbd_volume_close(tv->vol);
+    if (tv->path) {
+        unlink(tv->path);
+        g_free(tv->path);
+    }
+}
+
+/* Run one request to completion and return its result */
+static int do_req(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                  const struct iovec *iov, int iovcnt, uint64_t len,
+                  unsigned flags)
+{
+    Completion c = { .ret = 1 };
+
+    g_assert_cmpint(pfbd_submit(q, op, offset, iov, iovcnt, len, flags,
+                                complete_cb, &c), ==, 0);
+    g_assert_cmpint(pfbd_queue_flush(q), >=, 0);
+    pfbd_queue_drain(q);
+    g_assert_cmpint(c.count, ==, 1);
+    return c.ret;
+}
+
+static int do_rw(PfbdQueue *q, PfbdOp op, uint64_t offset, void *buf,
+                 size_t len, unsigned flags)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+
+    return do_req(q, op, offset, &iov, 1, len, flags);
+}
+
+/* Write a pattern, read it back and compare */
+static void check_write_read(PfbdQueue *q, uint64_t offset, size_t len,
+                             unsigned flags)
+{
+    uint8_t *wbuf = alloc_aligned(len);
+    uint8_t *rbuf = alloc_aligned(len);
+
+    fill_pattern(wbuf, len, offset / 512 + flags);
+    memset(rbuf, 0xaa, len);
+    g_assert_cmpint(do_rw(q, PFBD_OP_WRITE, offset, wbuf, len, flags), ==, 0);
+    g_assert_cmpint(do_rw(q, PFBD_OP_READ, offset, rbuf, len, 0), ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf, len) == 0);
+    free(wbuf);
+    free(rbuf);
+}
+
+/* Fill [offset, offset + len) with a pattern, zero it with @op, check */
+static void check_zeroing(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                          size_t len, unsigned flags)
+{
+    uint8_t *buf = alloc_aligned(len + 2 * 4096);
+
+    fill_pattern(buf, len + 2 * 4096, 3);
+    g_assert_cmpint(do_rw(q, PFBD_OP_WRITE, offset - 4096, buf,
+                          len + 2 * 4096, 0), ==, 0);
+    g_assert_cmpint(do_req(q, op, offset, NULL, 0, len, flags), ==, 0);
+    memset(buf, 0xaa, len + 2 * 4096);
+    g_assert_cmpint(do_rw(q, PFBD_OP_READ, offset - 4096, buf,
+                          len + 2 * 4096, 0), ==, 0);
+    g_assert_true(is_zero(buf + 4096, len));
+    /* The neighbours are untouched */
+    g_assert_cmpint(buf[0], !=, 0xaa);
+    g_assert_cmpint(buf[len + 4096], !=, 0xaa);
+    g_assert_false(is_zero(buf, 4096));
+    g_assert_false(is_zero(buf + 4096 + len, 4096));
+    free(buf);
+}
+
+/* Mount a file system of type @fstype on a new directory of tmpdir */
+static char *mount_fs(const char *fstype, const char *data)
+{
+    char *dir = g_strdup_printf("%s/mnt%u", tmpdir, file_counter++);
+
+    g_assert_cmpint(mkdir(dir, 0700), ==, 0);
+    if (mount(fstype, dir, fstype, 0, data) < 0) {
+        g_test_message("cannot mount %s (%s) on %s: %s; this test needs "
+                       "root (CAP_SYS_ADMIN)", fstype, data ? data : "",
+                       dir, strerror(errno));
+        g_test_fail();
+        rmdir(dir);
+        g_free(dir);
+        return NULL;
+    }
+    return dir;
+}
+
+static void unmount_fs(char *dir)
+{
+    g_assert_cmpint(umount2(dir, MNT_DETACH), ==, 0);
+    rmdir(dir);
+    g_free(dir);
+}
+
+/* Open @spec, which must fail with @expected and a message with @needle */
+static void check_open_fails(const char *spec, const PfbdOpenOptions *opts,
+                             int expected, const char *needle)
+{
+    PfbdVolume *vol = (PfbdVolume *)&vol;
+    char *err = NULL;
+
+    g_assert_cmpint(pfbd_volume_open(spec, opts, &vol, &err), ==, expected);
+    g_assert_null(vol);
+    g_assert_nonnull(err);
+    if (!strstr(err, needle)) {
+        g_test_message("message '%s' lacks '%s'", err, needle);
+        g_test_fail();
+    }
+    free(err);
+}
+
+/* ---- volume specs ---- */
+
+static void test_spec_unknown_engine(void)
+{
+    check_open_fails("foo:x", NULL, -EINVAL,
+                     "unknown engine 'foo' in volume spec 'foo:x' "
+                     "(known: file, null)");
+}
+
+static void test_spec_rbd_not_built(void)
+{
+    check_open_fails("rbd:pool/image", NULL, -ENOTSUP,
+                     "volume spec 'rbd:pool/image': the rbd engine is not "
+                     "built in");
+}
+
+static void test_spec_empty(void)
+{
+    check_open_fails("", NULL, -EINVAL, "empty volume spec");
+    check_open_fails("file:", NULL, -EINVAL, "missing file name");
+}
+
+static void test_spec_bad_bare_name(void)
+{
+    check_open_fails(".hidden", NULL, -EINVAL, "'.hidden'");
+    check_open_fails("a/b", NULL, -EINVAL, "invalid volume name 'a/b'");
+    check_open_fails("../etc", NULL, -EINVAL, "'../etc'");
+}
+
+static void test_spec_bare_name_pool_dir(void)
+{
+    char *path = make_file(NULL, MiB);
+    PfbdOpenOptions opts = { .pool_dir = tmpdir };
+    PfbdVolumeInfo info;
+    PfbdVolume *vol;
+
+    g_assert_cmpint(pfbd_volume_open(strrchr(path, '/') + 1, &opts, &vol,
+                                     NULL), ==, 0);
+    pfbd_volume_get_info(vol, &info);
+    g_assert_cmpstr(info.engine, ==, "file");
+    g_assert_cmpuint(info.size, ==, MiB);
+    pfbd_volume_close(vol);
+    unlink(path);
+    g_free(path);
+}
+
+static void test_spec_bare_name_env(void)
+{
+    char *path = make_file(NULL, MiB);
+    char *name = strrchr(path, '/') + 1;
+    PfbdVolume *vol;
+
+    g_setenv("PFBD_POOL_DIR", tmpdir, true);
+    g_assert_cmpint(pfbd_volume_open(name, NULL, &vol, NULL), ==, 0);
+    pfbd_volume_close(vol);
+    g_unsetenv("PFBD_POOL_DIR");
+    unlink(path);
+    check_open_fails(name, NULL, -ENOENT, name);
+    g_free(path);
+}
+
+/* ---- null engine ---- */
+
+static void test_null_size_suffixes(void)
+{
+    static const struct {
+        const char *spec;
+        uint64_t size;
+    } cases[] = {
+        { "null:4096", 4096 },
+        { "null:1K", 1024 },
+        { "null:2k", 2048 },
+        { "null:3M", 3ull << 20 },
+        { "null:1G", 1ull << 30 },
+        { "null:5T", 5ull << 40 },
+    };
+    PfbdVolumeInfo info;
+    PfbdVolume *vol;
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_assert_cmpint(pfbd_volume_open(cases[i].spec, NULL, &vol, NULL),
+                        ==, 0);
+        pfbd_volume_get_info(vol, &info);
+        g_assert_cmpstr(info.engine, ==, "null");
+        g_assert_cmpuint(info.size, ==, cases[i].size);
+        g_assert_cmpuint(info.block_size, ==, 512);
+        g_assert_cmpuint(info.caps, ==, PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
+                         PFBD_CAP_WRITE_ZEROES);
+        g_assert_false(info.read_only);
+        pfbd_volume_close(vol);
+    }
+}
+
+static void test_null_bad_size(void)
+{
+    static const char *const specs[] = {
+        "null:", "null:abc", "null:1X", "null:1KB", "null:-1", "null:0",
+        "null:1000", "null:99999999999999999999", "null:20000000T",
+    };
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(specs); i++) {
+        check_open_fails(specs[i], NULL, -EINVAL, specs[i]);
+    }
+}
+
+static void test_null_every_op(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t buf[4096];
+    struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+
+    open_spec(&tv, "null:1M", false, 4);
+    memset(buf, 0x5a, sizeof(buf));
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 0, &iov, 1, 4096,
+                           PFBD_REQ_FUA), ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, MiB - 4096, &iov, 1, 4096, 0),
+                    ==, 0);
+    /* Reads do not touch the data */
+    g_assert_cmpint(buf[0], ==, 0x5a);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, MiB, 0), ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE_ZEROES, 512, NULL, 0, 1024,
+                           PFBD_REQ_UNMAP), ==, 0);
+    close_volume(&tv);
+}
+
+static void test_null_completes_at_flush(void)
+{
+    TestVolume tv = { 0 };
+    Completion c[3] = { { 0 } };
+    uint64_t counter;
+    int fd, i;
+
+    open_spec(&tv, "null:1M", false, 3);
+    fd = pfbd_queue_get_fd(tv.q);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                    complete_cb, &c[i]), ==, 0);
+    }
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    g_assert_cmpint(read(fd, &counter, sizeof(counter)), ==, -1);
+    g_assert_cmpint(errno, ==, EAGAIN);
+
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 3);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 0);
+    g_assert_cmpint(read(fd, &counter, sizeof(counter)), ==, sizeof(counter));
+    g_assert_true(pfbd_queue_completions_ready(tv.q));
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 2), ==, 2);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 1);
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 1);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    close_volume(&tv);
+}
+
+/* ---- file engine: opening ---- */
+
+static void test_file_open_info(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, 8 * MiB + 4096, false, 1);
+    g_assert_cmpstr(tv.info.engine, ==, "file");
+    g_assert_cmpuint(tv.info.size, ==, 8 * MiB + 4096);
+    g_assert_cmpuint(tv.info.block_size, >=, 512);
+    g_assert_cmpuint(tv.info.size % tv.info.block_size, ==, 0);
+    g_assert_cmpuint(tv.info.mem_align, >=, 1);
+    g_assert_cmpuint(tv.info.caps, ==, PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
+                     PFBD_CAP_WRITE_ZEROES);
+    g_assert_false(tv.info.read_only);
+    g_assert_cmpint(pfbd_queue_get_fd(tv.q), >=, 0);
+    close_volume(&tv);
+}
+
+static void test_file_size_rounded_down(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, MiB + 4096 + 100, false, 1);
+    g_assert_cmpuint(tv.info.size, ==,
+                     (MiB + 4096 + 100) / tv.info.block_size *
+                     tv.info.block_size);
+    close_volume(&tv);
+}
+
+static void test_file_refresh_size(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, MiB, false, 1);
+    g_assert_cmpint(truncate(tv.path, 2 * MiB), ==, 0);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    pfbd_volume_get_info(tv.vol, &tv.info);
+    g_assert_cmpuint(tv.info.size, ==, 2 * MiB);
+    close_volume(&tv);
+}
+
+static void test_file_missing(void)
+{
+    char *spec = g_strdup_printf("file:%s/does-not-exist", tmpdir);
+
+    check_open_fails(spec, NULL, -ENOENT, "does-not-exist");
+    check_open_fails(spec, NULL, -ENOENT, strerror(ENOENT));
+    g_free(spec);
+}
+
+static void test_file_directory(void)
+{
+    PfbdOpenOptions ro = { .read_only = true };
+    char *spec = g_strdup_printf("file:%s", tmpdir);
+
+    check_open_fails(spec, NULL, -EINVAL, tmpdir);
+    check_open_fails(spec, &ro, -EINVAL, "not a regular file or block");
+    g_free(spec);
+}
+
+static void test_file_fifo(void)
+{
+    char *path = g_strdup_printf("%s/fifo%u", tmpdir, file_counter++);
+    char *spec = g_strdup_printf("file:%s", path);
+
+    g_assert_cmpint(mkfifo(path, 0600), ==, 0);
+    check_open_fails(spec, NULL, -EINVAL, "not a regular file or block");
+    unlink(path);
+    g_free(spec);
+    g_free(path);
+}
+
+static void test_file_too_small(void)
+{
+    char *path = make_file(NULL, 100);
+    char *spec = g_strdup_printf("file:%s", path);
+
+    check_open_fails(spec, NULL, -EINVAL, "smaller than one block");
+    unlink(path);
+    g_free(spec);
+    g_free(path);
+}
+
+/* ---- file engine: data ---- */
+
+static void test_file_write_read(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, 4 * MiB, false, 4);
+    check_write_read(tv.q, 0, 4096, 0);
+    check_write_read(tv.q, MiB + 4096, 128 * 1024, 0);
+    check_write_read(tv.q, 4 * MiB - 8192, 8192, 0);
+    check_write_read(tv.q, 8192, 2 * MiB, 0);
+    close_volume(&tv);
+}
+
+static void test_file_write_fua(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, MiB, false, 1);
+    check_write_read(tv.q, 65536, 65536, PFBD_REQ_FUA);
+    close_volume(&tv);
+}
+
+static void test_file_readv_writev(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *wbuf = alloc_aligned(16384);
+    uint8_t *rbuf = alloc_aligned(16384);
+    struct iovec iov[3] = {
+        { wbuf, 4096 }, { wbuf + 4096, 8192 }, { wbuf + 12288, 4096 },
+    };
+
+    open_file(&tv, NULL, MiB, false, 1);
+    fill_pattern(wbuf, 16384, 9);
+    memset(rbuf, 0xaa, 16384);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 4096, iov, 3, 16384, 0),
+                    ==, 0);
+    /* Read it back through a differently split vector */
+    iov[0] = (struct iovec) { rbuf + 8192, 8192 };
+    iov[1] = (struct iovec) { rbuf, 4096 };
+    iov[2] = (struct iovec) { rbuf + 4096, 4096 };
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, 4096, iov, 3, 16384, 0),
+                    ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf + 8192, 8192) == 0);
+    g_assert_true(memcmp(wbuf + 8192, rbuf, 8192) == 0);
+    free(wbuf);
+    free(rbuf);
+    close_volume(&tv);
+}
+
+static void test_file_flush(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, MiB, false, 1);
+    check_write_read(tv.q, 0, 4096, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    close_volume(&tv);
+}
+
+static void test_file_discard(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, 4 * MiB, false, 1);
+    check_zeroing(tv.q, PFBD_OP_DISCARD, MiB, MiB, 0);
+    close_volume(&tv);
+}
+
+static void test_file_write_zeroes(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, 4 * MiB, false, 1);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 8192, 65536, 0);
+    close_volume(&tv);
+}
+
+static void test_file_write_zeroes_unmap(void)
+{
+    TestVolume tv = { 0 };
+
+    open_file(&tv, NULL, 4 * MiB, false, 1);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, MiB, 2 * MiB, PFBD_REQ_UNMAP);
+    close_volume(&tv);
+}
+
+/* Buffers whose address or length is not a multiple of mem_align */
+static void test_file_misaligned_buffers(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *wmem = alloc_aligned(65536 + 4096);
+    uint8_t *rmem = alloc_aligned(65536 + 4096);
+    uint8_t *wbuf = wmem + 1;
+    uint8_t *rbuf = rmem + 3;
+    struct iovec wiov[3] = {
+        { wbuf, 100 }, { wbuf + 100, 4000 }, { wbuf + 4100, 65536 - 4100 },
+    };
+    struct iovec riov[2] = {
+        { rbuf, 7 }, { rbuf + 7, 65536 - 7 },
+    };
+
+    open_file(&tv, NULL, MiB, false, 2);
+    fill_pattern(wbuf, 65536, 5);
+    memset(rbuf, 0xaa, 65536);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 8192, wiov, 3, 65536, 0),
+                    ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, 8192, riov, 2, 65536, 0),
+                    ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf, 65536) == 0);
+
+    /* And through an aligned buffer, to see what reached the file */
+    memset(rmem, 0xaa, 65536);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 8192, rmem, 65536, 0), ==, 0);
+    g_assert_true(memcmp(wbuf, rmem, 65536) == 0);
+    free(wmem);
+    free(rmem);
+    close_volume(&tv);
+}
+
+/* More iovecs than one readv/writev takes */
+static void test_file_many_iovecs(void)
+{
+    const int n = IOV_MAX + 100;
+    TestVolume tv = { 0 };
+    uint8_t *wbuf = alloc_aligned(n * 512);
+    uint8_t *rbuf = alloc_aligned(n * 512);
+    struct iovec *iov = g_new(struct iovec, n);
+    int i;
+
+    open_file(&tv, NULL, MiB, false, 1);
+    fill_pattern(wbuf, n * 512, 11);
+    memset(rbuf, 0xaa, n * 512);
+    for (i = 0; i < n; i++) {
+        iov[i] = (struct iovec) { wbuf + i * 512, 512 };
+    }
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 0, iov, n, n * 512, 0), ==, 0);
+    for (i = 0; i < n; i++) {
+        iov[i] = (struct iovec) { rbuf + i * 512, 512 };
+    }
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, 0, iov, n, n * 512, 0), ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf, n * 512) == 0);
+    g_free(iov);
+    free(wbuf);
+    free(rbuf);
+    close_volume(&tv);
+}
+
+/* Many requests queued, sent with one flush */
+static void test_file_batch(void)
+{
+    enum { N = 64, LEN = 8192 };
+    TestVolume tv = { 0 };
+    uint8_t *wbuf = alloc_aligned(N * LEN);
+    uint8_t *rbuf = alloc_aligned(N * LEN);
+    struct iovec iov[N];
+    Completion c[N] = { { 0 } };
+    int i;
+
+    open_file(&tv, NULL, MiB, false, N);
+    fill_pattern(wbuf, N * LEN, 13);
+    memset(rbuf, 0xaa, N * LEN);
+    for (i = 0; i < N; i++) {
+        iov[i] = (struct iovec) { wbuf + i * LEN, LEN };
+        c[i].ret = 1;
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, i * LEN, &iov[i], 1,
+                                    LEN, 0, complete_cb, &c[i]), ==, 0);
+    }
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, N);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
+    pfbd_queue_drain(tv.q);
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, rbuf, N * LEN, 0), ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf, N * LEN) == 0);
+    free(wbuf);
+    free(rbuf);
+    close_volume(&tv);
+}
+
+/* The eventfd becomes readable and reap then completes the requests */
+static void test_file_eventfd(void)
+{
+    enum { N = 8 };
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(N * 4096);
+    struct iovec iov[N];
+    Completion c[N] = { { 0 } };
+    struct pollfd pfd;
+    uint64_t counter;
+    int done = 0;
+    int i;
+
+    open_file(&tv, NULL, MiB, false, N);
+    pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+    for (i = 0; i < N; i++) {
+        iov[i] = (struct iovec) { buf + i * 4096, 4096 };
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, i * 8192, &iov[i], 1,
+                                    4096, 0, complete_cb, &c[i]), ==, 0);
+    }
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
+    while (done < N) {
+        g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+        g_assert_cmpint(read(pfd.fd, &counter, sizeof(counter)), ==,
+                        sizeof(counter));
+        g_assert_cmpuint(counter, >=, 1);
+        g_assert_true(pfbd_queue_completions_ready(tv.q));
+        done += pfbd_queue_reap(tv.q, 0);
+    }
+    g_assert_cmpint(done, ==, N);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 0);
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    free(buf);
+    close_volume(&tv);
+}
+
+typedef struct Chain {
+    PfbdQueue *q;
+    struct iovec iov;
+    int remaining;      /* requests still to submit from the callback */
+    int completed;
+} Chain;
+
+static void chain_cb(void *opaque, int ret)
+{
+    Chain *ch = opaque;
+
+    g_assert_cmpint(ret, ==, 0);
+    ch->completed++;
+    if (ch->remaining > 0) {
+        ch->remaining--;
+        g_assert_cmpint(pfbd_submit(ch->q, PFBD_OP_WRITE,
+                                    ch->remaining * 4096, &ch->iov, 1, 4096,
+                                    0, chain_cb, ch), ==, 0);
+    }
+}
+
+/* drain waits for requests in flight, and those their callbacks submit */
+static void test_file_drain(void)
+{
+    enum { N = 16 };
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(MiB);
+    struct iovec iov[N];
+    Chain ch[N];
+    int i;
+
+    open_file(&tv, NULL, 64 * MiB, false, N);
+    fill_pattern(buf, MiB, 17);
+    for (i = 0; i < N; i++) {
+        ch[i] = (Chain) {
+            .q = tv.q, .iov = { buf, 4096 }, .remaining = 3,
+        };
+        iov[i] = (struct iovec) { buf, MiB };
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, (i * 4 + 1) * MiB,
+                                    &iov[i], 1, MiB, PFBD_REQ_FUA, chain_cb,
+                                    &ch[i]), ==, 0);
+    }
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, N);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 0);
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(ch[i].completed, ==, 4);
+    }
+    free(buf);
+    close_volume(&tv);
+}
+
+/* drain also sends requests that were never flushed */
+static void test_file_drain_unflushed(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(4096);
+    struct iovec iov = { buf, 4096 };
+    Completion c = { .ret = 1 };
+
+    open_file(&tv, NULL, MiB, false, 1);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &iov, 1, 4096, 0,
+                                complete_cb, &c), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c.count, ==, 1);
+    g_assert_cmpint(c.ret, ==, 0);
+    free(buf);
+    close_volume(&tv);
+}
+
+static gpointer write_in_thread(gpointer opaque)
+{
+    TestVolume *tv = opaque;
+
+    check_write_read(tv->q, 8192, 65536, 0);
+    return NULL;
+}
+
+/* A queue created in one thread serves another, then comes back */
+static void test_file_queue_changes_thread(void)
+{
+    TestVolume tv = { 0 };
+    GThread *thread;
+    int fd;
+
+    open_file(&tv, NULL, MiB, false, 4);
+    fd = pfbd_queue_get_fd(tv.q);
+    thread = g_thread_new("pfbd-test", write_in_thread, &tv);
+    g_thread_join(thread);
+    g_assert_cmpint(pfbd_queue_get_fd(tv.q), ==, fd);
+    check_write_read(tv.q, 0, 4096, 0);
+    thread = g_thread_new("pfbd-test", write_in_thread, &tv);
+    g_thread_join(thread);
+    close_volume(&tv);
+}
+
+/* ---- argument errors ---- */
+
+static void test_submit_misaligned(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(8192);
+    struct iovec iov = { buf, 4096 };
+    struct iovec odd = { buf, 100 };
+    Completion c = { 0 };
+    uint32_t bs;
+
+    open_file(&tv, NULL, MiB, false, 4);
+    bs = tv.info.block_size;
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, bs / 2, &iov, 1, 4096, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &odd, 1, 100, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    /* len does not match the iovecs */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 0, &iov, 1, 8192, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, NULL, 0, 4096, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_DISCARD, bs, NULL, 0, bs + 1,
+                                0, complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE_ZEROES, 1, NULL, 0, bs,
+                                0, complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, 0,
+                                0, complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 4096, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    /* Unknown op and flags */
+    g_assert_cmpint(pfbd_submit(tv.q, (PfbdOp)42, 0, NULL, 0, 0, 0,
+                                complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 0, &iov, 1, 4096,
+                                1u << 7, complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &iov, 1, 4096,
+                                PFBD_REQ_UNMAP, complete_cb, &c), ==, -EINVAL);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c.count, ==, 0);
+    free(buf);
+    close_volume(&tv);
+}
+
+static void test_submit_beyond_end(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(8192);
+    struct iovec iov = { buf, 8192 };
+    Completion c = { 0 };
+
+    open_file(&tv, NULL, MiB, false, 4);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, MiB - 4096, &iov, 1,
+                                8192, 0, complete_cb, &c), ==, -ERANGE);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, MiB, &iov, 1, 8192, 0,
+                                complete_cb, &c), ==, -ERANGE);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, 2 * MiB,
+                                0, complete_cb, &c), ==, -ERANGE);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE_ZEROES,
+                                UINT64_MAX - 511, NULL, 0, 1024, 0,
+                                complete_cb, &c), ==, -ERANGE);
+    g_assert_cmpint(c.count, ==, 0);
+    /* The last block is fine */
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, MiB - 8192, buf, 8192, 0),
+                    ==, 0);
+    free(buf);
+    close_volume(&tv);
+}
+
+static void test_submit_read_only(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(4096);
+    struct iovec iov = { buf, 4096 };
+    Completion c = { 0 };
+
+    open_file(&tv, NULL, MiB, true, 4);
+    g_assert_true(tv.info.read_only);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 0, &iov, 1, 4096, 0,
+                                complete_cb, &c), ==, -EROFS);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, 4096, 0,
+                                complete_cb, &c), ==, -EROFS);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE_ZEROES, 0, NULL, 0, 4096,
+                                0, complete_cb, &c), ==, -EROFS);
+    g_assert_cmpint(c.count, ==, 0);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, buf, 4096, 0), ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    free(buf);
+    close_volume(&tv);
+}
+
+static void test_submit_depth_exceeded(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(4096);
+    struct iovec iov = { buf, 4096 };
+    Completion c[3] = { { 0 } };
+
+    open_file(&tv, NULL, MiB, false, 2);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &iov, 1, 4096, 0,
+                                complete_cb, &c[0]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c[1]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 4096, &iov, 1, 4096, 0,
+                                complete_cb, &c[2]), ==, -EAGAIN);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[0].count + c[1].count, ==, 2);
+    g_assert_cmpint(c[2].count, ==, 0);
+    /* There is room again */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 4096, &iov, 1, 4096, 0,
+                                complete_cb, &c[2]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[2].count, ==, 1);
+    free(buf);
+    close_volume(&tv);
+}
+
+static void test_null_depth_exceeded(void)
+{
+    TestVolume tv = { 0 };
+    Completion c = { 0 };
+
+    open_spec(&tv, "null:1M", false, 1);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c), ==, -EAGAIN);
+    close_volume(&tv);
+    g_assert_cmpint(c.count, ==, 1);
+}
+
+static void test_queue_zero_depth(void)
+{
+    PfbdVolume *vol;
+    PfbdQueue *q;
+
+    g_assert_cmpint(pfbd_volume_open("null:1M", NULL, &vol, NULL), ==, 0);
+    g_assert_cmpint(pfbd_queue_new(vol, 0, &q), ==, -EINVAL);
+    pfbd_volume_close(vol);
+}
+
+/* ---- the file system's answers ---- */
+
+/* A write past the capacity of a full file system fails with -ENOSPC */
+static void test_file_enospc(void)
+{
+    TestVolume tv = { 0 };
+    char *mnt = mount_fs("tmpfs", "size=64k");
+    struct iovec *iov;
+    uint8_t *buf;
+    int i;
+
+    if (!mnt) {
+        return;
+    }
+    buf = alloc_aligned(MiB);
+    open_file(&tv, mnt, 4 * MiB, false, 1);
+    fill_pattern(buf, MiB, 19);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_WRITE, 0, buf, MiB, 0), ==, -ENOSPC);
+    /* A FUA write, split in many iovecs, too */
+    iov = g_new(struct iovec, 256);
+    for (i = 0; i < 256; i++) {
+        iov[i] = (struct iovec) { buf + i * 4096, 4096 };
+    }
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 2 * MiB, iov, 256, MiB,
+                           PFBD_REQ_FUA), ==, -ENOSPC);
+    g_free(iov);
+    free(buf);
+    close_volume(&tv);
+    unmount_fs(mnt);
+}
+
+/*
+ * A file that shrank under the volume: the read is short, continued, and
+ * fails with -EIO when it gets 0 bytes at the end of the file
+ */
+static void test_file_short_read_eof(void)
+{
+    enum { N = 8 };
+    TestVolume tv = { 0 };
+    uint8_t *buf = alloc_aligned(N * 4096);
+    struct iovec iov[N];
+    int i;
+
+    open_file(&tv, NULL, MiB, false, 1);
+    fill_pattern(buf, N * 4096, 23);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_WRITE, MiB - N * 4096, buf,
+                          N * 4096, 0), ==, 0);
+    g_assert_cmpint(truncate(tv.path, MiB - 3 * 4096), ==, 0);
+    for (i = 0; i < N; i++) {
+        iov[i] = (struct iovec) { buf + i * 4096, 4096 };
+    }
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, MiB - N * 4096, iov, N,
+                           N * 4096, 0), ==, -EIO);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    pfbd_volume_get_info(tv.vol, &tv.info);
+    g_assert_cmpuint(tv.info.size, ==, MiB - 3 * 4096);
+    free(buf);
+    close_volume(&tv);
+}
+
+/* tmpfs has no FALLOC_FL_ZERO_RANGE: write-zeroes punches a hole */
+static void test_file_write_zeroes_tmpfs(void)
+{
+    TestVolume tv = { 0 };
+    char *mnt = mount_fs("tmpfs", "size=16m");
+
+    if (!mnt) {
+        return;
+    }
+    open_file(&tv, mnt, 4 * MiB, false, 1);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 8192, 65536, 0);
+    /* Again, now that the volume knows */
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, MiB, MiB, 0);
+    check_zeroing(tv.q, PFBD_OP_DISCARD, 2 * MiB, 8192, 0);
+    close_volume(&tv);
+    unmount_fs(mnt);
+}
+
+/* ramfs has no fallocate and no O_DIRECT: zeroes are written */
+static void test_file_write_zeroes_ramfs(void)
+{
+    TestVolume tv = { 0 };
+    char *mnt = mount_fs("ramfs", NULL);
+
+    if (!mnt) {
+        return;
+    }
+    open_file(&tv, mnt, 4 * MiB, false, 1);
+    g_assert_cmpuint(tv.info.mem_align, ==, 1);
+    /* Discard may leave the data, but must succeed, asked or not */
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, 4096, 0), ==, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_DISCARD, 0, NULL, 0, 4096, 0), ==, 0);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 8192, 65536, 0);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, MiB, MiB + 4096,
+                  PFBD_REQ_UNMAP);
+    check_write_read(tv.q, 4097 & ~511, 4096, 0);
+    close_volume(&tv);
+    unmount_fs(mnt);
+}
+
+static int remove_one(const char *path, const struct stat *st, int type,
+                      struct FTW *ftw)
+{
+    return remove(path);
+}
+
+int main(int argc, char **argv)
+{
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    tmpdir = g_dir_make_tmp("test-pfbd-XXXXXX", NULL);
+    g_assert_nonnull(tmpdir);
+
+    g_test_add_func("/pfbd/spec/unknown-engine", test_spec_unknown_engine);
+    g_test_add_func("/pfbd/spec/rbd-not-built", test_spec_rbd_not_built);
+    g_test_add_func("/pfbd/spec/empty", test_spec_empty);
+    g_test_add_func("/pfbd/spec/bad-bare-name", test_spec_bad_bare_name);
+    g_test_add_func("/pfbd/spec/bare-name-pool-dir",
+                    test_spec_bare_name_pool_dir);
+    g_test_add_func("/pfbd/spec/bare-name-env", test_spec_bare_name_env);
+
+    g_test_add_func("/pfbd/null/size-suffixes", test_null_size_suffixes);
+    g_test_add_func("/pfbd/null/bad-size", test_null_bad_size);
+    g_test_add_func("/pfbd/null/every-op", test_null_every_op);
+    g_test_add_func("/pfbd/null/completes-at-flush",
+                    test_null_completes_at_flush);
+    g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
+    g_test_add_func("/pfbd/queue/zero-depth", test_queue_zero_depth);
+
+    g_test_add_func("/pfbd/file/open-info", test_file_open_info);
+    g_test_add_func("/pfbd/file/size-rounded-down",
+                    test_file_size_rounded_down);
+    g_test_add_func("/pfbd/file/refresh-size", test_file_refresh_size);
+    g_test_add_func("/pfbd/file/missing", test_file_missing);
+    g_test_add_func("/pfbd/file/directory", test_file_directory);
+    g_test_add_func("/pfbd/file/fifo", test_file_fifo);
+    g_test_add_func("/pfbd/file/too-small", test_file_too_small);
+
+    g_test_add_func("/pfbd/file/write-read", test_file_write_read);
+    g_test_add_func("/pfbd/file/write-fua", test_file_write_fua);
+    g_test_add_func("/pfbd/file/readv-writev", test_file_readv_writev);
+    g_test_add_func("/pfbd/file/flush", test_file_flush);
+    g_test_add_func("/pfbd/file/discard", test_file_discard);
+    g_test_add_func("/pfbd/file/write-zeroes", test_file_write_zeroes);
+    g_test_add_func("/pfbd/file/write-zeroes-unmap",
+                    test_file_write_zeroes_unmap);
+    g_test_add_func("/pfbd/file/misaligned-buffers",
+                    test_file_misaligned_buffers);
+    g_test_add_func("/pfbd/file/many-iovecs", test_file_many_iovecs);
+    g_test_add_func("/pfbd/file/batch", test_file_batch);
+    g_test_add_func("/pfbd/file/eventfd", test_file_eventfd);
+    g_test_add_func("/pfbd/file/drain", test_file_drain);
+    g_test_add_func("/pfbd/file/drain-unflushed", test_file_drain_unflushed);
+    g_test_add_func("/pfbd/file/queue-changes-thread",
+                    test_file_queue_changes_thread);
+
+    g_test_add_func("/pfbd/submit/misaligned", test_submit_misaligned);
+    g_test_add_func("/pfbd/submit/beyond-end", test_submit_beyond_end);
+    g_test_add_func("/pfbd/submit/read-only", test_submit_read_only);
+    g_test_add_func("/pfbd/submit/depth-exceeded",
+                    test_submit_depth_exceeded);
+
+    g_test_add_func("/pfbd/file/short-read-eof", test_file_short_read_eof);
+    g_test_add_func("/pfbd/file/enospc", test_file_enospc);
+    g_test_add_func("/pfbd/file/write-zeroes-tmpfs",
+                    test_file_write_zeroes_tmpfs);
+    g_test_add_func("/pfbd/file/write-zeroes-ramfs",
+                    test_file_write_zeroes_ramfs);
+
+    ret = g_test_run();
+    nftw(tmpdir, remove_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    g_free(tmpdir);
+    return ret;
+}
