@@ -1,0 +1,475 @@
+"""Boot the pfbd-qemu test guest and run a shell job in it (stdlib only).
+
+Used by the pytest suite (tests/functional) and by tests/bench/guest-fio.py.
+
+The guest (tests/guest/build-guest.sh -> <repo>/build/guest/{vmlinuz,
+initramfs.img}) reads a job script from fw_cfg (opt/pfbd/job), runs it with
+busybox sh, prints its output between markers on ttyS0 and powers off.
+
+Environment:
+  PFBD_QEMU          QEMU binary (default <repo>/build/qemu-system-x86_64)
+  PFBD_ACCEL         force the accelerator: "tcg" or "kvm" (default: probe)
+  PFBD_GUEST_DIR     guest artefacts dir (default <repo>/build/guest)
+  PFBD_FIRMWARE_DIR  dir for -L (default <guest dir>/firmware, created with
+                     symlinks to /usr/share/seabios and /usr/share/qemu)
+  PFBD_KVM_PROBE_TIMEOUT  seconds the KVM probe boot may take (default 20;
+                     the result is cached in <guest dir>/accel-probe.json)
+
+Typical use:
+    g = Guest()
+    res = g.run_job("fio ...", extra_args=[...], timeout=600)   # raises GuestError
+    res.output, res.rc
+    code, stderr = g.run_expect_fail([...])                       # bad configs
+
+For QMP (stop/cont etc.) use g.start(...) -> Vm, vm.qmp("stop"), vm.wait().
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+BEGIN = "===PFBD-JOB-BEGIN==="
+END_PREFIX = "===PFBD-JOB-END rc="
+INIT_ERROR = "===PFBD-INIT-ERROR"
+
+TAIL_LINES = 60
+
+
+def qemu_binary():
+    return os.environ.get("PFBD_QEMU",
+                          os.path.join(REPO, "build", "qemu-system-x86_64"))
+
+
+def guest_dir():
+    return os.environ.get("PFBD_GUEST_DIR", os.path.join(REPO, "build", "guest"))
+
+
+class GuestError(AssertionError):
+    """A guest run failed (timeout, QEMU error, missing marker, job failure)."""
+
+    def __init__(self, msg, result=None):
+        super().__init__(msg)
+        self.result = result
+
+
+class JobResult:
+    def __init__(self, output, rc, qemu_rc, console, stderr, elapsed, accel,
+                 timed_out=False):
+        self.output = output        # job stdout+stderr (None if no markers)
+        self.rc = rc                # job exit status (None if unknown)
+        self.qemu_rc = qemu_rc
+        self.console = console      # whole serial console text
+        self.stderr = stderr        # QEMU's stderr
+        self.elapsed = elapsed
+        self.accel = accel
+        self.timed_out = timed_out
+
+    def describe(self, what="guest run"):
+        con = self.console.splitlines()[-TAIL_LINES:]
+        err = self.stderr.splitlines()[-TAIL_LINES:]
+        return ("%s: job rc=%s, qemu rc=%s, timed_out=%s, %.1fs, accel=%s\n"
+                "---- last %d console lines ----\n%s\n"
+                "---- QEMU stderr (last %d lines) ----\n%s\n----"
+                % (what, self.rc, self.qemu_rc, self.timed_out, self.elapsed,
+                   self.accel, len(con), "\n".join(con), len(err),
+                   "\n".join(err)))
+
+
+def parse_console(text):
+    """Return (output, rc) from the console text; (None, None) if absent."""
+    text = text.replace("\r\n", "\n").replace("\r", "")
+    b = text.find(BEGIN + "\n")
+    if b < 0:
+        return None, None
+    body = text[b + len(BEGIN) + 1:]
+    e = body.rfind(END_PREFIX)
+    if e < 0:
+        return body, None
+    tail = body[e + len(END_PREFIX):]
+    try:
+        rc = int(tail.split("=", 1)[0])
+    except ValueError:
+        return body[:e], None
+    return body[:e], rc
+
+
+class Qmp:
+    """Minimal synchronous QMP client."""
+
+    def __init__(self, path, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+        self.f = self.sock.makefile("rwb")
+        self.events = []
+        self._read()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise EOFError("QMP connection closed")
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg).encode() + b"\n")
+        self.f.flush()
+        while True:
+            r = self._read()
+            if "event" in r:
+                self.events.append(r)
+                continue
+            if "error" in r:
+                raise RuntimeError("QMP %s failed: %s" % (name, r["error"]))
+            return r.get("return")
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Vm:
+    """A running QEMU (from Guest.start); call wait() to collect the result."""
+
+    def __init__(self, guest, proc, workdir, console_path, stderr_path,
+                 qmp_path, accel, timeout):
+        self.guest = guest
+        self.proc = proc
+        self.workdir = workdir
+        self.console_path = console_path
+        self.stderr_path = stderr_path
+        self.qmp_path = qmp_path
+        self.accel = accel
+        self.timeout = timeout
+        self.t0 = time.monotonic()
+        self._qmp = None
+
+    @property
+    def qmp_conn(self):
+        if self._qmp is None:
+            if not self.qmp_path:
+                raise RuntimeError("VM started without qmp=True")
+            self._qmp = Qmp(self.qmp_path)
+        return self._qmp
+
+    def qmp(self, name, **args):
+        return self.qmp_conn.cmd(name, **args)
+
+    def console(self):
+        try:
+            with open(self.console_path, "rb") as f:
+                return f.read().decode("utf-8", "replace").replace("\r", "")
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, needle, timeout=None):
+        """Wait until `needle` appears on the console; return True/False."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            if needle in self.console():
+                return True
+            if self.proc.poll() is not None:
+                return needle in self.console()
+            time.sleep(0.2)
+        return False
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait(self, check=True, expect_rc=0):
+        remaining = self.timeout - (time.monotonic() - self.t0)
+        timed_out = False
+        try:
+            qemu_rc = self.proc.wait(timeout=max(remaining, 1))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.proc.terminate()
+            try:
+                qemu_rc = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                qemu_rc = self.proc.wait()
+        if self._qmp:
+            self._qmp.close()
+        elapsed = time.monotonic() - self.t0
+        console = self.console()
+        with open(self.stderr_path, "rb") as f:
+            stderr = f.read().decode("utf-8", "replace")
+        output, rc = parse_console(console)
+        res = JobResult(output, rc, qemu_rc, console, stderr, elapsed,
+                        self.accel, timed_out)
+        if not self.guest.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if check:
+            problem = None
+            if timed_out:
+                problem = "timed out after %ds" % self.timeout
+            elif qemu_rc != 0:
+                problem = "QEMU exited with status %s" % qemu_rc
+            elif INIT_ERROR in console:
+                problem = "guest init error"
+            elif output is None:
+                problem = "job start marker missing on the console"
+            elif rc is None:
+                problem = "job end marker missing on the console"
+            elif expect_rc is not None and rc != expect_rc:
+                problem = "job exited with status %s (expected %s)" % (rc, expect_rc)
+            if problem:
+                raise GuestError(res.describe("guest run failed: " + problem), res)
+        return res
+
+
+class Guest:
+    def __init__(self, qemu=None, accel=None, mem="512M", smp=2,
+                 keep_workdir=False, log=None):
+        self.qemu = qemu or qemu_binary()
+        self.gdir = guest_dir()
+        self.mem = mem
+        self.smp = smp
+        self.keep_workdir = keep_workdir or bool(os.environ.get("PFBD_KEEP"))
+        self.log = log or (lambda msg: None)
+        self.ensure_built()
+        self.firmware = self.ensure_firmware()
+        self.accel = accel or os.environ.get("PFBD_ACCEL") or self.probe_accel()
+
+    # ------------------------------------------------------------ setup
+    def ensure_built(self):
+        if not os.access(self.qemu, os.X_OK):
+            raise RuntimeError("QEMU binary %s not found/executable "
+                               "(set PFBD_QEMU)" % self.qemu)
+        script = os.path.join(REPO, "tests", "guest", "build-guest.sh")
+        p = subprocess.run([script, self.gdir], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            raise RuntimeError("build-guest.sh failed:\n" +
+                               p.stdout.decode(errors="replace")[-4000:])
+
+    def ensure_firmware(self):
+        fw = os.environ.get("PFBD_FIRMWARE_DIR")
+        if fw:
+            return fw
+        fw = os.path.join(self.gdir, "firmware")
+        if not os.path.exists(os.path.join(fw, "bios-256k.bin")):
+            os.makedirs(fw, exist_ok=True)
+            for d in ("/usr/share/seabios", "/usr/share/qemu"):
+                if not os.path.isdir(d):
+                    continue
+                for n in os.listdir(d):
+                    dst = os.path.join(fw, n)
+                    if not os.path.lexists(dst):
+                        os.symlink(os.path.join(d, n), dst)
+        if not os.path.exists(os.path.join(fw, "bios-256k.bin")):
+            raise RuntimeError("no bios-256k.bin: install Debian's seabios "
+                               "package or set PFBD_FIRMWARE_DIR")
+        return fw
+
+    def probe_accel(self):
+        """kvm if a real boot of the guest under KVM works, else tcg (cached)."""
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return "tcg"
+        # KVM usability is a property of the host (kernel, nested/paravirt
+        # KVM flavour), not of the QEMU build: key the cache on those.
+        with open(os.path.join(self.gdir, "stamp")) as f:
+            stamp = f.read().strip()
+        key = "%s:%s:%s" % (os.uname().release, os.path.realpath(self.qemu),
+                            stamp)
+        cache = os.path.join(self.gdir, "accel-probe.json")
+        try:
+            with open(cache) as f:
+                c = json.load(f)
+            if c.get("key") == key:
+                return c["accel"]
+        except (OSError, ValueError):
+            pass
+        timeout = int(os.environ.get("PFBD_KVM_PROBE_TIMEOUT", "20"))
+        accel = "tcg"
+        try:
+            r = self.run_job("echo kvm-ok", accel="kvm", timeout=timeout,
+                             check=False)
+            if r.rc == 0 and r.output and "kvm-ok" in r.output:
+                accel = "kvm"
+        except Exception:
+            pass
+        self.log("accelerator probe: %s" % accel)
+        try:
+            with open(cache, "w") as f:
+                json.dump({"key": key, "accel": accel}, f)
+        except OSError:
+            pass
+        return accel
+
+    # ------------------------------------------------------------ running
+    def default_timeout(self, accel=None):
+        return 600 if (accel or self.accel) == "tcg" else 180
+
+    def base_args(self, accel, job_path, console_path, smp=None, mem=None,
+                  cmdline_extra=""):
+        return [self.qemu, "-nodefaults", "-no-user-config", "-display", "none",
+                "-machine", "q35", "-accel", accel,
+                "-m", mem or self.mem, "-smp", str(smp or self.smp),
+                "-L", self.firmware,
+                "-kernel", os.path.join(self.gdir, "vmlinuz"),
+                "-initrd", os.path.join(self.gdir, "initramfs.img"),
+                "-append", ("console=ttyS0 loglevel=4 panic=-1 "
+                            + cmdline_extra).strip(),
+                "-no-reboot",
+                "-serial", "file:" + console_path,
+                "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
+
+    def start(self, job, extra_args=(), timeout=None, accel=None, qmp=False,
+              smp=None, mem=None, cmdline_extra=""):
+        """Start QEMU running `job` (shell script text); returns a Vm."""
+        accel = accel or self.accel
+        workdir = tempfile.mkdtemp(prefix="pfbd-guest-")
+        job_path = os.path.join(workdir, "job.sh")
+        with open(job_path, "w") as f:
+            f.write(job if job.endswith("\n") else job + "\n")
+        console_path = os.path.join(workdir, "console.log")
+        stderr_path = os.path.join(workdir, "qemu.stderr")
+        args = self.base_args(accel, job_path, console_path, smp, mem,
+                              cmdline_extra)
+        qmp_path = None
+        if qmp:
+            qmp_path = os.path.join(workdir, "qmp.sock")
+            args += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path]
+        args += list(extra_args)
+        self.log("qemu: " + " ".join(args))
+        with open(os.path.join(workdir, "cmdline"), "w") as f:
+            f.write(" ".join(args) + "\n")
+        errf = open(stderr_path, "wb")
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                stdout=errf, stderr=errf)
+        errf.close()
+        return Vm(self, proc, workdir, console_path, stderr_path, qmp_path,
+                  accel, timeout or self.default_timeout(accel))
+
+    def run_job(self, job, extra_args=(), timeout=None, accel=None, check=True,
+                expect_rc=0, **kw):
+        """Boot, run `job`, return JobResult; raise GuestError on failure."""
+        return self.start(job, extra_args, timeout, accel, **kw).wait(
+            check=check, expect_rc=expect_rc)
+
+    def run_expect_fail(self, extra_args, timeout=60, accel="tcg"):
+        """Start QEMU with a (bad) configuration that must fail at start-up.
+
+        Returns (exit_code, stderr).  Raises GuestError if QEMU actually
+        booted the guest (job markers seen) or did not exit within timeout."""
+        vm = self.start("echo SHOULD-NOT-RUN", extra_args, timeout, accel)
+        res = vm.wait(check=False)
+        if res.timed_out or res.output is not None or res.qemu_rc == 0:
+            raise GuestError(res.describe(
+                "QEMU was expected to fail at start-up but did not"), res)
+        return res.qemu_rc, res.stderr
+
+
+# ---------------------------------------------------------------- disks
+DEVICE_KINDS = ("pfbd", "stock")
+
+
+def device_kind():
+    """Device under test: env PFBD_TEST_DEVICE = pfbd (default) | stock."""
+    k = os.environ.get("PFBD_TEST_DEVICE", "pfbd")
+    if k not in DEVICE_KINDS:
+        raise ValueError("PFBD_TEST_DEVICE must be one of %s" % (DEVICE_KINDS,))
+    return k
+
+
+def parse_size(s):
+    s = str(s).strip()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if s and s[-1].upper() in mult:
+        return int(s[:-1]) * mult[s[-1].upper()]
+    return int(s)
+
+
+def disk_args(volume, kind=None, num_queues=1, iothreads=(), dev_id="disk0",
+              **props):
+    """QEMU args for one virtio-blk disk on `volume` ("file:/path" or
+    "null:SIZE").
+
+    kind "pfbd":  -device {"driver":"virtio-blk-pfbd","volume":volume,...}
+    kind "stock": -blockdev file (aio=io_uring, cache.direct=on,
+                  discard=unmap) or null-co, + -device virtio-blk-pci.
+    iothreads: list of IOThread ids; one -object iothread per id is added and
+    the queues are spread over them with iothread-vq-mapping (round-robin).
+    Extra device properties go in **props (use the QEMU spelling via a dict
+    like **{"write-zeroes": False})."""
+    kind = kind or device_kind()
+    args = []
+    for t in iothreads:
+        args += ["-object", "iothread,id=%s" % t]
+    dev = {"id": dev_id, "num-queues": num_queues}
+    if iothreads:
+        dev["iothread-vq-mapping"] = [{"iothread": t} for t in iothreads]
+    dev.update(props)
+    if kind == "pfbd":
+        d = {"driver": "virtio-blk-pfbd", "volume": volume}
+        d.update(dev)
+        args += ["-device", json.dumps(d)]
+        return args
+    eng, _, rest = volume.partition(":")
+    node = dev_id + "-node"
+    if eng == "file":
+        bd = {"driver": "file", "filename": rest, "node-name": node,
+              "cache": {"direct": True}, "aio": "io_uring", "discard": "unmap"}
+    elif eng == "null":
+        bd = {"driver": "null-co", "node-name": node, "size": parse_size(rest)}
+    else:
+        raise ValueError("stock device cannot use volume %r" % volume)
+    d = {"driver": "virtio-blk-pci", "drive": node}
+    d.update(dev)
+    args += ["-blockdev", json.dumps(bd), "-device", json.dumps(d)]
+    return args
+
+
+def qemu_has_device(qemu, name):
+    p = subprocess.run([qemu, "-nodefaults", "-machine", "none", "-device",
+                        "help"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
+    return ('"%s"' % name) in p.stdout.decode(errors="replace")
+
+
+def make_image(path, size="256M", prealloc=False):
+    """Create a sparse (or zero-filled) image file of `size` bytes."""
+    n = parse_size(size)
+    with open(path, "wb") as f:
+        if prealloc:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(n // len(chunk)):
+                f.write(chunk)
+        f.truncate(n)
+    return path
+
+
+def shm_dir(need_bytes):
+    """/dev/shm if it has room for need_bytes (+slack), else None."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize > need_bytes + (1 << 30):
+        return "/dev/shm"
+    return None
