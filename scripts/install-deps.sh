@@ -101,7 +101,7 @@ pkgs=(
     libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev flex bison
     liburing-dev libaio-dev librbd-dev
     # upstream source and its unpacking
-    dpkg-dev xz-utils
+    dpkg-dev xz-utils patch
     # firmware for the test guests
     seabios qemu-system-data
     # tests and the test guest
