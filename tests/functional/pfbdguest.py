@@ -12,6 +12,7 @@ Environment:
   PFBD_GUEST_DIR     guest artefacts dir (default <repo>/build/guest)
   PFBD_FIRMWARE_DIR  dir for -L (default <guest dir>/firmware, created with
                      symlinks to /usr/share/seabios and /usr/share/qemu)
+  PFBD_GUEST_LOGLEVEL  guest kernel loglevel (default 4; 7 shows the boot)
   PFBD_KVM_PROBE_TIMEOUT  seconds the KVM probe boot may take (default 20;
                      the result is cached in <guest dir>/accel-probe.json)
 
@@ -69,11 +70,17 @@ class JobResult:
         self.elapsed = elapsed
         self.accel = accel
         self.timed_out = timed_out
+        self.bios_log = ""          # SeaBIOS debugcon output
 
     def describe(self, what="guest run"):
         con = self.console.splitlines()[-TAIL_LINES:]
         err = self.stderr.splitlines()[-TAIL_LINES:]
-        return ("%s: job rc=%s, qemu rc=%s, timed_out=%s, %.1fs, accel=%s\n"
+        bios = ""
+        if not self.console.strip() and self.bios_log:
+            bios = ("---- console empty; SeaBIOS debug log (last 20 lines) "
+                    "----\n%s\n" % "\n".join(
+                        self.bios_log.splitlines()[-20:]))
+        return bios + ("%s: job rc=%s, qemu rc=%s, timed_out=%s, %.1fs, accel=%s\n"
                 "---- last %d console lines ----\n%s\n"
                 "---- QEMU stderr (last %d lines) ----\n%s\n----"
                 % (what, self.rc, self.qemu_rc, self.timed_out, self.elapsed,
@@ -218,9 +225,15 @@ class Vm:
         console = self.console()
         with open(self.stderr_path, "rb") as f:
             stderr = f.read().decode("utf-8", "replace")
+        try:
+            with open(os.path.join(self.workdir, "bios.log"), "rb") as f:
+                bios = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            bios = ""
         output, rc = parse_console(console)
         res = JobResult(output, rc, qemu_rc, console, stderr, elapsed,
                         self.accel, timed_out)
+        res.bios_log = bios
         if not self.guest.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if check:
@@ -333,10 +346,17 @@ class Guest:
                 "-L", self.firmware,
                 "-kernel", os.path.join(self.gdir, "vmlinuz"),
                 "-initrd", os.path.join(self.gdir, "initramfs.img"),
-                "-append", ("console=ttyS0 loglevel=4 panic=-1 "
+                "-append", ("console=ttyS0 loglevel=%s panic=-1 "
+                            % os.environ.get("PFBD_GUEST_LOGLEVEL", "4")
                             + cmdline_extra).strip(),
                 "-no-reboot",
                 "-serial", "file:" + console_path,
+                # SeaBIOS debug output (shown on failure when the kernel did
+                # not get to print anything, e.g. a hang in the BIOS' own
+                # virtio-blk driver)
+                "-chardev", "file,id=pfbdbios,path=" +
+                os.path.join(os.path.dirname(console_path), "bios.log"),
+                "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
                 "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
 
     def start(self, job, extra_args=(), timeout=None, accel=None, qmp=False,

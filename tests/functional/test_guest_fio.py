@@ -5,6 +5,7 @@ tests on stock virtio-blk-pci (-blockdev file, aio=io_uring, cache.direct=on)
 for comparison.  Run: /usr/bin/python3 -m pytest tests/functional -v
 """
 
+import hashlib
 import json
 import os
 import struct
@@ -15,6 +16,10 @@ MiB = 1 << 20
 
 FIO = "fio --filename=/dev/vda --direct=1 --group_reporting"
 
+# Each test boots once or twice and takes ~10-15 s under TCG on 2 cores;
+# a generous bound so that a hang fails in minutes, not the harness default.
+TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
+
 
 def fio_json(output):
     """The fio JSON printed between FIO-JSON markers by the job."""
@@ -23,7 +28,7 @@ def fio_json(output):
     return json.loads(output[b:e])
 
 
-def check_dev_job(kind="io_uring"):
+def check_dev_job():
     return "test -b /dev/vda || { echo 'no /dev/vda'; ls /sys/block; exit 1; }\n"
 
 
@@ -40,7 +45,8 @@ cat /sys/block/vda/size
     --offset=128M --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1
 echo ALL-OK
 """
-    r = guest.run_job(job, disk("file:" + image, num_queues=1))
+    r = guest.run_job(job, disk("file:" + image, num_queues=1),
+                      timeout=TIMEOUT)
     assert "ALL-OK" in r.output
     assert str(256 * MiB // 512) in r.output.splitlines()[0]
 
@@ -63,7 +69,8 @@ grep -E 'virtio[0-9]+-req' /proc/interrupts |
 echo ALL-OK
 """
     r = guest.run_job(job, disk("file:" + image, num_queues=4,
-                                iothreads=["io0", "io1"]), smp=4)
+                                iothreads=["io0", "io1"]), smp=4,
+                      timeout=TIMEOUT)
     assert "ALL-OK" in r.output
     irqs = {l.split()[1]: int(l.split()[2]) for l in r.output.splitlines()
             if l.startswith("irq ")}
@@ -83,7 +90,7 @@ cat /sys/block/vda/size
 echo FIO-JSON-BEGIN; cat /tmp/fio.json; echo FIO-JSON-END
 """
     r = guest.run_job(job, disk("null:1G", num_queues=2,
-                                iothreads=["io0"]))
+                                iothreads=["io0"]), timeout=TIMEOUT)
     assert r.output.splitlines()[0].strip() == str((1 << 30) // 512)
     res = fio_json(r.output)
     jobs = {j["jobname"]: j for j in res["jobs"]}
@@ -122,10 +129,9 @@ sha256sum /tmp/pattern
 sync
 echo WRITE-OK
 """
-    r1 = guest.run_job(job1, disk("file:" + image))
+    r1 = guest.run_job(job1, disk("file:" + image), timeout=TIMEOUT)
     assert "WRITE-OK" in r1.output
 
-    import hashlib
     digest = hashlib.sha256(want).hexdigest()
     assert digest in r1.output, "guest awk pattern differs from host's"
 
@@ -147,7 +153,7 @@ set -e
 dd if=/dev/vda bs=1M skip={PATTERN_OFF // MiB} count={PATTERN_SECTORS * 512 // MiB} iflag=direct 2>/dev/null | sha256sum
 echo VERIFY-OK
 """
-    r2 = guest.run_job(job2, disk("file:" + image))
+    r2 = guest.run_job(job2, disk("file:" + image), timeout=TIMEOUT)
     assert "VERIFY-OK" in r2.output
     assert digest in r2.output, r2.output
 
@@ -179,7 +185,7 @@ echo "disc2=$(dd if=/dev/vda bs=64k skip=208 count=1 iflag=direct 2>/dev/null | 
 echo "zero2=$(dd if=/dev/vda bs=4k skip=3584 count=1 iflag=direct 2>/dev/null | tr -d '\\000' | wc -c)"
 echo ALL-OK
 """
-    r = guest.run_job(job, disk("file:" + image))
+    r = guest.run_job(job, disk("file:" + image), timeout=TIMEOUT)
     vals = dict(l.strip().split("=", 1) for l in r.output.splitlines()
                 if "=" in l and l.split("=", 1)[0].isidentifier())
     assert int(vals["discard_max_bytes"]) > 0, r.output
