@@ -20,6 +20,8 @@
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
+#include "qemu/timer.h"
+#include "qapi/visitor.h"
 #include "block/aio-wait.h"
 #include "hw/qdev-properties.h"
 #include "hw/qdev-properties-system.h"
@@ -44,6 +46,54 @@ struct virtio_blk_pfbd_outhdr {
     uint64_t sector;
 };
 
+/* Only the thread that serves the queue writes its statistics */
+static inline void virtio_blk_pfbd_stat_add(aligned_uint64_t *stat,
+                                            uint64_t n)
+{
+    qatomic_set_u64(stat, *stat + n);
+}
+
+static VirtIOBlockPfbdReqClass virtio_blk_pfbd_req_class(uint32_t type)
+{
+    switch (type & ~(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_BARRIER)) {
+    case VIRTIO_BLK_T_IN:
+        return type & VIRTIO_BLK_T_OUT ? VIRTIO_BLK_PFBD_REQ_WRITE :
+                                         VIRTIO_BLK_PFBD_REQ_READ;
+    case VIRTIO_BLK_T_FLUSH:
+        return VIRTIO_BLK_PFBD_REQ_FLUSH;
+    case VIRTIO_BLK_T_GET_ID:
+        return VIRTIO_BLK_PFBD_REQ_GET_ID;
+    case VIRTIO_BLK_T_DISCARD & ~VIRTIO_BLK_T_OUT:
+        return VIRTIO_BLK_PFBD_REQ_DISCARD;
+    case VIRTIO_BLK_T_WRITE_ZEROES & ~VIRTIO_BLK_T_OUT:
+        return VIRTIO_BLK_PFBD_REQ_WRITE_ZEROES;
+    default:
+        return VIRTIO_BLK_PFBD_REQ_UNSUPPORTED;
+    }
+}
+
+static void virtio_blk_pfbd_account(VirtIOBlockPfbdReq *req, uint8_t status)
+{
+    VirtIOBlockPfbdQueueStats *st = &req->q->stats;
+    VirtIOBlockPfbdReqClass cls = virtio_blk_pfbd_req_class(req->type);
+    uint64_t us = (get_clock() - req->start_ns) / SCALE_US;
+    unsigned int bucket = us < 2 ? 0 : 63 - clz64(us);
+
+    virtio_blk_pfbd_stat_add(&st->requests[cls], 1);
+    if (status == VIRTIO_BLK_S_OK) {
+        if (cls == VIRTIO_BLK_PFBD_REQ_READ) {
+            virtio_blk_pfbd_stat_add(&st->bytes_read, req->bytes);
+        } else if (cls == VIRTIO_BLK_PFBD_REQ_WRITE) {
+            virtio_blk_pfbd_stat_add(&st->bytes_written, req->bytes);
+        }
+    } else if (status == VIRTIO_BLK_S_IOERR) {
+        virtio_blk_pfbd_stat_add(&st->errors, 1);
+    }
+    bucket = MIN(bucket, VIRTIO_BLK_PFBD_LAT_BUCKETS - 1);
+    virtio_blk_pfbd_stat_add(&st->latency[bucket], 1);
+    qatomic_set_u64(&st->in_flight, st->in_flight - 1);
+}
+
 /* Push @req to the used ring; the guest is notified at the end of the batch */
 static void virtio_blk_pfbd_req_complete(VirtIOBlockPfbdReq *req,
                                          uint8_t status)
@@ -51,6 +101,7 @@ static void virtio_blk_pfbd_req_complete(VirtIOBlockPfbdReq *req,
     VirtIOBlockPfbdQueue *q = req->q;
 
     trace_virtio_blk_pfbd_req_complete(q->s, q->index, req, status);
+    virtio_blk_pfbd_account(req, status);
 
     stb_p(req->status, status);
     virtqueue_push(q->vq, &req->elem, req->in_len);
@@ -68,6 +119,7 @@ static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
     }
     q->notify_pending = false;
     trace_virtio_blk_pfbd_notify(q->s, q->index);
+    virtio_blk_pfbd_stat_add(&q->stats.notifies, 1);
     if (qemu_in_iothread()) {
         virtio_notify_irqfd(vdev, q->vq);
     } else {
@@ -172,6 +224,7 @@ static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
         req->in_len = iov_size(req->elem.in_sg, req->elem.in_num);
     }
     bytes = iov_size(iov, cnt);
+    req->bytes = bytes;
 
     if (!virtio_blk_pfbd_sect_range_ok(s, req->sector, bytes) ||
         (is_write && s->info.read_only)) {
@@ -322,17 +375,29 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
 /* Context: the virtqueue's AioContext */
 static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
 {
+    VirtIOBlockPfbdQueueStats *st = &q->stats;
     VirtIOBlockPfbdReq *req;
     unsigned int n = 0;
     int ret;
+
+    if (unlikely(!st->thread_id)) {
+        qatomic_set_i64(&st->thread_id, qemu_get_thread_id());
+    }
 
     do {
         virtio_queue_set_notification(q->vq, 0);
         while ((req = virtqueue_pop(q->vq, sizeof(VirtIOBlockPfbdReq)))) {
             req->q = q;
             req->iov_copy = NULL;
+            req->bytes = 0;
+            req->start_ns = get_clock();
             n++;
+            qatomic_set_u64(&st->in_flight, st->in_flight + 1);
+            if (st->in_flight > st->max_in_flight) {
+                qatomic_set_u64(&st->max_in_flight, st->in_flight);
+            }
             if (!virtio_blk_pfbd_handle_request(req)) {
+                qatomic_set_u64(&st->in_flight, st->in_flight - 1);
                 virtqueue_detach_element(q->vq, &req->elem, 0);
                 g_free(req->iov_copy);
                 g_free(req);
@@ -343,10 +408,16 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     } while (!virtio_queue_empty(q->vq) && !VIRTIO_DEVICE(q->s)->broken);
 
     trace_virtio_blk_pfbd_handle_vq(q->s, q->index, n);
+    if (n) {
+        virtio_blk_pfbd_stat_add(&st->batches, 1);
+    }
 
     /* One engine submit for the whole batch */
     ret = pfbd_queue_flush(q->pq);
     trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
+    if (ret > 0) {
+        virtio_blk_pfbd_stat_add(&st->submits, 1);
+    }
 
     virtio_blk_pfbd_notify(q);
 }
@@ -792,6 +863,26 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
     return true;
 }
 
+/* The id of the IOThread that serves @ctx, for the statistics */
+static char *virtio_blk_pfbd_iothread_name(VirtIOBlockPfbd *s,
+                                           AioContext *ctx)
+{
+    IOThreadVirtQueueMappingList *node;
+
+    if (s->conf.iothread) {
+        return g_strdup(object_get_canonical_path_component(
+            OBJECT(s->conf.iothread)));
+    }
+    for (node = s->conf.iothread_vq_mapping_list; node; node = node->next) {
+        IOThread *iothread = iothread_by_id(node->value->iothread);
+
+        if (iothread && iothread_get_aio_context(iothread) == ctx) {
+            return g_strdup(node->value->iothread);
+        }
+    }
+    return g_strdup("main-loop");
+}
+
 static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
 {
     VirtIODevice *vdev = VIRTIO_DEVICE(s);
@@ -806,6 +897,7 @@ static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
         q->index = i;
         q->vq = virtio_get_queue(vdev, i);
         q->ctx = s->vq_aio_context[i];
+        q->iothread_name = virtio_blk_pfbd_iothread_name(s, q->ctx);
         ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot create engine queue %u "
@@ -826,6 +918,7 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
     }
     for (i = 0; i < s->conf.num_queues; i++) {
         pfbd_queue_free(s->queues[i].pq);
+        g_free(s->queues[i].iothread_name);
     }
     g_free(s->queues);
     s->queues = NULL;
@@ -899,6 +992,134 @@ static void virtio_blk_pfbd_instance_init(Object *obj)
 
     device_add_bootindex_property(obj, &s->bootindex, "bootindex",
                                   "/disk@0,0", DEVICE(obj));
+}
+
+static const char *const virtio_blk_pfbd_req_class_names[] = {
+    [VIRTIO_BLK_PFBD_REQ_READ] = "read",
+    [VIRTIO_BLK_PFBD_REQ_WRITE] = "write",
+    [VIRTIO_BLK_PFBD_REQ_FLUSH] = "flush",
+    [VIRTIO_BLK_PFBD_REQ_DISCARD] = "discard",
+    [VIRTIO_BLK_PFBD_REQ_WRITE_ZEROES] = "write-zeroes",
+    [VIRTIO_BLK_PFBD_REQ_GET_ID] = "get-id",
+    [VIRTIO_BLK_PFBD_REQ_UNSUPPORTED] = "unsupported",
+};
+QEMU_BUILD_BUG_ON(ARRAY_SIZE(virtio_blk_pfbd_req_class_names) !=
+                  VIRTIO_BLK_PFBD_REQ__MAX);
+
+static bool virtio_blk_pfbd_visit_u64(Visitor *v, const char *name,
+                                      aligned_uint64_t *stat, Error **errp)
+{
+    uint64_t value = qatomic_read_u64(stat);
+
+    return visit_type_uint64(v, name, &value, errp);
+}
+
+static bool virtio_blk_pfbd_visit_queue_stats(Visitor *v,
+                                              VirtIOBlockPfbdQueue *q,
+                                              Error **errp)
+{
+    VirtIOBlockPfbdQueueStats *st = &q->stats;
+    uint32_t index = q->index;
+    int64_t thread_id = qatomic_read_i64(&st->thread_id);
+    bool ok = false;
+    int i;
+
+    if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
+        return false;
+    }
+    if (!visit_type_uint32(v, "index", &index, errp) ||
+        !visit_type_str(v, "iothread", &q->iothread_name, errp) ||
+        !visit_type_int64(v, "thread-id", &thread_id, errp)) {
+        goto out;
+    }
+
+    if (!visit_start_struct(v, "requests", NULL, 0, errp)) {
+        goto out;
+    }
+    for (i = 0; i < VIRTIO_BLK_PFBD_REQ__MAX; i++) {
+        if (!virtio_blk_pfbd_visit_u64(v, virtio_blk_pfbd_req_class_names[i],
+                                       &st->requests[i], errp)) {
+            break;
+        }
+    }
+    ok = i == VIRTIO_BLK_PFBD_REQ__MAX && visit_check_struct(v, errp);
+    visit_end_struct(v, NULL);
+    if (!ok) {
+        goto out;
+    }
+    ok = false;
+
+    if (!visit_start_struct(v, "bytes", NULL, 0, errp)) {
+        goto out;
+    }
+    ok = virtio_blk_pfbd_visit_u64(v, "read", &st->bytes_read, errp) &&
+         virtio_blk_pfbd_visit_u64(v, "write", &st->bytes_written, errp) &&
+         visit_check_struct(v, errp);
+    visit_end_struct(v, NULL);
+    if (!ok) {
+        goto out;
+    }
+    ok = false;
+
+    if (!virtio_blk_pfbd_visit_u64(v, "in-flight", &st->in_flight, errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "max-in-flight", &st->max_in_flight,
+                                   errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "errors", &st->errors, errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "batches", &st->batches, errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "submits", &st->submits, errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "notifies", &st->notifies, errp)) {
+        goto out;
+    }
+
+    if (!visit_start_list(v, "latency-histogram-us", NULL, 0, errp)) {
+        goto out;
+    }
+    for (i = 0; i < VIRTIO_BLK_PFBD_LAT_BUCKETS; i++) {
+        if (!virtio_blk_pfbd_visit_u64(v, NULL, &st->latency[i], errp)) {
+            break;
+        }
+    }
+    ok = i == VIRTIO_BLK_PFBD_LAT_BUCKETS && visit_check_list(v, errp);
+    visit_end_list(v, NULL);
+    ok = ok && visit_check_struct(v, errp);
+out:
+    visit_end_struct(v, NULL);
+    return ok;
+}
+
+/*
+ * The "stats" property: per-queue counters, read with qom-get on the
+ * device (/machine/peripheral/ID/virtio-backend).  A QOM property rather
+ * than a QMP command of our own: it needs no QAPI schema change in the
+ * upstream tree and is read like virtio-balloon's "guest-stats".
+ */
+static void virtio_blk_pfbd_get_stats(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
+    unsigned int i;
+    bool ok = false;
+
+    if (!visit_start_struct(v, name, NULL, 0, errp)) {
+        return;
+    }
+    if (!visit_start_list(v, "queues", NULL, 0, errp)) {
+        goto out;
+    }
+    for (i = 0; s->queues && i < s->conf.num_queues; i++) {
+        if (!virtio_blk_pfbd_visit_queue_stats(v, &s->queues[i], errp)) {
+            break;
+        }
+    }
+    ok = (!s->queues || i == s->conf.num_queues) &&
+         visit_check_list(v, errp);
+    visit_end_list(v, NULL);
+    if (ok) {
+        visit_check_struct(v, errp);
+    }
+out:
+    visit_end_struct(v, NULL);
 }
 
 static const VMStateDescription vmstate_virtio_blk_pfbd = {
@@ -999,6 +1220,12 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
     vdc->reset = virtio_blk_pfbd_reset;
     vdc->start_ioeventfd = virtio_blk_pfbd_start_ioeventfd;
     vdc->stop_ioeventfd = virtio_blk_pfbd_stop_ioeventfd;
+
+    object_class_property_add(klass, "stats", "VirtIOBlockPfbdStats",
+                              virtio_blk_pfbd_get_stats, NULL, NULL, NULL);
+    object_class_property_set_description(klass, "stats",
+        "per-queue statistics: requests and bytes by type, in-flight, "
+        "errors, batches, submits, notifications, latency histogram");
 }
 
 static const TypeInfo virtio_blk_pfbd_info = {

@@ -37,6 +37,40 @@ typedef struct VirtIOBlockPfbdConf {
     bool read_only;
 } VirtIOBlockPfbdConf;
 
+/* Request classes counted by the per-queue statistics */
+typedef enum VirtIOBlockPfbdReqClass {
+    VIRTIO_BLK_PFBD_REQ_READ,
+    VIRTIO_BLK_PFBD_REQ_WRITE,
+    VIRTIO_BLK_PFBD_REQ_FLUSH,
+    VIRTIO_BLK_PFBD_REQ_DISCARD,
+    VIRTIO_BLK_PFBD_REQ_WRITE_ZEROES,
+    VIRTIO_BLK_PFBD_REQ_GET_ID,
+    VIRTIO_BLK_PFBD_REQ_UNSUPPORTED,
+    VIRTIO_BLK_PFBD_REQ__MAX,
+} VirtIOBlockPfbdReqClass;
+
+/* Latency bucket i counts [2^i, 2^(i+1)) microseconds; 0 is < 2 us */
+#define VIRTIO_BLK_PFBD_LAT_BUCKETS 24
+
+/*
+ * Per-virtqueue statistics, readable over QMP as the "stats" property.
+ * Written only by the thread that serves the virtqueue, with
+ * qatomic_set_u64() so that the main loop can read them at any time.
+ */
+typedef struct VirtIOBlockPfbdQueueStats {
+    aligned_uint64_t requests[VIRTIO_BLK_PFBD_REQ__MAX];
+    aligned_uint64_t bytes_read;
+    aligned_uint64_t bytes_written;
+    aligned_uint64_t errors;        /* requests completed with IOERR */
+    aligned_uint64_t batches;       /* handler runs that popped requests */
+    aligned_uint64_t submits;       /* engine submissions (flushes) */
+    aligned_uint64_t notifies;      /* guest notifications requested */
+    aligned_uint64_t in_flight;
+    aligned_uint64_t max_in_flight;
+    aligned_uint64_t latency[VIRTIO_BLK_PFBD_LAT_BUCKETS];
+    aligned_int64_t thread_id;      /* host thread serving the queue, or 0 */
+} VirtIOBlockPfbdQueueStats;
+
 /*
  * Per-virtqueue state.  Everything below is touched only by the thread of
  * the virtqueue's AioContext while ioeventfd is started, and only with the
@@ -50,6 +84,8 @@ typedef struct VirtIOBlockPfbdQueue {
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
     unsigned int index;
     bool notify_pending;            /* used ring changed since last notify */
+    char *iothread_name;            /* for the stats; "main-loop" if none */
+    VirtIOBlockPfbdQueueStats stats;
 } VirtIOBlockPfbdQueue;
 
 struct VirtIOBlockPfbd {
@@ -82,6 +118,8 @@ typedef struct VirtIOBlockPfbdReq {
     size_t in_len;                  /* bytes written to the guest */
     struct iovec *iov_copy;         /* data iovec when it had to be trimmed */
     uint64_t sector;
+    uint64_t bytes;                 /* data bytes of a read or write */
+    int64_t start_ns;               /* when it was popped */
     uint32_t type;
 } VirtIOBlockPfbdReq;
 
