@@ -4,7 +4,7 @@
 #   make         configure if needed and build build/qemu-system-x86_64
 #   make run     the main job: boot the test guest on a pfbd volume and
 #                compare fio against stock virtio-blk-pci
-#   make check   every test (unit, functional guest tests)
+#   make check   every test (unit, qtest, functional guest tests)
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -18,10 +18,11 @@ OVERLAY := $(shell find hw include block tests/unit tests/qtest -type f \
 		\( -name '*.c' -o -name '*.h' -o -name meson.build \) 2>/dev/null)
 CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 
-NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd
+NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
+	tests/qtest/virtio-blk-pfbd-test tests/qtest/qos-test
 
-.PHONY: all build deps configure run check check-unit check-functional \
-	guest clean distclean
+.PHONY: all build deps configure run check check-unit check-qtest \
+	check-functional guest clean distclean
 
 all: build
 
@@ -52,11 +53,14 @@ run: build guest
 check-unit: build
 	$(QB)/tests/unit/test-pfbd --tap -k
 
+check-qtest: build
+	bash tests/qtest/run-pfbd-qtests.sh $(QB)
+
 check-functional: build guest
 	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
 		$(PYTEST) -v -rs tests/functional
 
-check: check-unit check-functional
+check: check-unit check-qtest check-functional
 
 clean:
 	if [ -d $(QB) ]; then $(NINJA) -C $(QB) clean; fi

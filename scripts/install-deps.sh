@@ -103,7 +103,7 @@ pkgs=(
     # upstream source and its unpacking
     dpkg-dev xz-utils patch
     # firmware for the test guests
-    seabios qemu-system-data
+    seabios qemu-system-data ipxe-qemu
     # tests and the test guest
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
 )

@@ -1,0 +1,34 @@
+#!/bin/bash
+# run-pfbd-qtests.sh QEMU_BUILD_DIR: the qtests of virtio-blk-pfbd
+#
+#   1. tests/qtest/virtio-blk-pfbd-test, the device's own qtest;
+#   2. upstream's virtio-blk qtests on the libqos node virtio-blk-pfbd-pci,
+#      from qos-test: every path through that node except "config" and
+#      "resize", which resize a -drive the device does not have (they skip
+#      themselves on it; leaving them out keeps the count honest).
+#
+# Output is TAP; the exit status is non-zero if any test failed.
+
+set -euo pipefail
+
+qb=$(cd "${1:?usage: $0 QEMU_BUILD_DIR}" && pwd)
+export QTEST_QEMU_BINARY=$qb/qemu-system-x86_64
+export G_TEST_SRCDIR=${G_TEST_SRCDIR:-$qb}
+rc=0
+
+echo "# virtio-blk-pfbd-test"
+"$qb/tests/qtest/virtio-blk-pfbd-test" --tap -k || rc=1
+
+paths=$("$qb/tests/qtest/qos-test" -l |
+        grep '/virtio-blk-pfbd-pci/' | grep -Ev '/(config|resize)$' || true)
+if [ -z "$paths" ]; then
+    echo "not ok - qos-test lists no test on virtio-blk-pfbd-pci"
+    exit 1
+fi
+args=()
+for p in $paths; do
+    args+=(-p "$p")
+done
+echo "# qos-test: upstream virtio-blk tests on virtio-blk-pfbd-pci"
+"$qb/tests/qtest/qos-test" --tap -k "${args[@]}" || rc=1
+exit $rc
