@@ -4,7 +4,7 @@
 #   make         configure if needed and build build/qemu-system-x86_64
 #   make run     the main job: boot the test guest on a pfbd volume and
 #                compare fio against stock virtio-blk-pci
-#   make check   every test (unit, qtest, functional guest tests)
+#   make check   every test (unit, qtest, sanitizers, functional guest tests)
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -21,8 +21,18 @@ CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
 	tests/qtest/virtio-blk-pfbd-test tests/qtest/qos-test
 
+# The ASan + UBSan build of `make check-sanitizers`: the device's own
+# qtest and the unit tests (upstream's qos-test stays in the plain build,
+# which keeps this second build short)
+ASAN_BUILD ?= $(BUILD)/asan
+ASAN_NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
+	tests/qtest/virtio-blk-pfbd-test
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	LSAN_OPTIONS=suppressions=$(abspath tests/lsan-suppressions.txt):print_suppressions=0
+
 .PHONY: all build deps configure run check check-unit check-qtest \
-	check-functional guest clean distclean
+	check-sanitizers check-functional guest clean distclean
 
 all: build
 
@@ -56,11 +66,20 @@ check-unit: build
 check-qtest: build
 	bash tests/qtest/run-pfbd-qtests.sh $(QB)
 
+# A second build with ASan and UBSan; runs the unit tests and the qtests.
+check-sanitizers: | $(BUILD)/.deps-done
+	./configure --build-dir=$(ASAN_BUILD) --enable-sanitizers \
+		$(CONFIGURE_FLAGS)
+	$(NINJA) -C $(ASAN_BUILD)/qemu-build $(ASAN_NINJA_TARGETS)
+	$(ASAN_ENV) $(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd --tap -k
+	$(ASAN_ENV) bash tests/qtest/run-pfbd-qtests.sh --own-only \
+		$(ASAN_BUILD)/qemu-build
+
 check-functional: build guest
 	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
 		$(PYTEST) -v -rs tests/functional
 
-check: check-unit check-qtest check-functional
+check: check-unit check-qtest check-sanitizers check-functional
 
 clean:
 	if [ -d $(QB) ]; then $(NINJA) -C $(QB) clean; fi

@@ -112,6 +112,10 @@ static uint64_t pfbd_driver_ok(Pfbd *p, uint64_t clear)
                   (1ull << VIRTIO_RING_F_EVENT_IDX) | clear);
     qvirtio_set_features(p->dev, features);
     for (i = 0; i < p->nvqs; i++) {
+        if (p->vq[i]) {
+            /* Set up again after a reset */
+            qvirtqueue_cleanup(p->dev->bus, p->vq[i], &p->qs->alloc);
+        }
         p->vq[i] = qvirtqueue_setup(p->dev, &p->qs->alloc, i);
     }
     qvirtio_set_driver_ok(p->dev);
