@@ -113,18 +113,20 @@ static void virtio_blk_pfbd_req_complete(VirtIOBlockPfbdReq *req,
 static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
 {
     VirtIODevice *vdev = VIRTIO_DEVICE(q->s);
+    bool sent;
 
     if (!q->notify_pending) {
         return;
     }
     q->notify_pending = false;
     trace_virtio_blk_pfbd_notify(q->s, q->index);
-    virtio_blk_pfbd_stat_add(&q->stats.notifies, 1);
     if (qemu_in_iothread()) {
-        virtio_notify_irqfd(vdev, q->vq);
+        sent = virtio_notify_irqfd(vdev, q->vq);
     } else {
-        virtio_notify(vdev, q->vq);
+        sent = virtio_notify(vdev, q->vq);
     }
+    virtio_blk_pfbd_stat_add(sent ? &q->stats.notifies :
+                             &q->stats.notifies_suppressed, 1);
 }
 
 static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
@@ -1067,7 +1069,9 @@ static bool virtio_blk_pfbd_visit_queue_stats(Visitor *v,
         !virtio_blk_pfbd_visit_u64(v, "errors", &st->errors, errp) ||
         !virtio_blk_pfbd_visit_u64(v, "batches", &st->batches, errp) ||
         !virtio_blk_pfbd_visit_u64(v, "submits", &st->submits, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "notifies", &st->notifies, errp)) {
+        !virtio_blk_pfbd_visit_u64(v, "notifies", &st->notifies, errp) ||
+        !virtio_blk_pfbd_visit_u64(v, "notifies-suppressed",
+                                   &st->notifies_suppressed, errp)) {
         goto out;
     }
 
@@ -1225,7 +1229,8 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
                               virtio_blk_pfbd_get_stats, NULL, NULL, NULL);
     object_class_property_set_description(klass, "stats",
         "per-queue statistics: requests and bytes by type, in-flight, "
-        "errors, batches, submits, notifications, latency histogram");
+        "errors, batches, submits, notifications sent and suppressed, "
+        "latency histogram");
 }
 
 static const TypeInfo virtio_blk_pfbd_info = {

@@ -914,11 +914,24 @@ static void test_stats(void)
     g_assert_cmpint(qdict_get_int(q, "max-in-flight"), ==, 1);
     g_assert_cmpint(qdict_get_int(q, "batches"), ==, 14);
     g_assert_cmpint(qdict_get_int(q, "notifies"), ==, 14);
+    g_assert_cmpint(qdict_get_int(q, "notifies-suppressed"), ==, 0);
     /* flush, discard, write-zeroes and 8 reads and writes went to the engine */
     g_assert_cmpint(qdict_get_int(q, "submits"), ==, 11);
     g_assert_cmpint(list_sum(qdict_get_qlist(q, "latency-histogram-us")), ==,
                     14);
     g_assert_cmpstr(qdict_get_str(q, "iothread"), ==, "main-loop");
+    qobject_unref(stats);
+
+    /* The driver turns interrupts off: completions are not notified */
+    qtest_writew(p->qts, p->vq[0]->avail, VRING_AVAIL_F_NO_INTERRUPT);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 0, buf, 512), ==,
+                        VIRTIO_BLK_S_OK);
+    }
+    stats = pfbd_stats(p);
+    q = stats_queue(stats, 0);
+    g_assert_cmpint(qdict_get_int(q, "notifies"), ==, 14);
+    g_assert_cmpint(qdict_get_int(q, "notifies-suppressed"), ==, 3);
     qobject_unref(stats);
     pfbd_stop(p);
 }

@@ -64,7 +64,8 @@ typedef struct VirtIOBlockPfbdQueueStats {
     aligned_uint64_t errors;        /* requests completed with IOERR */
     aligned_uint64_t batches;       /* handler runs that popped requests */
     aligned_uint64_t submits;       /* engine submissions (flushes) */
-    aligned_uint64_t notifies;      /* guest notifications requested */
+    aligned_uint64_t notifies;      /* guest notifications sent */
+    aligned_uint64_t notifies_suppressed; /* ... and suppressed by it */
     aligned_uint64_t in_flight;
     aligned_uint64_t max_in_flight;
     aligned_uint64_t latency[VIRTIO_BLK_PFBD_LAT_BUCKETS];
