@@ -18,6 +18,12 @@ OVERLAY := $(shell find hw include block tests/unit tests/qtest -type f \
 		\( -name '*.c' -o -name '*.h' -o -name meson.build \) 2>/dev/null)
 CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 
+# ccache: share compilations between checkouts (CI builds a fresh clone
+# in another folder): paths under the checkout are hashed relative to it,
+# and the working directory is left out of the hash.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
+
 NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
 	tests/qtest/virtio-blk-pfbd-test tests/qtest/qos-test
 
