@@ -646,6 +646,22 @@ static void test_missing_status(void)
     pfbd_stop(p);
 }
 
+static void test_empty_status(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
+    uint64_t addr = guest_alloc(&p->qs->alloc, 64);
+    uint32_t head;
+
+    qtest_memset(p->qts, addr, 0, 64);
+    /* The status descriptor has no room for the status byte */
+    head = qvirtqueue_add(p->qts, p->vq[0], addr, 16, false, true);
+    qvirtqueue_add(p->qts, p->vq[0], addr + 32, 0, true, false);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    assert_broken_and_alive(p, p->vq[0]);
+    assert_recovers(p);
+    pfbd_stop(p);
+}
+
 static void test_short_discard_payload(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
@@ -1119,6 +1135,7 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/short-header", test_short_header);
     qtest_add_func("/virtio-blk-pfbd/bad/missing-status",
                    test_missing_status);
+    qtest_add_func("/virtio-blk-pfbd/bad/empty-status", test_empty_status);
     qtest_add_func("/virtio-blk-pfbd/bad/short-discard-payload",
                    test_short_discard_payload);
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
