@@ -5,6 +5,8 @@
 #   make run     the main job: boot the test guest on a pfbd volume and
 #                compare fio against stock virtio-blk-pci
 #   make check   every test (unit, qtest, sanitizers, functional guest tests)
+#   make fuzz    build the libFuzzer targets and fuzz the device
+#                (FUZZ_TIME seconds per target, default 600)
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -37,8 +39,12 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	LSAN_OPTIONS=suppressions=$(abspath tests/lsan-suppressions.txt):print_suppressions=0
 
+# The clang + libFuzzer + ASan build of `make fuzz`
+FUZZ_BUILD ?= $(BUILD)/fuzz
+FUZZ_TIME ?= 600
+
 .PHONY: all build deps configure run check check-unit check-qtest \
-	check-sanitizers check-functional guest clean distclean
+	check-sanitizers check-functional fuzz guest clean distclean
 
 all: build
 
@@ -81,11 +87,20 @@ check-sanitizers: | $(BUILD)/.deps-done
 	$(ASAN_ENV) bash tests/qtest/run-pfbd-qtests.sh --own-only \
 		$(ASAN_BUILD)/qemu-build
 
+fuzz:
+	bash scripts/install-deps.sh --fuzz
+	./configure --build-dir=$(FUZZ_BUILD) --enable-fuzzing $(CONFIGURE_FLAGS)
+	$(NINJA) -C $(FUZZ_BUILD)/qemu-build qemu-fuzz-x86_64
+	bash tests/fuzz/run-fuzz.sh $(FUZZ_BUILD)/qemu-build $(FUZZ_TIME)
+
 check-functional: build guest
 	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
 		$(PYTEST) -v -rs tests/functional
 
 check: check-unit check-qtest check-sanitizers check-functional
+
+# make bench: the benchmark rig (tests/bench/)
+-include tests/bench/bench.mk
 
 clean:
 	if [ -d $(QB) ]; then $(NINJA) -C $(QB) clean; fi

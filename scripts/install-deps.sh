@@ -9,6 +9,12 @@
 
 set -euo pipefail
 
+# --fuzz: also what `make fuzz` needs (clang and its libFuzzer runtime)
+fuzz=
+if [ "${1:-}" = --fuzz ]; then
+    fuzz=1
+fi
+
 say() { echo "install-deps: $*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -107,6 +113,9 @@ pkgs=(
     # tests and the test guest
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
 )
+if [ -n "$fuzz" ]; then
+    pkgs+=(clang libclang-rt-dev)
+fi
 bpo_pkgs=(meson python3-pycotap)
 
 missing=()

@@ -1,0 +1,251 @@
+/*
+ * virtio-blk-pfbd fuzzing target
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The input is a sequence of virtio-blk requests that the fuzzer shapes:
+ * the request type (mostly a valid one), the sector (often near the end
+ * of the volume), the data length, how the header, data and status are
+ * split over descriptors (merged, split, missing, empty), the payload of
+ * discard and write-zeroes, the virtqueue, and when to kick.  Unlike the
+ * generic fuzzer, which rarely builds a usable virtqueue, every input
+ * reaches the device's request path.  The device runs on the libqos node
+ * virtio-blk-pfbd-pci (a file volume) with two queues in the main loop.
+ */
+
+#include "qemu/osdep.h"
+
+#include "qemu/bswap.h"
+#include "qemu/rcu.h"
+#include "tests/qtest/libqtest.h"
+#include "tests/qtest/libqos/virtio-blk.h"
+#include "tests/qtest/libqos/virtio.h"
+#include "tests/qtest/libqos/virtio-pci.h"
+#include "standard-headers/linux/virtio_blk.h"
+#include "standard-headers/linux/virtio_ring.h"
+#include "fuzz.h"
+#include "qos_fuzz.h"
+
+#define PFBD_FUZZ_QUEUES    2
+#define PFBD_FUZZ_MAX_DATA  (64 * 1024)
+
+/* One request as the fuzzer gives it */
+typedef struct QEMU_PACKED PfbdFuzzReq {
+    uint8_t type;       /* index into pfbd_fuzz_types, or raw when >= */
+    uint8_t layout;     /* how the request is split into descriptors */
+    uint8_t queue;
+    uint8_t kick;
+    uint16_t sectors;   /* data length in sectors (or payload count) */
+    uint16_t tail;      /* bytes of data beyond the sectors (misaligned) */
+    uint64_t sector;
+    uint32_t dwz_num;   /* discard/write-zeroes: num_sectors */
+    uint32_t dwz_flags;
+} PfbdFuzzReq;
+
+static const uint32_t pfbd_fuzz_types[] = {
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+
+static QVirtQueue *pfbd_fuzz_vq[PFBD_FUZZ_QUEUES];
+
+/* Guest memory of the current input, freed after the reset */
+static uint64_t pfbd_fuzz_mem[512];
+static unsigned int pfbd_fuzz_nmem;
+static unsigned int pfbd_fuzz_inputs;
+
+static void pfbd_fuzz_setup(QVirtioDevice *dev, uint64_t features_mask)
+{
+    uint64_t features;
+    int i;
+
+    /* Reset, ACKNOWLEDGE, DRIVER */
+    qvirtio_start_device(dev);
+    features = qvirtio_get_features(dev);
+
+    /* Let the input turn features off, but keep the ring layout libqos has */
+    features &= features_mask | (1ull << VIRTIO_F_VERSION_1);
+    features &= ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_F_RING_PACKED));
+    qvirtio_set_features(dev, features);
+    for (i = 0; i < PFBD_FUZZ_QUEUES; i++) {
+        pfbd_fuzz_vq[i] = qvirtqueue_setup(dev, fuzz_qos_alloc, i);
+    }
+    qvirtio_set_driver_ok(dev);
+}
+
+/* Lay out @r in guest memory and add it to its virtqueue; return the head */
+static uint32_t pfbd_fuzz_add(QTestState *s, const PfbdFuzzReq *r,
+                              QVirtQueue *vq)
+{
+    struct virtio_blk_outhdr hdr;
+    struct virtio_blk_discard_write_zeroes dwz;
+    uint32_t type = r->type < ARRAY_SIZE(pfbd_fuzz_types) ?
+                    pfbd_fuzz_types[r->type] : r->type * 0x01010101u;
+    bool is_dwz = type == VIRTIO_BLK_T_DISCARD ||
+                  type == VIRTIO_BLK_T_WRITE_ZEROES;
+    bool data_in = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
+    size_t len = MIN((size_t)r->sectors * 512 + (r->tail & 511),
+                     PFBD_FUZZ_MAX_DATA);
+    uint64_t addr;
+    uint32_t head;
+
+    hdr.type = cpu_to_le32(type);
+    hdr.ioprio = 0;
+    hdr.sector = cpu_to_le64(r->sector);
+    if (is_dwz) {
+        dwz.sector = cpu_to_le64(r->sector);
+        dwz.num_sectors = cpu_to_le32(r->dwz_num);
+        dwz.flags = cpu_to_le32(r->dwz_flags);
+        len = (r->layout & 0x20) ? sizeof(dwz) / 2 : sizeof(dwz);
+    }
+
+    addr = guest_alloc(fuzz_qos_alloc, 16 + len + 1);
+    pfbd_fuzz_mem[pfbd_fuzz_nmem++] = addr;
+    qtest_memwrite(s, addr, &hdr, sizeof(hdr));
+    if (is_dwz) {
+        qtest_memwrite(s, addr + 16, &dwz, len);
+    } else if (len) {
+        qtest_memset(s, addr + 16, 0xa5, len);
+    }
+    qtest_writeb(s, addr + 16 + len, 0xff);
+
+    switch (r->layout & 0x7) {
+    case 0: /* header | data | status */
+    default:
+        head = qvirtqueue_add(s, vq, addr, 16, false, true);
+        if (len) {
+            qvirtqueue_add(s, vq, addr + 16, len, data_in, true);
+        }
+        qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
+        break;
+    case 1: /* header+data | status, or header | data+status */
+        if (data_in) {
+            head = qvirtqueue_add(s, vq, addr, 16, false, true);
+            qvirtqueue_add(s, vq, addr + 16, len + 1, true, false);
+        } else {
+            head = qvirtqueue_add(s, vq, addr, 16 + len, false, true);
+            qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
+        }
+        break;
+    case 2: /* data split in two */
+        head = qvirtqueue_add(s, vq, addr, 16, false, true);
+        qvirtqueue_add(s, vq, addr + 16, len / 2, data_in, true);
+        qvirtqueue_add(s, vq, addr + 16 + len / 2, len - len / 2, data_in,
+                       true);
+        qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
+        break;
+    case 3: /* no status descriptor */
+        head = qvirtqueue_add(s, vq, addr, 16 + len, false, false);
+        break;
+    case 4: /* short header */
+        head = qvirtqueue_add(s, vq, addr, r->tail % 16, false, true);
+        qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
+        break;
+    case 5: /* empty status */
+        head = qvirtqueue_add(s, vq, addr, 16, false, true);
+        qvirtqueue_add(s, vq, addr + 16 + len, 0, true, false);
+        break;
+    case 6: /* data in the wrong direction */
+        head = qvirtqueue_add(s, vq, addr, 16, false, true);
+        qvirtqueue_add(s, vq, addr + 16, len, !data_in, true);
+        qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
+        break;
+    }
+    return head;
+}
+
+static void pfbd_fuzz(QTestState *s, const unsigned char *data, size_t size)
+{
+    QVirtioBlkPCI *blk = fuzz_qos_obj;
+    QVirtioDevice *dev = &blk->pci_vdev.vdev;
+    uint32_t head[PFBD_FUZZ_QUEUES];
+    bool pending[PFBD_FUZZ_QUEUES] = { false };
+    uint64_t mask;
+    PfbdFuzzReq r;
+    int i;
+
+    if (size < sizeof(mask)) {
+        return;
+    }
+    memcpy(&mask, data, sizeof(mask));
+    data += sizeof(mask);
+    size -= sizeof(mask);
+    pfbd_fuzz_setup(dev, mask);
+
+    while (size >= sizeof(r)) {
+        QVirtQueue *vq;
+        uint32_t h;
+
+        memcpy(&r, data, sizeof(r));
+        data += sizeof(r);
+        size -= sizeof(r);
+
+        i = r.queue % PFBD_FUZZ_QUEUES;
+        vq = pfbd_fuzz_vq[i];
+        if (vq->num_free < 4 ||
+            pfbd_fuzz_nmem == ARRAY_SIZE(pfbd_fuzz_mem)) {
+            break;
+        }
+        h = pfbd_fuzz_add(s, &r, vq);
+        if (!pending[i]) {
+            head[i] = h;
+            pending[i] = true;
+        }
+        if (r.kick & 1) {
+            qvirtqueue_kick(s, dev, vq, head[i]);
+            pending[i] = false;
+            flush_events(s);
+        }
+    }
+    for (i = 0; i < PFBD_FUZZ_QUEUES; i++) {
+        if (pending[i]) {
+            qvirtqueue_kick(s, dev, pfbd_fuzz_vq[i], head[i]);
+        }
+    }
+    flush_events(s);
+    /*
+     * A device reset drains whatever is still in flight.  (A system reset
+     * would also clear the PCI BARs that libqos mapped once.)
+     */
+    qvirtio_reset(dev);
+    flush_events(s);
+
+    for (i = 0; i < PFBD_FUZZ_QUEUES; i++) {
+        qvirtqueue_cleanup(dev->bus, pfbd_fuzz_vq[i], fuzz_qos_alloc);
+    }
+    while (pfbd_fuzz_nmem) {
+        guest_free(fuzz_qos_alloc, pfbd_fuzz_mem[--pfbd_fuzz_nmem]);
+    }
+    /*
+     * Setting the rings up again replaces the virtqueues' region caches,
+     * which are freed through call_rcu(): let the RCU thread catch up now
+     * and then (a drain takes some 25 ms).
+     */
+    if (++pfbd_fuzz_inputs % 256 == 0) {
+        drain_call_rcu();
+    }
+}
+
+static void pfbd_fuzz_pre(QTestState *s)
+{
+    qos_init_path(s);
+}
+
+static void register_virtio_blk_pfbd_fuzz_targets(void)
+{
+    fuzz_add_qos_target(&(FuzzTarget){
+                .name = "virtio-blk-pfbd-fuzz",
+                .description = "Fuzz virtio-blk-pfbd with shaped "
+                "virtio-blk requests on two virtqueues",
+                .pre_fuzz = &pfbd_fuzz_pre,
+                .fuzz = pfbd_fuzz,
+                },
+                "virtio-blk-pfbd-pci",
+                &(QOSGraphTestOptions){
+                    .edge.extra_device_opts = "num-queues=2",
+                });
+}
+
+fuzz_target_init(register_virtio_blk_pfbd_fuzz_targets);
