@@ -43,7 +43,7 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 FUZZ_BUILD ?= $(BUILD)/fuzz
 FUZZ_TIME ?= 600
 
-.PHONY: all build deps configure run check check-unit check-qtest \
+.PHONY: all build deps config run check check-unit check-qtest \
 	check-sanitizers check-functional fuzz guest clean distclean
 
 all: build
@@ -61,7 +61,8 @@ $(BUILD)/.configured: $(CONFIG_INPUTS) $(OVERLAY) | $(BUILD)/.deps-done
 	./configure --build-dir=$(BUILD) $(CONFIGURE_FLAGS)
 	@touch $@
 
-configure: $(BUILD)/.configured
+# (not "configure": that is the script, a prerequisite of .configured)
+config: $(BUILD)/.configured
 
 build: $(BUILD)/.configured
 	$(NINJA) -C $(QB) $(NINJA_TARGETS)
