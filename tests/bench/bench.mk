@@ -1,0 +1,40 @@
+# make bench: the benchmark rig (tests/bench/), included by the top-level
+# Makefile.  Uses $(BUILD) and $(PYTHON) from there.
+#
+#   make bench            the full matrix (14-15 minutes here): rig mode for
+#                         stock virtio-blk-pci and virtio-blk-pfbd on null and
+#                         file backends, host fio, guest fio; writes
+#                         $(BUILD)/bench/results.json, $(BUILD)/bench/iops.png
+#                         and docs/benchmarks.md
+#   make bench QUICK=1    a subset in under 3 minutes (no docs/ update)
+#   make bench-rig        only build $(BUILD)/bench/pfbd-rig
+#   make bench-deps       install what the report needs (matplotlib, fio)
+#
+# BENCH_ARGS passes more options to tests/bench/bench.py (see --help).
+
+BUILD ?= build
+PYTHON ?= /usr/bin/python3
+BENCH_CC ?= cc
+BENCH_CFLAGS ?= -O2 -Wall
+
+BENCH_RIG := $(BUILD)/bench/pfbd-rig
+
+.PHONY: bench bench-rig bench-deps
+
+$(BENCH_RIG): tests/bench/pfbd-rig.c
+	@mkdir -p $(dir $@)
+	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $<
+
+bench-rig: $(BENCH_RIG)
+
+# matplotlib draws the plot (bench.py goes on without it); fio is the host
+# limit and runs in the guest.  Both from Debian's archive.
+bench-deps:
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null && command -v fio >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive \
+		  apt-get install -y --no-install-recommends python3-matplotlib fio; }
+
+bench: build guest bench-deps $(BENCH_RIG)
+	BENCH_COMMAND='make bench$(if $(QUICK), QUICK=$(QUICK))$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
+	$(PYTHON) tests/bench/bench.py --build $(BUILD) \
+		$(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)

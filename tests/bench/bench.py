@@ -1,0 +1,1007 @@
+#!/usr/bin/python3
+"""pfbd benchmark matrix: virtio-blk-pfbd vs stock virtio-blk-pci vs the host.
+
+Runs, with one QEMU binary, side by side:
+
+  rig    the device driven without a guest by pfbd-rig (qtest accelerator,
+         guest RAM in a shared memory-backend-file on /dev/shm, descriptors
+         written directly, kicks through qtest, used rings polled) for
+           virtio-blk-pci  + -blockdev null-co (read-zeroes=off)
+           virtio-blk-pci  + -blockdev file (aio=io_uring, cache.direct=on)
+           virtio-blk-pfbd   volume=null:1G
+           virtio-blk-pfbd   volume=file:F
+         x {randread, randwrite} x 4 KiB x iodepth {1, 32, 128}
+         x IOThreads {1, 2} (num-queues = IOThreads, iothread-vq-mapping)
+  host   fio (io_uring, O_DIRECT) on F itself, numjobs = IOThreads, the
+         same rw/bs/iodepth: the limit of the file path
+  guest  fio in the test guest (tests/guest; KVM if it works, else TCG),
+         iodepth 32, 1 IOThread, file backend, pfbd vs stock
+
+F is a 1 GiB file on /dev/shm (tmpfs; O_DIRECT works there) filled with
+data once.  Every point is run --runs times, interleaved (A B C ... A B C
+...), and medians are reported.  The rig is pinned to CPU 0 (it plays the
+guest's vCPU) and QEMU to the other CPUs (--no-pin: no pinning); --nice -10
+keeps other work on the machine from skewing the figures.
+
+Output: BUILD/bench/results.json, BUILD/bench/report.md, BUILD/bench/iops.png
+and, unless --quick or --no-doc, docs/benchmarks.md.  --render rewrites the
+last three from results.json.
+
+Python stdlib only (matplotlib, when installed, draws the plot).
+"""
+
+import argparse
+import datetime
+import importlib.util
+import json
+import shutil
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+GIB = 1 << 30
+
+# (device, backend), in the order runs are interleaved
+RIG_DEVICES = (
+    ("virtio-blk-pci", "null"),
+    ("virtio-blk-pfbd", "null"),
+    ("virtio-blk-pci", "file"),
+    ("virtio-blk-pfbd", "file"),
+)
+SHORT = {"virtio-blk-pci": "stock", "virtio-blk-pfbd": "pfbd", "host": "host"}
+METRICS = ("iops", "lat_avg_us", "lat_p50_us", "lat_p99_us", "cpu_us_per_io",
+           "iothread_cpu_us_per_io", "iouring_worker_cpu_us_per_io",
+           "main_cpu_us_per_io", "qemu_cpu_us_per_io", "rig_cpu_us_per_io",
+           "kicks_per_io")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------ setup
+def ensure_image(path, size):
+    """Create @path (@size bytes of random data) unless it is there."""
+    try:
+        if os.path.getsize(path) == size:
+            return False
+    except OSError:
+        pass
+    log("creating %s (%d MiB of data)" % (path, size >> 20))
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(size >> 20):
+            # one random MiB over and over, each copy stamped with its index
+            f.write(i.to_bytes(8, "little") + chunk[8:])
+    return True
+
+
+def file_id(path):
+    try:
+        st = os.stat(path)
+        return "%d bytes, mtime %s" % (st.st_size, datetime.datetime.fromtimestamp(
+            st.st_mtime).strftime("%Y-%m-%d %H:%M:%S"))
+    except OSError as e:
+        return str(e)
+
+
+def qemu_version(qemu):
+    try:
+        out = subprocess.run([qemu, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=30)
+        return out.stdout.decode(errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired) as e:
+        return "unknown (%s)" % e
+
+
+def machine_info():
+    model, flags = "unknown", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1]
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], stdout=subprocess.PIPE).stdout.decode()
+    return {
+        "cpu_model": model,
+        "nproc": int(nproc.strip() or 0),
+        "hypervisor": " hypervisor" in " " + flags,
+        "mem_bytes": mem,
+        "kernel": platform.release(),
+        "kvm": os.access("/dev/kvm", os.R_OK | os.W_OK),
+    }
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def git_describe():
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short",
+                              "HEAD"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL).stdout.decode().strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain",
+                                "--untracked-files=no"],
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------ rig
+def queue_size(iodepth):
+    """Device queue-size: 256 (the default) unless 3 descriptors x iodepth
+    need more; the same for both devices."""
+    qs = 256
+    while qs < 3 * iodepth:
+        qs *= 2
+    return qs
+
+
+def device_args(device, backend, iothreads, iodepth, image):
+    ids = ["io%d" % i for i in range(iothreads)]
+    args = []
+    for t in ids:
+        args += ["-object", "iothread,id=%s" % t]
+    dev = {"driver": device, "id": "disk0", "num-queues": iothreads,
+           "queue-size": queue_size(iodepth),
+           "iothread-vq-mapping": [{"iothread": t} for t in ids]}
+    if device == "virtio-blk-pfbd":
+        dev["volume"] = "null:1G" if backend == "null" else "file:" + image
+    elif backend == "null":
+        args += ["-blockdev", "driver=null-co,node-name=n0,read-zeroes=off,"
+                 "size=%d" % GIB]
+        dev["drive"] = "n0"
+    else:
+        args += ["-blockdev", "driver=file,filename=%s,aio=io_uring,"
+                 "cache.direct=on,node-name=f0" % image]
+        dev["drive"] = "f0"
+    args += ["-device", json.dumps(dev, separators=(",", ":"))]
+    return args
+
+
+def run_rig(opts, device, backend, rw, bs, iodepth, iothreads):
+    cmd = [opts.rig, "--qemu", opts.qemu, "--rw", rw, "--bs", str(bs),
+           "--iodepth", str(iodepth), "--runtime", str(opts.runtime),
+           "--ramp", str(opts.ramp), "--size", "1G"]
+    if opts.rig_cpus:
+        cmd += ["--rig-cpus", opts.rig_cpus, "--qemu-cpus", opts.qemu_cpus]
+    cmd += ["--"]
+    cmd += device_args(device, backend, iothreads, iodepth, opts.image)
+    timeout = opts.runtime + opts.ramp + 60
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()        # QEMU follows (PR_SET_PDEATHSIG)
+        p.communicate()
+        for f in ("/dev/shm/pfbd-rig-%d.ram", "/tmp/pfbd-rig-%d.sock"):
+            try:
+                os.unlink(f % p.pid)
+            except OSError:
+                pass
+        raise
+    out = stdout.decode(errors="replace").strip().splitlines()
+    err = stderr.decode(errors="replace").strip()
+    if p.returncode not in (0, 3) or not out:
+        raise RuntimeError("pfbd-rig failed (rc %d): %s\n  command: %s"
+                           % (p.returncode, err[-2000:],
+                              " ".join(shlex.quote(c) for c in cmd)))
+    r = json.loads(out[-1])
+    r["kicks_per_io"] = r["kicks"] / r["ios"] if r["ios"] else None
+    r["command"] = " ".join(shlex.quote(c) for c in cmd)
+    if err:
+        r["stderr"] = err[-2000:]
+    return r
+
+
+# ------------------------------------------------------------------ host
+def tree_cpu_ns(pid):
+    """CPU time (ns) of every thread of @pid and of its descendants."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            tids = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (p, tid)) as f:
+                    total += int(f.read().split()[0])
+                with open("/proc/%d/task/%s/children" % (p, tid)) as f:
+                    todo += [int(c) for c in f.read().split()]
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def run_host(opts, rw, bs, iodepth, numjobs):
+    cmd = ["fio", "--name=host", "--filename=" + opts.image, "--direct=1",
+           "--ioengine=io_uring", "--rw=" + rw, "--bs=%d" % bs,
+           "--iodepth=%d" % iodepth, "--numjobs=%d" % numjobs,
+           "--size=%d" % GIB, "--runtime=%g" % opts.runtime,
+           "--ramp_time=%g" % opts.ramp, "--time_based", "--norandommap",
+           "--randrepeat=0", "--lat_percentiles=1",
+           "--registerfiles=1", "--fixedbufs=1", "--output-format=json"]
+    # CPU: fio's own usr/sys misses its io_uring workers (iou-wrk-*), so
+    # sample every thread of the fio processes inside the measured window
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # fio starts its job within ~0.1 s; keep clear of both ends
+    margin = min(0.3, opts.runtime / 4)
+    time.sleep(0.1 + opts.ramp + margin)
+    c0, t0 = tree_cpu_ns(p.pid), time.monotonic()
+    time.sleep(opts.runtime - 3 * margin)
+    c1, t1 = tree_cpu_ns(p.pid), time.monotonic()
+    try:
+        stdout, stderr = p.communicate(timeout=opts.runtime + opts.ramp + 60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+    if p.returncode != 0:
+        raise RuntimeError("fio failed (rc %d): %s" % (
+            p.returncode, stderr.decode(errors="replace")[-2000:]))
+    text = stdout.decode(errors="replace")
+    data = json.loads(text[text.index("{"):])
+    key = "read" if "read" in rw else "write"
+    ios = iops = lat_w = fio_cpu_s = 0.0
+    p99 = p50 = 0.0
+    for j in data["jobs"]:
+        d = j[key]
+        n = d["total_ios"]
+        ios += n
+        iops += d["iops"]
+        lat_w += d["lat_ns"]["mean"] * n
+        # submission to completion, like the rig's
+        pct = d.get("lat_ns", {}).get("percentile", {})
+        p99 = max(p99, pct.get("99.000000", 0.0))
+        p50 = max(p50, pct.get("50.000000", 0.0))
+        fio_cpu_s += (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * \
+            j["job_runtime"] / 1e3
+    return {
+        "rw": rw, "bs": bs, "iodepth": iodepth, "numjobs": numjobs,
+        "ios": int(ios), "iops": iops,
+        "lat_avg_us": lat_w / ios / 1e3 if ios else None,
+        # latency percentiles: with several jobs, the largest job's
+        "lat_p50_us": p50 / 1e3, "lat_p99_us": p99 / 1e3,
+        # fio's threads and io_uring workers, sampled in the measured window
+        "cpu_us_per_io": (c1 - c0) / 1e3 / (iops * (t1 - t0))
+        if iops else None,
+        "fio_cpu_us_per_io": fio_cpu_s * 1e6 / ios if ios else None,
+        "command": " ".join(shlex.quote(c) for c in cmd),
+    }
+
+
+# ------------------------------------------------------------------ guest
+def load_guest_fio():
+    spec = importlib.util.spec_from_file_location(
+        "guest_fio", os.path.join(HERE, "guest-fio.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_guest_mode(opts, results, errors):
+    gf = load_guest_fio()
+    pfbdguest = gf.pfbdguest
+    try:
+        g = pfbdguest.Guest(qemu=opts.qemu, log=lambda m: None)
+    except Exception as e:  # noqa: BLE001 - report and go on
+        errors.append("guest mode skipped: %s" % e)
+        log("guest mode SKIPPED: %s" % e)
+        return None
+    runs = {}
+    for rep in range(opts.runs):
+        for kind in ("stock", "pfbd"):
+            extra = pfbdguest.disk_args("file:" + opts.image, kind=kind,
+                                        num_queues=1, iothreads=["io0"])
+            t0 = time.monotonic()
+            try:
+                r = g.run_job(gf.job_script(opts.guest_runtime, 32, "4k"),
+                              extra, timeout=g.default_timeout() +
+                              4 * opts.guest_runtime, smp=1)
+                parsed = gf.parse(r.output)
+            except (pfbdguest.GuestError, ValueError, KeyError) as e:
+                errors.append("guest %s run %d: %s" % (kind, rep + 1,
+                                                       str(e)[-1500:]))
+                log("guest %s run %d FAILED: %s" % (kind, rep + 1,
+                                                   str(e).splitlines()[0]))
+                continue
+            for rw, d in parsed.items():
+                runs.setdefault((kind, rw), []).append({
+                    "iops": d["iops"], "lat_avg_us": d["lat_avg_us"],
+                    "lat_p99_us": d["clat_p99_us"], "errors": d["errors"],
+                    "command": " ".join(extra)})
+            log("guest %-5s run %d: %s (%.0f s)" % (
+                kind, rep + 1, ", ".join("%s %.0f IOPS" % (k, v["iops"])
+                                         for k, v in parsed.items()),
+                time.monotonic() - t0))
+    for (kind, rw), rl in runs.items():
+        device = "virtio-blk-pfbd" if kind == "pfbd" else "virtio-blk-pci"
+        results.append(summarize(rl, mode="guest", device=device,
+                                 backend="file", rw=rw, bs=4096, iodepth=32,
+                                 iothreads=1, extra={"accel": g.accel}))
+    return g.accel
+
+
+# ------------------------------------------------------------------ stats
+def median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread(runs):
+    v = [r["iops"] for r in runs if r.get("iops")]
+    return max(v) / min(v) if len(v) > 1 else 1.0
+
+
+def summarize(runs, **key):
+    extra = key.pop("extra", {})
+    res = dict(key)
+    for m in METRICS:
+        if any(m in r for r in runs):
+            res[m] = median([r.get(m) for r in runs])
+    res.setdefault("cpu_us_per_io", None)
+    res["runs"] = len(runs)
+    res["iops_runs"] = [round(r["iops"], 1) for r in runs]
+    res["errors"] = sum(r.get("errors", 0) or 0 for r in runs)
+    if runs:
+        res["command"] = runs[0].get("command")
+    res.update(extra)
+    return res
+
+
+# ------------------------------------------------------------------ report
+def fmt(v, nd=0, unit=""):
+    if v is None:
+        return "-"
+    if nd == 0:
+        return "{:,.0f}".format(v) + unit
+    return ("%." + str(nd) + "f") % v + unit
+
+
+def ratio(a, b):
+    if a is None or not b:
+        return "-"
+    return "%.2fx" % (a / b)
+
+
+def index(results):
+    return {(r["mode"], r["device"], r["backend"], r["rw"], r["iodepth"],
+             r["iothreads"]): r for r in results}
+
+
+def rig_ceiling(results):
+    """The rig ceiling rows: the null backends at the highest iodepth (the
+    fastest points), with the rig's and the qtest main thread's CPU per IO
+    next to the device path's, and the highest IOPS any single rig run
+    reached: the rig can drive at least that much."""
+    rig = [r for r in results if r["mode"] == "rig" and r["backend"] == "null"]
+    if not rig:
+        return []
+    qmax = max(r["iodepth"] for r in rig)
+    best = max(max(r["iops_runs"] or [0]) for r in rig)
+    rows = []
+    for r in sorted((r for r in rig if r["iodepth"] == qmax),
+                    key=lambda r: (r["rw"], r["iothreads"], r["device"])):
+        rows.append({"device": r["device"], "backend": r["backend"],
+                     "rw": r["rw"], "iothreads": r["iothreads"],
+                     "iodepth": r["iodepth"], "iops": r["iops"],
+                     "iops_max_run": max(r["iops_runs"] or [0]),
+                     "cpu_us_per_io": r["cpu_us_per_io"],
+                     "rig_cpu_us_per_io": r.get("rig_cpu_us_per_io"),
+                     "main_cpu_us_per_io": r.get("main_cpu_us_per_io"),
+                     "rig_max_iops_any_run": best})
+    return rows
+
+
+def report_md(doc, opts):
+    meta, results = doc["meta"], doc["results"]
+    idx = index(results)
+    m = meta["machine"]
+    L = []
+    L.append("# Benchmarks: virtio-blk-pfbd vs stock virtio-blk-pci vs the host")
+    L.append("")
+    L.append("Generated by `tests/bench/bench.py` (`make bench`) on %s."
+             % meta["date"])
+    L.append("")
+    L.append("Command: `%s`" % meta["command"])
+    L.append("")
+    L.append("- Machine: %s, `nproc` = %d%s, %.1f GiB RAM, kernel %s, "
+             "KVM %s" % (m["cpu_model"], m["nproc"],
+                         " (a VM)" if m["hypervisor"] else "",
+                         (m["mem_bytes"] or 0) / GIB, m["kernel"],
+                         "usable" if m["kvm"] else "not available"))
+    L.append("- QEMU: `%s` (%s; %s), repo %s" % (
+        meta["qemu"], meta["qemu_version"], meta.get("qemu_binary"),
+        meta["git"]))
+    L.append("- Load average before / after: %s / %s" % (
+        meta.get("loadavg_start"), meta.get("loadavg_end")))
+    L.append("- %d run(s) per point, interleaved; medians.  Rig and host: "
+             "%g s measured after %g s ramp; guest: %g s per workload." % (
+                 meta["runs"], meta["runtime_s"], meta["ramp_s"],
+                 meta.get("guest_runtime_s") or 0))
+    if meta.get("extra_rounds"):
+        counts = {}
+        for x in meta["extra_rounds"]:
+            counts[x] = counts.get(x, 0) + 1
+        L.append("- %d extra runs (a point's runs differed by more than %gx; "
+                 "at most %d per point): %s." % (
+                     len(meta["extra_rounds"]), meta.get("max_spread", 1.5),
+                     meta.get("extra_runs", 2),
+                     ", ".join("%s%s" % (k, " (x%d)" % n if n > 1 else "")
+                               for k, n in counts.items())))
+    L.append("- File backend: `%s`, 1 GiB on tmpfs (O_DIRECT), filled with "
+             "data; null backends: `null-co` (read-zeroes=off) and pfbd "
+             "`null:1G`." % meta["image"])
+    L.append("- Wall time of the whole run: %.0f s%s." % (
+        meta["elapsed_s"], ", everything at nice %d" % meta["nice"]
+        if meta.get("nice") else ""))
+    la = meta.get("loadavg_start") or [0]
+    if la[0] > 0.5 * m["nproc"]:
+        L.append("- **The machine was busy with other work** (load average "
+                 "%.1f on %d CPUs at the start): expect noise; compare the "
+                 "per-run IOPS in `results.json`." % (la[0], m["nproc"]))
+    L.append("")
+    L.append("## How it is measured")
+    L.append("")
+    L.append(
+        "**rig**: `pfbd-rig` starts QEMU with `-accel qtest` and the guest RAM "
+        "in a shared `memory-backend-file` it maps; it enumerates PCI, "
+        "programs the virtio 1.0 capabilities, sets up one split virtqueue "
+        "per IOThread (`num-queues` = IOThreads, `iothread-vq-mapping` "
+        "round-robin, `queue-size` 256, or 512 at iodepth 128 for both "
+        "devices), and keeps `iodepth` requests (3 descriptors each: "
+        "header, 4 KiB data, status) in flight per queue.  It writes "
+        "descriptors and avail entries straight into guest RAM, kicks once "
+        "per batch with a qtest write to the notify register (skipped while "
+        "the device sets `VRING_USED_F_NO_NOTIFY`, as Linux does), and polls "
+        "the used ring (no interrupts, `VRING_AVAIL_F_NO_INTERRUPT`).  "
+        "Features: VERSION_1, FLUSH, CONFIG_WCE, BLK_SIZE, SEG_MAX, "
+        "TOPOLOGY, MQ; no EVENT_IDX, no INDIRECT_DESC.  Latency is submit "
+        "(avail publish) to completion seen in the used ring.  "
+        "**CPU us/IO** is the CPU time of the IOThreads (`IO ioN`) plus "
+        "io_uring workers (`iou-wrk-*`) of the QEMU process over the measured "
+        "window (`/proc/PID/task/*/schedstat`) divided by completed IOs; it "
+        "includes the IOThreads' adaptive polling (default `poll-max-ns`).  "
+        "The qtest kicks are served by QEMU's main thread and are shown "
+        "separately (`main`), as is the rig's own CPU (`rig`, getrusage).")
+    L.append("")
+    if meta.get("rig_cpus") is not None:
+        L.append("The rig (the guest's vCPU, as it were) is pinned to CPU %s "
+                 "and QEMU, every thread, to CPU(s) %s; fio on the host is "
+                 "not pinned." % (meta["rig_cpus"], meta["qemu_cpus"]))
+        L.append("")
+    L.append("**host**: fio, `ioengine=io_uring`, `direct=1`, on the same "
+             "file, `numjobs` = IOThreads, same rw/bs/iodepth per job.  "
+             "`registerfiles`, `fixedbufs`.  CPU us/IO: every thread of "
+             "the fio processes (io_uring workers included), sampled "
+             "inside the measured window, over the IOs done in it.")
+    L.append("")
+    if meta.get("guest_accel"):
+        L.append("**guest**: the test guest (`tests/guest`) under %s, fio "
+                 "io_uring O_DIRECT on `/dev/vda`, iodepth 32, 1 queue on 1 "
+                 "IOThread, file backend." % meta["guest_accel"].upper())
+        L.append("")
+
+    # ---------------- main table
+    L.append("## IOPS (rig), ratios pfbd/stock and pfbd/host-limit")
+    L.append("")
+    L.append("| rw | IOThreads | iodepth | backend | stock IOPS | pfbd IOPS "
+             "| pfbd/stock | host IOPS | pfbd/host | stock CPU us/IO "
+             "| pfbd CPU us/IO |")
+    L.append("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: |")
+    for rw in opts.rws:
+        for t in opts.iothreads:
+            for qd in opts.iodepths:
+                host = idx.get(("host", "host", "file", rw, qd, t))
+                for be in ("null", "file"):
+                    s = idx.get(("rig", "virtio-blk-pci", be, rw, qd, t))
+                    p = idx.get(("rig", "virtio-blk-pfbd", be, rw, qd, t))
+                    if not s and not p:
+                        continue
+                    hi = host["iops"] if (host and be == "file") else None
+                    L.append("| %s | %d | %d | %s | %s | %s | **%s** | %s | %s "
+                             "| %s | %s |" % (
+                                 rw, t, qd, be,
+                                 fmt(s and s["iops"]), fmt(p and p["iops"]),
+                                 ratio(p and p["iops"], s and s["iops"]),
+                                 fmt(hi), ratio(p and p["iops"], hi),
+                                 fmt(s and s["cpu_us_per_io"], 2),
+                                 fmt(p and p["cpu_us_per_io"], 2)))
+    L.append("")
+
+    # ---------------- latency
+    L.append("## Latency (rig and host), microseconds, avg / p99")
+    L.append("")
+    L.append("| rw | IOThreads | iodepth | stock null | pfbd null "
+             "| stock file | pfbd file | host file |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rw in opts.rws:
+        for t in opts.iothreads:
+            for qd in opts.iodepths:
+                cells = []
+                for mode, dev, be in (("rig", "virtio-blk-pci", "null"),
+                                      ("rig", "virtio-blk-pfbd", "null"),
+                                      ("rig", "virtio-blk-pci", "file"),
+                                      ("rig", "virtio-blk-pfbd", "file"),
+                                      ("host", "host", "file")):
+                    r = idx.get((mode, dev, be, rw, qd, t))
+                    cells.append("%s / %s" % (fmt(r["lat_avg_us"], 1),
+                                              fmt(r["lat_p99_us"], 1))
+                                 if r else "-")
+                L.append("| %s | %d | %d | %s |" % (rw, t, qd,
+                                                    " | ".join(cells)))
+    L.append("")
+
+    # ---------------- CPU
+    L.append("## CPU per IO (rig), microseconds: device path / QEMU main "
+             "thread (qtest kicks) / rig; kicks per IO")
+    L.append("")
+    L.append("`path`: IOThreads + io_uring workers; `main`: QEMU's main "
+             "thread, which serves the qtest kicks (a rig artefact; a KVM "
+             "guest's kick is an ioeventfd signalled by the kernel); "
+             "`kicks/IO`: notify writes per request (the rest were "
+             "suppressed by the device's `VRING_USED_F_NO_NOTIFY`); "
+             "`rig`: the rig's own CPU (with its idle polling); `host fio`: "
+             "fio's threads and io_uring workers per IO.")
+    L.append("")
+    L.append("| rw | IOThreads | iodepth | backend | stock path | stock main "
+             "| stock kicks/IO | pfbd path | pfbd main | pfbd kicks/IO "
+             "| rig (pfbd run) | host fio |")
+    L.append("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: | ---: |")
+    for rw in opts.rws:
+        for t in opts.iothreads:
+            for qd in opts.iodepths:
+                host = idx.get(("host", "host", "file", rw, qd, t))
+                for be in ("null", "file"):
+                    s = idx.get(("rig", "virtio-blk-pci", be, rw, qd, t))
+                    p = idx.get(("rig", "virtio-blk-pfbd", be, rw, qd, t))
+                    if not s and not p:
+                        continue
+                    L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s "
+                             "| %s | %s | %s |" % (
+                                 rw, t, qd, be,
+                                 fmt(s and s["cpu_us_per_io"], 2),
+                                 fmt(s and s["main_cpu_us_per_io"], 2),
+                                 fmt(s and s["kicks_per_io"], 2),
+                                 fmt(p and p["cpu_us_per_io"], 2),
+                                 fmt(p and p["main_cpu_us_per_io"], 2),
+                                 fmt(p and p["kicks_per_io"], 2),
+                                 fmt(p and p.get("rig_cpu_us_per_io"), 2),
+                                 fmt(host["cpu_us_per_io"], 2)
+                                 if (host and be == "file") else "-"))
+    L.append("")
+
+    # ---------------- kicks
+    kp = {}
+    for r in results:
+        if r["mode"] == "rig" and r.get("kicks_per_io") is not None:
+            kp.setdefault((r["iodepth"], r["device"]), []).append(
+                r["kicks_per_io"])
+    parts = []
+    for qd in opts.iodepths:
+        s_, p_ = kp.get((qd, "virtio-blk-pci")), kp.get((qd, "virtio-blk-pfbd"))
+        if s_ and p_:
+            parts.append("iodepth %d: stock %.3f, pfbd %.3f" % (
+                qd, median(s_), median(p_)))
+    if parts:
+        L.append("Notify writes (kicks) per IO, median over the points at "
+                 "each iodepth: %s.  A kick is skipped while the device "
+                 "sets `VRING_USED_F_NO_NOTIFY` (e.g. while its IOThread "
+                 "polls the ring); in a KVM guest every kick is a VM exit."
+                 % "; ".join(parts))
+        L.append("")
+
+    # ---------------- rig ceiling
+    ceiling = doc["meta"].get("rig_ceiling") or []
+    if ceiling:
+        best = ceiling[0]["rig_max_iops_any_run"]
+        L.append("## Rig ceiling")
+        L.append("")
+        L.append("The null backends at the highest iodepth are the fastest "
+                 "points, so they show how far the rig can drive: the "
+                 "fastest single rig run reached **%s IOPS**, so points well "
+                 "below that are not limited by the rig.  Next to the device "
+                 "path's CPU per IO: the rig's own (`rig`, getrusage, which "
+                 "includes its idle polling: it runs alone on its CPU and "
+                 "polls whenever nothing is due) and that of QEMU's main "
+                 "thread serving the qtest kicks (`qtest`, on the QEMU CPU, "
+                 "a cost a KVM guest's kick does not have)." % fmt(best))
+        L.append("")
+        L.append("| rig ceiling | rw | IOThreads | iodepth | IOPS (median) "
+                 "| IOPS (best run) | device path us/IO | rig us/IO "
+                 "| qtest us/IO |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+                 "| ---: |")
+        for r in ceiling:
+            L.append("| %s %s | %s | %d | %d | %s | %s | %s | %s | %s |" % (
+                SHORT[r["device"]], r["backend"], r["rw"], r["iothreads"],
+                r["iodepth"], fmt(r["iops"]), fmt(r["iops_max_run"]),
+                fmt(r["cpu_us_per_io"], 2), fmt(r["rig_cpu_us_per_io"], 2),
+                fmt(r["main_cpu_us_per_io"], 2)))
+        L.append("")
+        if meta.get("rig_cpus") is not None:
+            L.append("The rig has CPU %s to itself; QEMU's main thread (the "
+                     "qtest kicks), IOThreads and io_uring workers share CPU(s) "
+                     "%s, so with few CPUs the figures are the device path "
+                     "under that sharing." % (meta["rig_cpus"],
+                                               meta["qemu_cpus"]))
+        else:
+            L.append("The rig, QEMU's main thread and the IOThreads share "
+                     "the machine's %d CPUs, so with few CPUs the figures "
+                     "are the device path under that sharing." %
+                     meta["machine"]["nproc"])
+        L.append("")
+
+    # ---------------- guest
+    g = [r for r in results if r["mode"] == "guest"]
+    if g:
+        L.append("## Guest (fio in the test guest, iodepth 32, 1 IOThread, "
+                 "file backend, %s)" % (meta.get("guest_accel") or "?").upper())
+        L.append("")
+        L.append("| rw | stock IOPS | pfbd IOPS | pfbd/stock | stock lat avg "
+                 "/ p99 us | pfbd lat avg / p99 us |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for rw in opts.rws:
+            s = idx.get(("guest", "virtio-blk-pci", "file", rw, 32, 1))
+            p = idx.get(("guest", "virtio-blk-pfbd", "file", rw, 32, 1))
+            if not s and not p:
+                continue
+            L.append("| %s | %s | %s | %s | %s | %s |" % (
+                rw, fmt(s and s["iops"]), fmt(p and p["iops"]),
+                ratio(p and p["iops"], s and s["iops"]),
+                "%s / %s" % (fmt(s["lat_avg_us"], 1), fmt(s["lat_p99_us"], 1))
+                if s else "-",
+                "%s / %s" % (fmt(p["lat_avg_us"], 1), fmt(p["lat_p99_us"], 1))
+                if p else "-"))
+        L.append("")
+        if meta.get("guest_accel") == "tcg":
+            L.append("Under TCG the emulated guest CPU is the bottleneck: "
+                     "these rows show both devices working side by side, "
+                     "not the device path's cost (that is the rig's job).")
+            L.append("")
+
+    if doc.get("errors"):
+        L.append("## Errors")
+        L.append("")
+        for e in doc["errors"]:
+            L.append("- `%s`" % e.replace("\n", " ")[:400])
+        L.append("")
+    L.append("## Reproduce")
+    L.append("")
+    L.append("```sh")
+    L.append("make bench            # the full matrix (this page)")
+    L.append("make bench QUICK=1    # a subset in under 3 minutes")
+    L.append("```")
+    L.append("")
+    L.append("Raw results (every run's command and per-run IOPS): "
+             "`build/bench/results.json`; plot: `build/bench/iops.png` "
+             "(a full run copies it to `docs/benchmarks-iops.png`).  "
+             "One rig point by hand:")
+    L.append("")
+    L.append("```sh")
+    L.append("build/bench/pfbd-rig --qemu build/qemu-system-x86_64 "
+             "--rw randread --iodepth 32 --runtime 5 -- \\")
+    L.append("    -object iothread,id=io0 \\")
+    L.append("    -device '{\"driver\":\"virtio-blk-pfbd\",\"volume\":"
+             "\"null:1G\",\"num-queues\":1,\"iothread-vq-mapping\":"
+             "[{\"iothread\":\"io0\"}]}'")
+    L.append("```")
+    L.append("")
+    return "\n".join(L)
+
+
+def plot(doc, opts, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (apt-get install python3-matplotlib): "
+            "no plot")
+        return False
+    idx = index(doc["results"])
+    fig, axes = plt.subplots(len(opts.iothreads), len(opts.rws),
+                             figsize=(6 * len(opts.rws),
+                                      4.2 * len(opts.iothreads)),
+                             squeeze=False)
+    lines = [("rig", d, b) for d, b in RIG_DEVICES] + [("host", "host",
+                                                        "file")]
+    styles = {"virtio-blk-pci": "--", "virtio-blk-pfbd": "-", "host": ":"}
+    colors = {"null": "tab:blue", "file": "tab:orange"}
+    for i, t in enumerate(opts.iothreads):
+        for j, rw in enumerate(opts.rws):
+            ax = axes[i][j]
+            for mode, dev, be in lines:
+                xs, ys = [], []
+                for qd in opts.iodepths:
+                    r = idx.get((mode, dev, be, rw, qd, t))
+                    if r and r["iops"]:
+                        xs.append(qd)
+                        ys.append(r["iops"] / 1000.0)
+                if xs:
+                    ax.plot(xs, ys, styles[dev], marker="o",
+                            color="black" if dev == "host" else colors[be],
+                            label="%s %s" % (SHORT[dev], be))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(opts.iodepths)
+            ax.set_xticklabels([str(q) for q in opts.iodepths])
+            ax.set_xlabel("iodepth (per queue)")
+            ax.set_ylabel("kIOPS")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.set_title("4k %s, %d IOThread(s), rig mode" % (rw, t))
+            ax.legend(fontsize=8)
+    fig.suptitle("virtio-blk-pfbd vs virtio-blk-pci vs host fio (%s, "
+                 "nproc %d)" % (doc["meta"]["machine"]["cpu_model"],
+                                doc["meta"]["machine"]["nproc"]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------ main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    default=os.environ.get("QUICK", "") not in ("", "0"),
+                    help="a subset in under 3 minutes (also env QUICK=1)")
+    ap.add_argument("--build", default=os.environ.get("BUILD", "build"),
+                    help="build directory (default build)")
+    ap.add_argument("--qemu", help="QEMU binary (default "
+                    "BUILD/qemu-system-x86_64)")
+    ap.add_argument("--rig", help="pfbd-rig (default BUILD/bench/pfbd-rig)")
+    ap.add_argument("--image", default="/dev/shm/pfbd-bench.img",
+                    help="the 1 GiB file backend (default %(default)s)")
+    ap.add_argument("--keep-image", action="store_true",
+                    help="do not remove the image at the end")
+    ap.add_argument("--runtime", type=float, help="measured seconds per run")
+    ap.add_argument("--ramp", type=float, help="unmeasured seconds first")
+    ap.add_argument("--guest-runtime", type=float,
+                    help="fio seconds per workload in the guest")
+    ap.add_argument("--runs", type=int, help="runs per point")
+    ap.add_argument("--max-spread", type=float, default=1.5,
+                    help="when a point's fastest run beats its slowest by "
+                    "more than this factor, run it once more "
+                    "(default %(default)s)")
+    ap.add_argument("--extra-runs", type=int,
+                    help="at most this many such extra runs per point "
+                    "(default 2; 0 with --quick)")
+    ap.add_argument("--iodepth", help="comma list (default 1,32,128)")
+    ap.add_argument("--iothreads", help="comma list (default 1,2)")
+    ap.add_argument("--rw", help="comma list (default randread,randwrite)")
+    ap.add_argument("--no-guest", action="store_true")
+    ap.add_argument("--no-host", action="store_true")
+    ap.add_argument("--no-doc", action="store_true",
+                    help="do not write docs/benchmarks.md")
+    ap.add_argument("--out", help="output dir (default BUILD/bench)")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the report, plot and docs from the "
+                    "results.json of an earlier run")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the rig to CPU 0 and QEMU to the "
+                    "other CPUs")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run everything at this nice value (e.g. -10 as "
+                    "root, to keep other work on the machine from skewing "
+                    "the figures)")
+    opts = ap.parse_args()
+
+    q = opts.quick
+    opts.runtime = opts.runtime or (3.0 if q else 3.0)
+    opts.ramp = opts.ramp if opts.ramp is not None else (0.5 if q else 0.5)
+    opts.guest_runtime = opts.guest_runtime or 5.0
+    opts.runs = opts.runs or (1 if q else 3)
+    if opts.extra_runs is None:
+        opts.extra_runs = 0 if q else 2
+    opts.iodepths = [int(x) for x in (opts.iodepth or
+                                      ("1,32" if q else "1,32,128"))
+                     .split(",")]
+    opts.iothreads = [int(x) for x in (opts.iothreads or
+                                       ("1" if q else "1,2")).split(",")]
+    opts.rws = (opts.rw or "randread,randwrite").split(",")
+    if q:
+        opts.no_guest = True
+    build = os.path.join(REPO, opts.build) if not os.path.isabs(
+        opts.build) else opts.build
+    opts.qemu = os.path.abspath(opts.qemu or os.path.join(
+        build, "qemu-system-x86_64"))
+    opts.rig = os.path.abspath(opts.rig or os.path.join(build, "bench",
+                                                        "pfbd-rig"))
+    out = opts.out or os.path.join(build, "bench")
+    os.makedirs(out, exist_ok=True)
+    if opts.render:
+        return render(opts, out)
+    for exe in (opts.qemu, opts.rig):
+        if not os.access(exe, os.X_OK):
+            sys.exit("bench: %s missing (make build; make %s)" % (
+                exe, os.path.relpath(opts.rig, REPO)))
+
+    if opts.nice:
+        os.nice(opts.nice)
+    # The rig plays the guest's vCPU: CPU 0; QEMU (main thread, IOThreads)
+    # the host's I/O side: the other CPUs.
+    ncpu = os.cpu_count() or 1
+    opts.rig_cpus = opts.qemu_cpus = None
+    if not opts.no_pin and ncpu >= 2:
+        opts.rig_cpus = "0"
+        opts.qemu_cpus = "1" if ncpu == 2 else "1-%d" % (ncpu - 1)
+    t_start = time.monotonic()
+    cmdline = " ".join(shlex.quote(a) for a in sys.argv)
+    if os.environ.get("BENCH_COMMAND"):
+        cmdline = os.environ["BENCH_COMMAND"]
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc)
+        .strftime("%Y-%m-%d %H:%M UTC"),
+        "command": cmdline,
+        "quick": q,
+        "machine": machine_info(),
+        "qemu": os.path.relpath(opts.qemu, REPO),
+        "qemu_version": qemu_version(opts.qemu),
+        "qemu_binary": file_id(opts.qemu),
+        "git": git_describe(),
+        "image": opts.image,
+        "runtime_s": opts.runtime, "ramp_s": opts.ramp, "runs": opts.runs,
+        "guest_runtime_s": None if opts.no_guest else opts.guest_runtime,
+        "bs": 4096, "iodepths": opts.iodepths, "iothreads": opts.iothreads,
+        "rw": opts.rws,
+        "loadavg_start": loadavg(),
+        "nice": os.nice(0),
+        "rig_cpus": opts.rig_cpus, "qemu_cpus": opts.qemu_cpus,
+        "max_spread": opts.max_spread, "extra_runs": opts.extra_runs,
+    }
+    log("bench: %s, nproc %d, %s; %s" % (
+        meta["machine"]["cpu_model"], meta["machine"]["nproc"],
+        meta["qemu_version"], "QUICK" if q else "full matrix"))
+    log("load average: %s" % meta["loadavg_start"])
+    created = ensure_image(opts.image, GIB)
+
+    results, errors, extra_rounds = [], [], []
+    bs = 4096
+    try:
+        nsets = len(opts.rws) * len(opts.iothreads) * len(opts.iodepths)
+        n = 0
+        for rw in opts.rws:
+            for t in opts.iothreads:
+                for qd in opts.iodepths:
+                    n += 1
+                    members = [("rig", d, b) for d, b in RIG_DEVICES]
+                    if not opts.no_host:
+                        members.append(("host", "host", "file"))
+                    runs = {m: [] for m in members}
+                    # --runs interleaved rounds of the set, then extra runs
+                    # of the points whose runs differ by more than
+                    # --max-spread (the machine was busy), up to --extra-runs
+                    todo = [m for _ in range(opts.runs) for m in members]
+                    extra = {m: 0 for m in members}
+                    while True:
+                        if not todo:
+                            todo = [m for m in members
+                                    if spread(runs[m]) > opts.max_spread and
+                                    extra[m] < opts.extra_runs]
+                            if not todo:
+                                break
+                            for m in todo:
+                                extra[m] += 1
+                                extra_rounds.append("%s %s %s qd%d t%d" % (
+                                    SHORT[m[1]], m[2], rw, qd, t))
+                        m = todo.pop(0)
+                        mode, dev, be = m
+                        try:
+                            if mode == "rig":
+                                r = run_rig(opts, dev, be, rw, bs, qd, t)
+                            else:
+                                r = run_host(opts, rw, bs, qd, t)
+                        except (RuntimeError, ValueError,
+                                subprocess.TimeoutExpired) as e:
+                            errors.append("%s %s %s %s qd%d t%d: %s" % (
+                                mode, dev, be, rw, qd, t, e))
+                            log("  FAILED %s %s %s: %s" % (
+                                mode, SHORT[dev], be, str(e).splitlines()[0]))
+                            continue
+                        if r.get("errors"):
+                            errors.append("%s %s %s %s qd%d t%d: %d IO "
+                                          "errors" % (mode, dev, be, rw, qd,
+                                                      t, r["errors"]))
+                        runs[m].append(r)
+                    line = []
+                    for m in members:
+                        mode, dev, be = m
+                        if not runs[m]:
+                            continue
+                        s = summarize(runs[m], mode=mode, device=dev,
+                                      backend=be, rw=rw, bs=bs, iodepth=qd,
+                                      iothreads=t)
+                        results.append(s)
+                        line.append("%s-%s %.0fk" % (SHORT[dev], be,
+                                                     s["iops"] / 1e3))
+                    log("[%d/%d] %s qd%d %d IOThread(s): %s" % (
+                        n, nsets, rw, qd, t, "  ".join(line)))
+        if not opts.no_guest:
+            meta["guest_accel"] = run_guest_mode(opts, results, errors)
+    finally:
+        if created and not opts.keep_image:
+            try:
+                os.unlink(opts.image)
+            except OSError:
+                pass
+
+    meta["loadavg_end"] = loadavg()
+    meta["extra_rounds"] = extra_rounds
+    if file_id(opts.qemu) != meta["qemu_binary"]:
+        errors.append("%s changed during the run (%s -> %s)" % (
+            opts.qemu, meta["qemu_binary"], file_id(opts.qemu)))
+    meta["elapsed_s"] = time.monotonic() - t_start
+    doc = {"meta": meta, "results": results, "errors": errors}
+    write_outputs(doc, opts, out)
+    return 1 if errors else 0
+
+
+def write_outputs(doc, opts, out):
+    """results.json, report.md, iops.png and (full runs) docs/benchmarks.md"""
+    doc["meta"]["rig_ceiling"] = rig_ceiling(doc["results"])
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    md = report_md(doc, opts)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(md)
+    plot(doc, opts, os.path.join(out, "iops.png"))
+    if not doc["meta"]["quick"] and not opts.no_doc:
+        with open(os.path.join(REPO, "docs", "benchmarks.md"), "w") as f:
+            f.write(md)
+        if os.path.exists(os.path.join(out, "iops.png")):
+            shutil.copyfile(os.path.join(out, "iops.png"),
+                            os.path.join(REPO, "docs", "benchmarks-iops.png"))
+    log("")
+    log("## IOPS" + md.split("## Latency")[0].split("## IOPS")[1]
+        if "## IOPS" in md else md)
+    log("results: %s (%.0f s)" % (os.path.join(out, "results.json"),
+                                  doc["meta"]["elapsed_s"]))
+
+
+def render(opts, out):
+    """--render: rewrite the report, plot and doc from results.json"""
+    with open(os.path.join(out, "results.json")) as f:
+        doc = json.load(f)
+    meta = doc["meta"]
+    opts.rws, opts.iodepths = meta["rw"], meta["iodepths"]
+    opts.iothreads = meta["iothreads"]
+    write_outputs(doc, opts, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
