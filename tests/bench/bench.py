@@ -424,6 +424,20 @@ def rig_ceiling(results):
     return rows
 
 
+def rig_rows(idx, opts):
+    """The rows of the rig tables: (rw, iothreads, iodepth, backend, stock
+    result, pfbd result, host result) for every point with a rig result."""
+    for rw in opts.rws:
+        for t in opts.iothreads:
+            for qd in opts.iodepths:
+                host = idx.get(("host", "host", "file", rw, qd, t))
+                for be in ("null", "file"):
+                    s = idx.get(("rig", "virtio-blk-pci", be, rw, qd, t))
+                    p = idx.get(("rig", "virtio-blk-pfbd", be, rw, qd, t))
+                    if s or p:
+                        yield rw, t, qd, be, s, p, host
+
+
 def report_md(doc, opts):
     meta, results = doc["meta"], doc["results"]
     idx = index(results)
@@ -521,24 +535,16 @@ def report_md(doc, opts):
              "| pfbd CPU us/IO |")
     L.append("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
              "| ---: | ---: |")
-    for rw in opts.rws:
-        for t in opts.iothreads:
-            for qd in opts.iodepths:
-                host = idx.get(("host", "host", "file", rw, qd, t))
-                for be in ("null", "file"):
-                    s = idx.get(("rig", "virtio-blk-pci", be, rw, qd, t))
-                    p = idx.get(("rig", "virtio-blk-pfbd", be, rw, qd, t))
-                    if not s and not p:
-                        continue
-                    hi = host["iops"] if (host and be == "file") else None
-                    L.append("| %s | %d | %d | %s | %s | %s | **%s** | %s | %s "
-                             "| %s | %s |" % (
-                                 rw, t, qd, be,
-                                 fmt(s and s["iops"]), fmt(p and p["iops"]),
-                                 ratio(p and p["iops"], s and s["iops"]),
-                                 fmt(hi), ratio(p and p["iops"], hi),
-                                 fmt(s and s["cpu_us_per_io"], 2),
-                                 fmt(p and p["cpu_us_per_io"], 2)))
+    for rw, t, qd, be, s, p, host in rig_rows(idx, opts):
+        hi = host["iops"] if (host and be == "file") else None
+        L.append("| %s | %d | %d | %s | %s | %s | **%s** | %s | %s "
+                 "| %s | %s |" % (
+                     rw, t, qd, be,
+                     fmt(s and s["iops"]), fmt(p and p["iops"]),
+                     ratio(p and p["iops"], s and s["iops"]),
+                     fmt(hi), ratio(p and p["iops"], hi),
+                     fmt(s and s["cpu_us_per_io"], 2),
+                     fmt(p and p["cpu_us_per_io"], 2)))
     L.append("")
 
     # ---------------- latency
@@ -581,27 +587,19 @@ def report_md(doc, opts):
              "| rig (pfbd run) | host fio |")
     L.append("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
              "| ---: | ---: | ---: |")
-    for rw in opts.rws:
-        for t in opts.iothreads:
-            for qd in opts.iodepths:
-                host = idx.get(("host", "host", "file", rw, qd, t))
-                for be in ("null", "file"):
-                    s = idx.get(("rig", "virtio-blk-pci", be, rw, qd, t))
-                    p = idx.get(("rig", "virtio-blk-pfbd", be, rw, qd, t))
-                    if not s and not p:
-                        continue
-                    L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s "
-                             "| %s | %s | %s |" % (
-                                 rw, t, qd, be,
-                                 fmt(s and s["cpu_us_per_io"], 2),
-                                 fmt(s and s["main_cpu_us_per_io"], 2),
-                                 fmt(s and s["kicks_per_io"], 2),
-                                 fmt(p and p["cpu_us_per_io"], 2),
-                                 fmt(p and p["main_cpu_us_per_io"], 2),
-                                 fmt(p and p["kicks_per_io"], 2),
-                                 fmt(p and p.get("rig_cpu_us_per_io"), 2),
-                                 fmt(host["cpu_us_per_io"], 2)
-                                 if (host and be == "file") else "-"))
+    for rw, t, qd, be, s, p, host in rig_rows(idx, opts):
+        L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s "
+                 "| %s | %s | %s |" % (
+                     rw, t, qd, be,
+                     fmt(s and s["cpu_us_per_io"], 2),
+                     fmt(s and s["main_cpu_us_per_io"], 2),
+                     fmt(s and s["kicks_per_io"], 2),
+                     fmt(p and p["cpu_us_per_io"], 2),
+                     fmt(p and p["main_cpu_us_per_io"], 2),
+                     fmt(p and p["kicks_per_io"], 2),
+                     fmt(p and p.get("rig_cpu_us_per_io"), 2),
+                     fmt(host["cpu_us_per_io"], 2)
+                     if (host and be == "file") else "-"))
     L.append("")
 
     # ---------------- kicks
