@@ -202,7 +202,8 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
     }
 
     vol->info.engine = vol->engine->name;
-    vol->info.read_only = opts && opts->read_only;
+    /* An engine may force read-only (an rbd snapshot) */
+    vol->info.read_only = vol->info.read_only || (opts && opts->read_only);
     vol->nqueues = 0;
     *volp = vol;
     return 0;

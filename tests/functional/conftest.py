@@ -8,8 +8,11 @@ See pfbdguest.py for the details.
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -17,6 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pfbdguest  # noqa: E402
 from pfbdguest import GuestError, disk_args, make_image  # noqa: E402,F401
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +76,85 @@ def image_dir(tmp_path):
 def image(image_dir):
     """Path of a fresh 256 MiB sparse image file."""
     return make_image(os.path.join(image_dir, "disk.img"), "256M")
+
+
+class Ceph:
+    """A running Ceph cluster (tests/ceph/start-ceph.sh) and rbd helpers."""
+
+    def __init__(self, conf):
+        self.conf = conf
+        self.dir = os.path.dirname(conf)
+        self.env = dict(os.environ, CEPH_CONF=conf)
+        self._n = 0
+
+    def rbd(self, *args, input=None):
+        p = subprocess.run(["rbd", "-c", self.conf] + list(args),
+                           input=input, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=120)
+        if p.returncode != 0:
+            raise AssertionError("rbd %s failed (%d): %s" % (
+                " ".join(args), p.returncode,
+                p.stderr.decode(errors="replace")))
+        return p.stdout
+
+    def _name(self, prefix):
+        self._n += 1
+        return "%s-%d-%d" % (prefix, os.getpid(), self._n)
+
+    def create_image(self, prefix, size):
+        name = self._name(prefix)
+        self.rbd("create", "--size", size, "rbd/" + name)
+        return name
+
+    def import_image(self, prefix, path):
+        name = self._name(prefix)
+        self.rbd("import", path, "rbd/" + name)
+        return name
+
+    def read_image(self, image, offset, length):
+        """Bytes [offset, offset + length) of rbd/IMAGE (or IMAGE@SNAP)."""
+        data = self.rbd("export", "--no-progress", "rbd/" + image, "-")
+        return data[offset:offset + length]
+
+    def osd_pid(self):
+        with open(os.path.join(self.dir, "run", "osd.0.pid")) as f:
+            return int(f.read().strip())
+
+    @staticmethod
+    def send_line(sock_path, text):
+        """Write a line to a QEMU chardev socket (server=on)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5)
+            s.connect(sock_path)
+            s.sendall(text.encode() + b"\n")
+            time.sleep(0.1)
+        finally:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    """A Ceph cluster: $PFBD_TEST_CEPH_CONF, or one started for the session
+    with tests/ceph/start-ceph.sh (the packages come from
+    scripts/install-deps.sh)."""
+    conf = os.environ.get("PFBD_TEST_CEPH_CONF")
+    if conf:
+        yield Ceph(conf)
+        return
+    if not shutil.which("ceph-mon"):
+        pytest.fail("ceph-mon not found: run scripts/install-deps.sh (the "
+                    "rbd tests start their own Ceph cluster)")
+    d = tempfile.mkdtemp(prefix="pfbd-ceph-", dir="/tmp")
+    start = os.path.join(REPO_DIR, "tests", "ceph", "start-ceph.sh")
+    stop = os.path.join(REPO_DIR, "tests", "ceph", "stop-ceph.sh")
+    p = subprocess.run(["bash", start, d], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        pytest.fail("could not start a Ceph cluster:\n" +
+                    p.stdout.decode(errors="replace")[-3000:])
+    try:
+        yield Ceph(os.path.join(d, "ceph.conf"))
+    finally:
+        subprocess.run(["bash", stop, d, "--purge"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)

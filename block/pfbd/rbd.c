@@ -1,0 +1,712 @@
+/*
+ * libpfbd: the rbd engine, librbd's asynchronous API on a Ceph RBD image
+ *
+ * Copyright (c) 2026 pfbd-qemu developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The volume holds the cluster connection, the pool's I/O context and one
+ * image handle for the geometry.  Each queue opens its own image handle on
+ * that connection, because librbd signals completions per image: with
+ * rbd_set_image_notification() the queue's eventfd is written for every
+ * completion, and pfbd_queue_reap() collects them with rbd_poll_io_events()
+ * in the queue's thread.  No librbd callback runs our code, so librbd's
+ * threads never touch a request or its buffers after submission.
+ *
+ * The spec is QEMU's classic rbd filename:
+ *   POOL/[NAMESPACE/]IMAGE[@SNAP][:KEY=VALUE]...
+ * with "\" escaping ':', '@', '/', '=' and '\'.  conf=PATH reads that file
+ * (else $CEPH_CONF and Ceph's default places, if present), id=USER picks
+ * the client name, and every other KEY=VALUE (key, keyring,
+ * rados_osd_op_timeout, ...) is a Ceph option set with rados_conf_set().
+ * rbd_cache is off unless the spec turns it on: requests are durable when
+ * they complete.  A snapshot opens read-only.
+ */
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include "pfbd-int.h"
+
+#define RBD_BLOCK_SIZE 512
+
+/* Give up connecting after this long unless the spec says otherwise */
+#define RBD_DEFAULT_MOUNT_TIMEOUT "30"
+
+/* How many completions one rbd_poll_io_events() call takes at most */
+#define RBD_POLL_BATCH 64
+
+typedef struct RbdOption {
+    char *key;
+    char *value;
+} RbdOption;
+
+typedef struct RbdVolume {
+    PfbdVolume base;
+    rados_t cluster;
+    rados_ioctx_t ioctx;
+    rbd_image_t image;          /* for the size; requests use the queues' */
+    char *image_name;
+    char *snap;                 /* or NULL */
+    bool cache;                 /* rbd_cache on: FUA needs a flush */
+} RbdVolume;
+
+typedef struct RbdReq {
+    PfbdOp op;
+    unsigned flags;
+    uint64_t offset;
+    uint64_t len;
+    const struct iovec *iov;
+    int iovcnt;
+    bool fua_flush;             /* the flush that follows a FUA write */
+    PfbdCompletionFunc *cb;
+    void *opaque;
+    struct RbdReq *next_free;
+} RbdReq;
+
+typedef struct RbdQueue {
+    PfbdQueue base;
+    rbd_image_t image;
+    int efd;
+    unsigned queued;            /* sent since the last flush */
+    RbdReq *reqs;               /* base.depth requests */
+    RbdReq *free_reqs;
+    rbd_completion_t *ready;    /* polled, not processed yet */
+    unsigned nready;
+    unsigned ready_pos;
+} RbdQueue;
+
+/*
+ * Split off the next token of *@p at the first unescaped @delim (any
+ * character of @delims), unescaping it.  Returns a malloc'ed token and
+ * advances *@p past the delimiter (to NULL at the end).  Stores the
+ * delimiter found (or '\0') in *@found.
+ */
+static char *pfbd_rbd_next_token(const char **p, const char *delims, char *found)
+{
+    const char *s = *p;
+    char *tok, *out;
+
+    tok = malloc(strlen(s) + 1);
+    if (!tok) {
+        return NULL;
+    }
+    out = tok;
+    *found = '\0';
+    for (; *s; s++) {
+        if (*s == '\\' && s[1]) {
+            *out++ = *++s;
+            continue;
+        }
+        if (strchr(delims, *s)) {
+            *found = *s;
+            break;
+        }
+        *out++ = *s;
+    }
+    *out = '\0';
+    *p = *s ? s + 1 : NULL;
+    return tok;
+}
+
+typedef struct RbdSpec {
+    char *pool;
+    char *ns;                   /* or NULL */
+    char *image;
+    char *snap;                 /* or NULL */
+    char *conf;                 /* or NULL */
+    char *id;                   /* or NULL */
+    RbdOption *opts;
+    unsigned nopts;
+} RbdSpec;
+
+static void pfbd_rbd_spec_free(RbdSpec *sp)
+{
+    unsigned i;
+
+    free(sp->pool);
+    free(sp->ns);
+    free(sp->image);
+    free(sp->snap);
+    free(sp->conf);
+    free(sp->id);
+    for (i = 0; i < sp->nopts; i++) {
+        free(sp->opts[i].key);
+        free(sp->opts[i].value);
+    }
+    free(sp->opts);
+    memset(sp, 0, sizeof(*sp));
+}
+
+static bool pfbd_rbd_bad_name(const char *s)
+{
+    return !s || !s[0];
+}
+
+/* Parse @arg, the spec after "rbd:", into @sp */
+static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
+                          char **errmsg)
+{
+    const char *p = arg;
+    char *first, *second, *third = NULL;
+    char *key, *value;
+    RbdOption *opts;
+    char d;
+
+    memset(sp, 0, sizeof(*sp));
+    first = pfbd_rbd_next_token(&p, "/:@", &d);
+    if (!first) {
+        goto nomem;
+    }
+    if (d != '/') {
+        free(first);
+        pfbd_set_error(errmsg, "volume spec '%s': expected "
+                       "rbd:POOL/IMAGE[@SNAP][:KEY=VALUE]...", spec);
+        return -EINVAL;
+    }
+    sp->pool = first;
+    second = pfbd_rbd_next_token(&p, "/:@", &d);
+    if (!second) {
+        goto nomem;
+    }
+    if (d == '/') {
+        third = pfbd_rbd_next_token(&p, ":@", &d);
+        if (!third) {
+            free(second);
+            goto nomem;
+        }
+        sp->ns = second;
+        sp->image = third;
+    } else {
+        sp->image = second;
+    }
+    if (d == '@') {
+        sp->snap = pfbd_rbd_next_token(&p, ":", &d);
+        if (!sp->snap) {
+            goto nomem;
+        }
+        if (pfbd_rbd_bad_name(sp->snap)) {
+            pfbd_set_error(errmsg, "volume spec '%s': empty snapshot name",
+                           spec);
+            goto inval;
+        }
+    }
+    if (pfbd_rbd_bad_name(sp->pool) || pfbd_rbd_bad_name(sp->image) ||
+        (sp->ns && pfbd_rbd_bad_name(sp->ns))) {
+        pfbd_set_error(errmsg, "volume spec '%s': empty pool, namespace or "
+                       "image name", spec);
+        goto inval;
+    }
+
+    while (p) {
+        key = pfbd_rbd_next_token(&p, "=:", &d);
+        if (!key) {
+            goto nomem;
+        }
+        if (d != '=' || !key[0]) {
+            pfbd_set_error(errmsg, "volume spec '%s': option '%s' is not "
+                           "KEY=VALUE", spec, key);
+            free(key);
+            goto inval;
+        }
+        value = pfbd_rbd_next_token(&p, ":", &d);
+        if (!value) {
+            free(key);
+            goto nomem;
+        }
+        if (!strcmp(key, "conf") || !strcmp(key, "id")) {
+            char **slot = key[0] == 'c' ? &sp->conf : &sp->id;
+
+            free(*slot);
+            *slot = value;
+            free(key);
+            continue;
+        }
+        opts = realloc(sp->opts, (sp->nopts + 1) * sizeof(*opts));
+        if (!opts) {
+            free(key);
+            free(value);
+            goto nomem;
+        }
+        sp->opts = opts;
+        sp->opts[sp->nopts].key = key;
+        sp->opts[sp->nopts].value = value;
+        sp->nopts++;
+    }
+    return 0;
+
+nomem:
+    pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
+    pfbd_rbd_spec_free(sp);
+    return -ENOMEM;
+inval:
+    pfbd_rbd_spec_free(sp);
+    return -EINVAL;
+}
+
+/* Create, configure and connect the cluster handle of @rv */
+static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
+                       char **errmsg)
+{
+    const char *conf_path;
+    char buf[16];
+    unsigned i;
+    int ret;
+
+    ret = rados_create(&rv->cluster, sp->id);
+    if (ret < 0) {
+        pfbd_set_error(errmsg, "volume '%s': cannot create the cluster "
+                       "handle: %s", spec, strerror(-ret));
+        rv->cluster = NULL;
+        return ret;
+    }
+    /* Our defaults: the configuration file and the spec override them */
+    rados_conf_set(rv->cluster, "client_mount_timeout",
+                   RBD_DEFAULT_MOUNT_TIMEOUT);
+    rados_conf_set(rv->cluster, "rbd_cache", "false");
+
+    if (sp->conf) {
+        ret = rados_conf_read_file(rv->cluster, sp->conf);
+        if (ret < 0) {
+            pfbd_set_error(errmsg, "volume '%s': cannot read the Ceph "
+                           "configuration '%s': %s", spec, sp->conf,
+                           strerror(-ret));
+            return ret;
+        }
+    } else {
+        /* $CEPH_CONF or Ceph's default paths; none is fine (spec options) */
+        conf_path = getenv("CEPH_CONF");
+        ret = rados_conf_read_file(rv->cluster, NULL);
+        if (ret < 0 && conf_path && conf_path[0]) {
+            pfbd_set_error(errmsg, "volume '%s': cannot read the Ceph "
+                           "configuration '%s' ($CEPH_CONF): %s", spec,
+                           conf_path, strerror(-ret));
+            return ret;
+        }
+    }
+    for (i = 0; i < sp->nopts; i++) {
+        ret = rados_conf_set(rv->cluster, sp->opts[i].key, sp->opts[i].value);
+        if (ret < 0) {
+            pfbd_set_error(errmsg, "volume '%s': %s Ceph option '%s=%s'",
+                           spec, ret == -ENOENT ? "unknown" : "invalid",
+                           sp->opts[i].key, sp->opts[i].value);
+            return ret;
+        }
+    }
+    if (rados_conf_get(rv->cluster, "rbd_cache", buf, sizeof(buf)) == 0) {
+        rv->cache = !strcmp(buf, "true");
+    }
+
+    ret = rados_connect(rv->cluster);
+    if (ret < 0) {
+        if (rados_conf_get(rv->cluster, "client_mount_timeout", buf,
+                           sizeof(buf)) < 0) {
+            strcpy(buf, "?");
+        }
+        pfbd_set_error(errmsg, "volume '%s': cannot connect to the Ceph "
+                       "cluster: %s (client_mount_timeout is %s s)", spec,
+                       strerror(-ret), buf);
+        return ret;
+    }
+    return 0;
+}
+
+/* Open the image of @rv, read-only for a snapshot or a read-only volume */
+static int pfbd_rbd_open_image(RbdVolume *rv, rbd_image_t *imagep)
+{
+    if (rv->base.info.read_only) {
+        return rbd_open_read_only(rv->ioctx, rv->image_name, imagep,
+                                  rv->snap);
+    }
+    return rbd_open(rv->ioctx, rv->image_name, imagep, NULL);
+}
+
+static void pfbd_rbd_volume_close(PfbdVolume *vol)
+{
+    RbdVolume *rv = (RbdVolume *)vol;
+
+    if (rv->image) {
+        rbd_close(rv->image);
+    }
+    if (rv->ioctx) {
+        rados_ioctx_destroy(rv->ioctx);
+    }
+    if (rv->cluster) {
+        rados_shutdown(rv->cluster);
+    }
+    free(rv->image_name);
+    free(rv->snap);
+    free(rv);
+}
+
+static int pfbd_rbd_volume_open(const char *spec, const char *arg,
+                           const PfbdOpenOptions *opts, PfbdVolume **volp,
+                           char **errmsg)
+{
+    RbdVolume *rv;
+    RbdSpec sp;
+    uint64_t size;
+    int ret;
+
+    ret = pfbd_rbd_parse_spec(spec, arg, &sp, errmsg);
+    if (ret < 0) {
+        return ret;
+    }
+    rv = calloc(1, sizeof(*rv));
+    if (!rv) {
+        pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
+        pfbd_rbd_spec_free(&sp);
+        return -ENOMEM;
+    }
+    rv->image_name = sp.image;
+    rv->snap = sp.snap;
+    sp.image = sp.snap = NULL;
+    rv->base.info.read_only = (opts && opts->read_only) || rv->snap;
+
+    ret = pfbd_rbd_connect(rv, spec, &sp, errmsg);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = rados_ioctx_create(rv->cluster, sp.pool, &rv->ioctx);
+    if (ret < 0) {
+        rv->ioctx = NULL;
+        pfbd_set_error(errmsg, "volume '%s': %s pool '%s': %s", spec,
+                       ret == -ENOENT ? "no" : "cannot open", sp.pool,
+                       strerror(-ret));
+        goto fail;
+    }
+    if (sp.ns) {
+        rados_ioctx_set_namespace(rv->ioctx, sp.ns);
+    }
+    ret = pfbd_rbd_open_image(rv, &rv->image);
+    if (ret < 0) {
+        rv->image = NULL;
+        if (ret == -ENOENT && rv->snap) {
+            pfbd_set_error(errmsg, "volume '%s': no image '%s' with a "
+                           "snapshot '%s' in pool '%s'%s%s", spec,
+                           rv->image_name, rv->snap, sp.pool,
+                           sp.ns ? ", namespace " : "", sp.ns ? sp.ns : "");
+        } else if (ret == -ENOENT) {
+            pfbd_set_error(errmsg, "volume '%s': no image '%s' in pool "
+                           "'%s'%s%s", spec, rv->image_name, sp.pool,
+                           sp.ns ? ", namespace " : "", sp.ns ? sp.ns : "");
+        } else {
+            pfbd_set_error(errmsg, "volume '%s': cannot open image '%s': %s",
+                           spec, rv->image_name, strerror(-ret));
+        }
+        goto fail;
+    }
+    ret = rbd_get_size(rv->image, &size);
+    if (ret < 0) {
+        pfbd_set_error(errmsg, "volume '%s': cannot get the image size: %s",
+                       spec, strerror(-ret));
+        goto fail;
+    }
+    size -= size % RBD_BLOCK_SIZE;
+    if (size == 0) {
+        pfbd_set_error(errmsg, "volume '%s': the image is smaller than one "
+                       "block (%u bytes)", spec, RBD_BLOCK_SIZE);
+        ret = -EINVAL;
+        goto fail;
+    }
+    rv->base.info.size = size;
+    rv->base.info.block_size = RBD_BLOCK_SIZE;
+    rv->base.info.mem_align = 1;
+    rv->base.info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
+                         PFBD_CAP_WRITE_ZEROES;
+    pfbd_rbd_spec_free(&sp);
+    *volp = &rv->base;
+    return 0;
+
+fail:
+    pfbd_rbd_spec_free(&sp);
+    pfbd_rbd_volume_close(&rv->base);
+    return ret;
+}
+
+static int pfbd_rbd_volume_refresh_size(PfbdVolume *vol)
+{
+    RbdVolume *rv = (RbdVolume *)vol;
+    uint64_t size;
+    int ret;
+
+    ret = rbd_get_size(rv->image, &size);
+    if (ret < 0) {
+        return ret;
+    }
+    size -= size % RBD_BLOCK_SIZE;
+    if (size == 0) {
+        return -EINVAL;
+    }
+    vol->info.size = size;
+    return 0;
+}
+
+static void pfbd_rbd_queue_free(PfbdQueue *q)
+{
+    RbdQueue *rq = (RbdQueue *)q;
+
+    if (rq->image) {
+        rbd_close(rq->image);
+    }
+    if (rq->efd >= 0) {
+        close(rq->efd);
+    }
+    free(rq->ready);
+    free(rq->reqs);
+    free(rq);
+}
+
+static int pfbd_rbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
+{
+    RbdVolume *rv = (RbdVolume *)vol;
+    RbdQueue *rq;
+    unsigned i;
+    int ret;
+
+    rq = calloc(1, sizeof(*rq));
+    if (!rq) {
+        return -ENOMEM;
+    }
+    rq->efd = -1;
+    rq->reqs = calloc(depth, sizeof(rq->reqs[0]));
+    rq->ready = calloc(RBD_POLL_BATCH, sizeof(rq->ready[0]));
+    if (!rq->reqs || !rq->ready) {
+        ret = -ENOMEM;
+        goto fail;
+    }
+    for (i = 0; i < depth; i++) {
+        rq->reqs[i].next_free = rq->free_reqs;
+        rq->free_reqs = &rq->reqs[i];
+    }
+    rq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (rq->efd < 0) {
+        ret = -errno;
+        goto fail;
+    }
+    ret = pfbd_rbd_open_image(rv, &rq->image);
+    if (ret < 0) {
+        rq->image = NULL;
+        goto fail;
+    }
+    ret = rbd_set_image_notification(rq->image, rq->efd, EVENT_TYPE_EVENTFD);
+    if (ret < 0) {
+        goto fail;
+    }
+    *qp = &rq->base;
+    return 0;
+
+fail:
+    pfbd_rbd_queue_free(&rq->base);
+    return ret;
+}
+
+static int pfbd_rbd_queue_get_fd(PfbdQueue *q)
+{
+    return ((RbdQueue *)q)->efd;
+}
+
+/* Send @req (or the flush that follows its FUA write) to librbd */
+static int pfbd_rbd_req_send(RbdQueue *rq, RbdReq *req)
+{
+    PfbdOp op = req->fua_flush ? PFBD_OP_FLUSH : req->op;
+    rbd_completion_t c;
+    int zero_flags = 0;
+    int ret;
+
+    ret = rbd_aio_create_completion(req, NULL, &c);
+    if (ret < 0) {
+        return ret;
+    }
+    switch (op) {
+    case PFBD_OP_READ:
+        ret = rbd_aio_readv(rq->image, req->iov, req->iovcnt, req->offset, c);
+        break;
+    case PFBD_OP_WRITE:
+        ret = rbd_aio_writev(rq->image, req->iov, req->iovcnt, req->offset,
+                             c);
+        break;
+    case PFBD_OP_FLUSH:
+        ret = rbd_aio_flush(rq->image, c);
+        break;
+    case PFBD_OP_DISCARD:
+        ret = rbd_aio_discard(rq->image, req->offset, req->len, c);
+        break;
+    case PFBD_OP_WRITE_ZEROES:
+        if (!(req->flags & PFBD_REQ_UNMAP)) {
+            zero_flags = RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
+        }
+        ret = rbd_aio_write_zeroes(rq->image, req->offset, req->len, c,
+                                   zero_flags, 0);
+        break;
+    default:
+        ret = -EINVAL;
+    }
+    if (ret < 0) {
+        rbd_aio_release(c);
+    }
+    return ret;
+}
+
+static int pfbd_rbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                      const struct iovec *iov, int iovcnt, uint64_t len,
+                      unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+{
+    RbdQueue *rq = (RbdQueue *)q;
+    RbdReq *req = rq->free_reqs;
+    int ret;
+
+    if (!req) {
+        return -EAGAIN;
+    }
+    if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) && iovcnt > IOV_MAX) {
+        return -EINVAL;
+    }
+    req->op = op;
+    req->flags = flags;
+    req->offset = offset;
+    req->len = len;
+    req->iov = iov;
+    req->iovcnt = iovcnt;
+    req->fua_flush = false;
+    req->cb = cb;
+    req->opaque = opaque;
+    ret = pfbd_rbd_req_send(rq, req);
+    if (ret < 0) {
+        return ret;
+    }
+    rq->free_reqs = req->next_free;
+    rq->queued++;
+    return 0;
+}
+
+/* librbd has the requests already: this only counts them */
+static int pfbd_rbd_flush(PfbdQueue *q)
+{
+    RbdQueue *rq = (RbdQueue *)q;
+    int n = rq->queued;
+
+    rq->queued = 0;
+    return n;
+}
+
+/* Take what librbd has completed for @rq, if nothing is waiting already */
+static unsigned pfbd_rbd_poll(RbdQueue *rq)
+{
+    int n;
+
+    if (rq->ready_pos < rq->nready) {
+        return rq->nready - rq->ready_pos;
+    }
+    n = rbd_poll_io_events(rq->image, rq->ready, RBD_POLL_BATCH);
+    rq->nready = n > 0 ? n : 0;
+    rq->ready_pos = 0;
+    return rq->nready;
+}
+
+static bool pfbd_rbd_completions_ready(PfbdQueue *q)
+{
+    return pfbd_rbd_poll((RbdQueue *)q) > 0;
+}
+
+/* Zero what a short read left untouched */
+static void pfbd_rbd_zero_tail(RbdReq *req, uint64_t done)
+{
+    uint64_t skip = done;
+    int i;
+
+    for (i = 0; i < req->iovcnt; i++) {
+        if (skip >= req->iov[i].iov_len) {
+            skip -= req->iov[i].iov_len;
+            continue;
+        }
+        memset((char *)req->iov[i].iov_base + skip, 0,
+               req->iov[i].iov_len - skip);
+        skip = 0;
+    }
+}
+
+/*
+ * Handle the completion of @req with librbd's result @r.  Returns false if
+ * @req went back to librbd (the flush after a FUA write).
+ */
+static bool pfbd_rbd_req_done(RbdQueue *rq, RbdReq *req, ssize_t r)
+{
+    PfbdCompletionFunc *cb = req->cb;
+    void *opaque = req->opaque;
+    int ret = 0;
+
+    if (r < 0) {
+        ret = r < -INT_MAX ? -EIO : (int)r;
+    } else if (req->op == PFBD_OP_READ && (uint64_t)r < req->len) {
+        pfbd_rbd_zero_tail(req, r);
+    } else if (req->op == PFBD_OP_WRITE && (req->flags & PFBD_REQ_FUA) &&
+               !req->fua_flush && ((RbdVolume *)rq->base.vol)->cache) {
+        req->fua_flush = true;
+        ret = pfbd_rbd_req_send(rq, req);
+        if (ret == 0) {
+            return false;
+        }
+    }
+    req->next_free = rq->free_reqs;
+    rq->free_reqs = req;
+    pfbd_complete(&rq->base, cb, opaque, ret);
+    return true;
+}
+
+static int pfbd_rbd_reap(PfbdQueue *q, unsigned max)
+{
+    RbdQueue *rq = (RbdQueue *)q;
+    rbd_completion_t c;
+    RbdReq *req;
+    ssize_t r;
+    int n = 0;
+
+    while ((max == 0 || n < max) && pfbd_rbd_poll(rq) > 0) {
+        c = rq->ready[rq->ready_pos++];
+        req = rbd_aio_get_arg(c);
+        r = rbd_aio_get_return_value(c);
+        rbd_aio_release(c);
+        if (pfbd_rbd_req_done(rq, req, r)) {
+            n++;
+        }
+    }
+    return n;
+}
+
+static void pfbd_rbd_wait(PfbdQueue *q)
+{
+    RbdQueue *rq = (RbdQueue *)q;
+    struct pollfd pfd = { .fd = rq->efd, .events = POLLIN };
+    uint64_t count;
+
+    if (pfbd_rbd_poll(rq) > 0) {
+        return;
+    }
+    if (poll(&pfd, 1, 100) > 0) {
+        if (read(rq->efd, &count, sizeof(count)) < 0) {
+            /* EAGAIN: someone else cleared it; poll the image anyway */
+        }
+    }
+}
+
+const PfbdEngine pfbd_engine_rbd = {
+    .name = "rbd",
+    .volume_open = pfbd_rbd_volume_open,
+    .volume_close = pfbd_rbd_volume_close,
+    .volume_refresh_size = pfbd_rbd_volume_refresh_size,
+    .queue_new = pfbd_rbd_queue_new,
+    .queue_free = pfbd_rbd_queue_free,
+    .queue_get_fd = pfbd_rbd_queue_get_fd,
+    .submit = pfbd_rbd_submit,
+    .flush = pfbd_rbd_flush,
+    .completions_ready = pfbd_rbd_completions_ready,
+    .reap = pfbd_rbd_reap,
+    .wait = pfbd_rbd_wait,
+};

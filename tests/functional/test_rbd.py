@@ -1,0 +1,188 @@
+"""virtio-blk-pfbd on the rbd engine, against a real single-node Ceph cluster.
+
+The `ceph` fixture (conftest.py) uses the cluster named by
+PFBD_TEST_CEPH_CONF, or starts its own with tests/ceph/start-ceph.sh and
+stops it at the end of the session.  Run:
+  /usr/bin/python3 -m pytest tests/functional/test_rbd.py -v
+"""
+
+import hashlib
+import os
+import signal
+import time
+
+import pytest
+
+from pfbdguest import disk_args
+
+MiB = 1 << 20
+TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
+FIO = "fio --filename=/dev/vda --direct=1 --group_reporting"
+
+
+def rbd_disk(ceph, image, extra="", **kw):
+    return disk_args("rbd:rbd/%s:conf=%s%s" % (image, ceph.conf, extra),
+                     kind="pfbd", **kw)
+
+
+def test_verify_two_queues_two_iothreads(guest, ceph):
+    """fio crc32c verify on an rbd volume, 2 queues on 2 IOThreads."""
+    img = ceph.create_image("mq", "256M")
+    job = f"""
+set -e
+cat /sys/block/vda/size
+nq=$(ls -d /sys/block/vda/mq/* | wc -l)
+echo "queues=$nq"
+[ "$nq" -eq 2 ]
+{FIO} --name=mq --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=16 \\
+    --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \\
+    --size=16M --offset_increment=32M --verify=crc32c --do_verify=1 \\
+    --verify_fatal=1
+{FIO} --name=big --ioengine=libaio --rw=write --bs=1M --iodepth=4 \\
+    --offset=128M --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1
+{FIO} --name=mixed --ioengine=psync --rw=randrw --bsrange=512-128k \\
+    --offset=192M --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1
+dd if=/dev/zero of=/dev/vda bs=1M count=1 seek=250 oflag=direct 2>/dev/null
+/usr/local/bin/blkdiscard -o $((200 << 20)) -l $((8 << 20)) /dev/vda
+echo discard-rc=$?
+echo ALL-OK
+"""
+    r = guest.run_job(job, rbd_disk(ceph, img, num_queues=2,
+                                    iothreads=["io0", "io1"]),
+                      timeout=TIMEOUT)
+    assert "ALL-OK" in r.output, r.describe()
+    assert r.output.splitlines()[0].strip() == str(256 * MiB // 512)
+    # What the guest wrote is in the image: the 1M sequential region
+    # (fio's verify headers) is not zero; the discarded range reads zeroes
+    data = ceph.read_image(img, 128 * MiB, MiB)
+    assert data.count(0) < len(data)
+    assert ceph.read_image(img, 200 * MiB, 8 * MiB) == bytes(8 * MiB)
+
+
+def test_snapshot_is_read_only(guest, ceph, tmp_path):
+    """IMAGE@SNAP opens read-only and reads the snapshot's data."""
+    src = tmp_path / "src.img"
+    payload = os.urandom(8 * MiB)
+    src.write_bytes(payload)
+    img = ceph.import_image("snap", str(src))
+    ceph.rbd("snap", "create", "rbd/%s@s1" % img)
+    # Change the head after the snapshot
+    ceph.rbd("bench", "--io-type", "write", "--io-size", "4M",
+             "--io-total", "8M", "--io-pattern", "seq", "rbd/" + img)
+    assert ceph.read_image(img, 0, 8 * MiB) != payload
+    job = """
+cat /sys/block/vda/ro
+head -c 8388608 /dev/vda | sha256sum
+if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then
+    echo WRITE-SUCCEEDED
+else
+    echo WRITE-REFUSED
+fi
+"""
+    r = guest.run_job(job, rbd_disk(ceph, img + "@s1"), timeout=TIMEOUT)
+    lines = r.output.splitlines()
+    assert lines[0].strip() == "1", r.output
+    assert lines[1].split()[0] == hashlib.sha256(payload).hexdigest()
+    assert "WRITE-REFUSED" in r.output
+    # the snapshot is unchanged
+    assert ceph.read_image(img + "@s1", 0, 8 * MiB) == payload
+
+
+def test_osd_down_ioerr_then_resume(guest, ceph):
+    """An unresponsive OSD: requests fail with an I/O error in the guest
+    (rados_osd_op_timeout), QEMU stays up, and I/O works again once the
+    OSD is back."""
+    img = ceph.create_image("osd", "64M")
+    job = """
+set -u
+head -c 1048576 /dev/urandom > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=1M count=1 oflag=direct 2>/dev/null || exit 3
+echo PHASE-WRITTEN
+# wait for the host to stop the OSD: it sends "go" on ttyS1
+exec 3</dev/ttyS1
+while :; do
+    read -t 1 line <&3 || continue
+    case "$line" in go*) break ;; esac
+done
+echo GOT-GO
+if dd if=/dev/vda of=/tmp/back bs=1M count=1 iflag=direct 2>/tmp/dd.err; then
+    echo READ-SUCCEEDED-WHILE-DOWN
+else
+    echo IOERR-SEEN; cat /tmp/dd.err
+fi
+dmesg | grep -m1 'I/O error' || true
+# the host resumes the OSD; retry until the read works
+for i in $(seq 1 120); do
+    if dd if=/dev/vda of=/tmp/back bs=1M count=1 iflag=direct 2>/dev/null; then
+        cmp /tmp/pat /tmp/back && echo DATA-OK
+        break
+    fi
+    sleep 1
+done
+dd if=/tmp/pat of=/dev/vda bs=1M count=1 seek=2 oflag=direct 2>/dev/null &&
+    echo WRITE-AFTER-OK
+"""
+    sock = os.path.join(ceph.dir, "ttyS1.sock")
+    extra = ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % sock,
+             "-serial", "chardev:ctl"]
+    vm = guest.start(job, rbd_disk(ceph, img, ":rados_osd_op_timeout=5",
+                                   num_queues=2, iothreads=["io0"]) + extra,
+                     timeout=TIMEOUT)
+    try:
+        assert vm.wait_console("PHASE-WRITTEN"), vm.console()[-3000:]
+        osd = ceph.osd_pid()
+        os.kill(osd, signal.SIGSTOP)
+        try:
+            # resend until the guest has it (it may not be reading yet)
+            for _ in range(60):
+                ceph.send_line(sock, "go")
+                if vm.wait_console("GOT-GO", timeout=1):
+                    break
+            ok = vm.wait_console("IOERR-SEEN", timeout=120)
+        finally:
+            os.kill(osd, signal.SIGCONT)
+        assert ok, vm.console()[-3000:]
+        res = vm.wait()
+    finally:
+        vm.kill()
+    print(res.output)
+    assert "READ-SUCCEEDED-WHILE-DOWN" not in res.output
+    assert "DATA-OK" in res.output, res.describe()
+    assert "WRITE-AFTER-OK" in res.output, res.describe()
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("rbd:rbd/no-such-image:conf={conf}",
+     "no image 'no-such-image' in pool 'rbd'"),
+    ("rbd:no-such-pool/img:conf={conf}", "no pool 'no-such-pool'"),
+    ("rbd:rbd:conf={conf}", "expected rbd:POOL/IMAGE"),
+    ("rbd:rbd/{img}:conf={conf}:no_such_option=1",
+     "unknown Ceph option 'no_such_option=1'"),
+    ("rbd:rbd/{img}@nosnap:conf={conf}",
+     "no image '{img}' with a snapshot 'nosnap'"),
+    ("rbd:rbd/{img}:conf=/nonexistent/ceph.conf",
+     "cannot read the Ceph configuration '/nonexistent/ceph.conf'"),
+])
+def test_bad_rbd_volume(guest, ceph, spec, needle):
+    img = ceph.create_image("bad", "16M")
+    spec = spec.format(conf=ceph.conf, img=img)
+    rc, err = guest.run_expect_fail(["-device",
+                                     '{"driver":"virtio-blk-pfbd",'
+                                     '"volume":"%s"}' % spec])
+    assert rc == 1, err
+    assert needle.format(img=img) in err, err
+
+
+def test_unreachable_cluster_times_out(guest, ceph, tmp_path):
+    """No monitor listening: start-up fails within the connect timeout."""
+    conf = tmp_path / "dead.conf"
+    conf.write_text("[global]\nmon_host = v2:127.0.0.1:9\n"
+                    "auth_client_required = none\n")
+    t0 = time.monotonic()
+    rc, err = guest.run_expect_fail([
+        "-device", '{"driver":"virtio-blk-pfbd","volume":'
+        '"rbd:rbd/x:conf=%s:client_mount_timeout=3"}' % conf], timeout=120)
+    assert rc == 1, err
+    assert "cannot connect to the Ceph cluster" in err, err
+    assert "client_mount_timeout is 3" in err, err
+    assert time.monotonic() - t0 < 60
