@@ -73,8 +73,11 @@ guest: | $(BUILD)/.deps-done
 run: build guest
 	$(PYTHON) tests/bench/guest-fio.py
 
+# The rbd engine's cases need a Ceph cluster: with-ceph.sh starts one
+WITH_CEPH = bash tests/ceph/with-ceph.sh
+
 check-unit: build
-	$(QB)/tests/unit/test-pfbd --tap -k
+	$(WITH_CEPH) $(QB)/tests/unit/test-pfbd --tap -k
 
 check-qtest: build
 	bash tests/qtest/run-pfbd-qtests.sh $(QB)
@@ -84,7 +87,8 @@ check-sanitizers: | $(BUILD)/.deps-done
 	./configure --build-dir=$(ASAN_BUILD) --enable-sanitizers \
 		$(CONFIGURE_FLAGS)
 	$(NINJA) -C $(ASAN_BUILD)/qemu-build $(ASAN_NINJA_TARGETS)
-	$(ASAN_ENV) $(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd --tap -k
+	$(ASAN_ENV) $(WITH_CEPH) $(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd \
+		--tap -k
 	$(ASAN_ENV) bash tests/qtest/run-pfbd-qtests.sh --own-only \
 		$(ASAN_BUILD)/qemu-build
 

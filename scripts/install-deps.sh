@@ -112,6 +112,8 @@ pkgs=(
     seabios qemu-system-data ipxe-qemu
     # tests and the test guest
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
+    # the throwaway Ceph cluster of the rbd tests (tests/ceph/)
+    ceph-mon ceph-osd ceph-common jq uuid-runtime iproute2
 )
 if [ -n "$fuzz" ]; then
     pkgs+=(clang libclang-rt-dev)

@@ -7,7 +7,8 @@
  *
  * The volume holds the cluster connection, the pool's I/O context and one
  * image handle for the geometry.  Each queue opens its own image handle on
- * that connection, because librbd signals completions per image: with
+ * that connection (or, with pfbd_connection=queue, on a connection of its
+ * own), because librbd signals completions per image: with
  * rbd_set_image_notification() the queue's eventfd is written for every
  * completion, and pfbd_queue_reap() collects them with rbd_poll_io_events()
  * in the queue's thread.  No librbd callback runs our code, so librbd's
@@ -18,7 +19,8 @@
  * with "\" escaping ':', '@', '/', '=' and '\'.  conf=PATH reads that file
  * (else $CEPH_CONF and Ceph's default places, if present), id=USER picks
  * the client name, and every other KEY=VALUE (key, keyring,
- * rados_osd_op_timeout, ...) is a Ceph option set with rados_conf_set().
+ * rados_osd_op_timeout, ...) is a Ceph option set with rados_conf_set(),
+ * except pfbd_connection=volume|queue, which is ours.
  * rbd_cache is off unless the spec turns it on: requests are durable when
  * they complete.  A snapshot opens read-only.
  */
@@ -47,13 +49,24 @@ typedef struct RbdOption {
     char *value;
 } RbdOption;
 
+typedef struct RbdSpec {
+    char *pool;
+    char *ns;                   /* or NULL */
+    char *image;
+    char *snap;                 /* or NULL */
+    char *conf;                 /* or NULL */
+    char *id;                   /* or NULL */
+    RbdOption *opts;            /* Ceph options */
+    unsigned nopts;
+    bool conn_per_queue;        /* pfbd_connection=queue */
+} RbdSpec;
+
 typedef struct RbdVolume {
     PfbdVolume base;
+    RbdSpec sp;                 /* what the spec says, for each connection */
     rados_t cluster;
     rados_ioctx_t ioctx;
     rbd_image_t image;          /* for the size; requests use the queues' */
-    char *image_name;
-    char *snap;                 /* or NULL */
     bool cache;                 /* rbd_cache on: FUA needs a flush */
 } RbdVolume;
 
@@ -72,6 +85,8 @@ typedef struct RbdReq {
 
 typedef struct RbdQueue {
     PfbdQueue base;
+    rados_t cluster;            /* with pfbd_connection=queue, else NULL */
+    rados_ioctx_t ioctx;        /* likewise */
     rbd_image_t image;
     int efd;
     unsigned queued;            /* sent since the last flush */
@@ -88,7 +103,8 @@ typedef struct RbdQueue {
  * advances *@p past the delimiter (to NULL at the end).  Stores the
  * delimiter found (or '\0') in *@found.
  */
-static char *pfbd_rbd_next_token(const char **p, const char *delims, char *found)
+static char *pfbd_rbd_next_token(const char **p, const char *delims,
+                                 char *found)
 {
     const char *s = *p;
     char *tok, *out;
@@ -115,16 +131,6 @@ static char *pfbd_rbd_next_token(const char **p, const char *delims, char *found
     return tok;
 }
 
-typedef struct RbdSpec {
-    char *pool;
-    char *ns;                   /* or NULL */
-    char *image;
-    char *snap;                 /* or NULL */
-    char *conf;                 /* or NULL */
-    char *id;                   /* or NULL */
-    RbdOption *opts;
-    unsigned nopts;
-} RbdSpec;
 
 static void pfbd_rbd_spec_free(RbdSpec *sp)
 {
@@ -220,6 +226,20 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
             free(key);
             goto nomem;
         }
+        if (!strcmp(key, "pfbd_connection")) {
+            if (strcmp(value, "volume") && strcmp(value, "queue")) {
+                pfbd_set_error(errmsg, "volume spec '%s': pfbd_connection "
+                               "must be 'volume' or 'queue', not '%s'", spec,
+                               value);
+                free(key);
+                free(value);
+                goto inval;
+            }
+            sp->conn_per_queue = !strcmp(value, "queue");
+            free(key);
+            free(value);
+            continue;
+        }
         if (!strcmp(key, "conf") || !strcmp(key, "id")) {
             char **slot = key[0] == 'c' ? &sp->conf : &sp->id;
 
@@ -250,29 +270,37 @@ inval:
     return -EINVAL;
 }
 
-/* Create, configure and connect the cluster handle of @rv */
-static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
-                       char **errmsg)
+/*
+ * Create, configure and connect a cluster handle as @sp says, and open
+ * the I/O context of its pool.  On failure *@clusterp and *@ioctxp are
+ * what must be cleaned up (NULL if nothing).
+ */
+static int pfbd_rbd_connect(const RbdSpec *sp, const char *spec,
+                            rados_t *clusterp, rados_ioctx_t *ioctxp,
+                            bool *cachep, char **errmsg)
 {
     const char *conf_path;
+    rados_t cluster;
     char buf[16];
     unsigned i;
     int ret;
 
-    ret = rados_create(&rv->cluster, sp->id);
+    *clusterp = NULL;
+    *ioctxp = NULL;
+    ret = rados_create(&cluster, sp->id);
     if (ret < 0) {
         pfbd_set_error(errmsg, "volume '%s': cannot create the cluster "
                        "handle: %s", spec, strerror(-ret));
-        rv->cluster = NULL;
         return ret;
     }
+    *clusterp = cluster;
     /* Our defaults: the configuration file and the spec override them */
-    rados_conf_set(rv->cluster, "client_mount_timeout",
+    rados_conf_set(cluster, "client_mount_timeout",
                    RBD_DEFAULT_MOUNT_TIMEOUT);
-    rados_conf_set(rv->cluster, "rbd_cache", "false");
+    rados_conf_set(cluster, "rbd_cache", "false");
 
     if (sp->conf) {
-        ret = rados_conf_read_file(rv->cluster, sp->conf);
+        ret = rados_conf_read_file(cluster, sp->conf);
         if (ret < 0) {
             pfbd_set_error(errmsg, "volume '%s': cannot read the Ceph "
                            "configuration '%s': %s", spec, sp->conf,
@@ -282,7 +310,7 @@ static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
     } else {
         /* $CEPH_CONF or Ceph's default paths; none is fine (spec options) */
         conf_path = getenv("CEPH_CONF");
-        ret = rados_conf_read_file(rv->cluster, NULL);
+        ret = rados_conf_read_file(cluster, NULL);
         if (ret < 0 && conf_path && conf_path[0]) {
             pfbd_set_error(errmsg, "volume '%s': cannot read the Ceph "
                            "configuration '%s' ($CEPH_CONF): %s", spec,
@@ -291,7 +319,7 @@ static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
         }
     }
     for (i = 0; i < sp->nopts; i++) {
-        ret = rados_conf_set(rv->cluster, sp->opts[i].key, sp->opts[i].value);
+        ret = rados_conf_set(cluster, sp->opts[i].key, sp->opts[i].value);
         if (ret < 0) {
             pfbd_set_error(errmsg, "volume '%s': %s Ceph option '%s=%s'",
                            spec, ret == -ENOENT ? "unknown" : "invalid",
@@ -299,13 +327,13 @@ static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
             return ret;
         }
     }
-    if (rados_conf_get(rv->cluster, "rbd_cache", buf, sizeof(buf)) == 0) {
-        rv->cache = !strcmp(buf, "true");
+    if (rados_conf_get(cluster, "rbd_cache", buf, sizeof(buf)) == 0) {
+        *cachep = !strcmp(buf, "true");
     }
 
-    ret = rados_connect(rv->cluster);
+    ret = rados_connect(cluster);
     if (ret < 0) {
-        if (rados_conf_get(rv->cluster, "client_mount_timeout", buf,
+        if (rados_conf_get(cluster, "client_mount_timeout", buf,
                            sizeof(buf)) < 0) {
             strcpy(buf, "?");
         }
@@ -314,17 +342,39 @@ static int pfbd_rbd_connect(RbdVolume *rv, const char *spec, RbdSpec *sp,
                        strerror(-ret), buf);
         return ret;
     }
+
+    ret = rados_ioctx_create(cluster, sp->pool, ioctxp);
+    if (ret < 0) {
+        *ioctxp = NULL;
+        pfbd_set_error(errmsg, "volume '%s': %s pool '%s': %s", spec,
+                       ret == -ENOENT ? "no" : "cannot open", sp->pool,
+                       strerror(-ret));
+        return ret;
+    }
+    if (sp->ns) {
+        rados_ioctx_set_namespace(*ioctxp, sp->ns);
+    }
     return 0;
 }
 
 /* Open the image of @rv, read-only for a snapshot or a read-only volume */
-static int pfbd_rbd_open_image(RbdVolume *rv, rbd_image_t *imagep)
+static int pfbd_rbd_open_image(RbdVolume *rv, rados_ioctx_t ioctx,
+                               rbd_image_t *imagep)
 {
     if (rv->base.info.read_only) {
-        return rbd_open_read_only(rv->ioctx, rv->image_name, imagep,
-                                  rv->snap);
+        return rbd_open_read_only(ioctx, rv->sp.image, imagep, rv->sp.snap);
     }
-    return rbd_open(rv->ioctx, rv->image_name, imagep, NULL);
+    return rbd_open(ioctx, rv->sp.image, imagep, NULL);
+}
+
+static void pfbd_rbd_disconnect(rados_t cluster, rados_ioctx_t ioctx)
+{
+    if (ioctx) {
+        rados_ioctx_destroy(ioctx);
+    }
+    if (cluster) {
+        rados_shutdown(cluster);
+    }
 }
 
 static void pfbd_rbd_volume_close(PfbdVolume *vol)
@@ -334,71 +384,53 @@ static void pfbd_rbd_volume_close(PfbdVolume *vol)
     if (rv->image) {
         rbd_close(rv->image);
     }
-    if (rv->ioctx) {
-        rados_ioctx_destroy(rv->ioctx);
-    }
-    if (rv->cluster) {
-        rados_shutdown(rv->cluster);
-    }
-    free(rv->image_name);
-    free(rv->snap);
+    pfbd_rbd_disconnect(rv->cluster, rv->ioctx);
+    pfbd_rbd_spec_free(&rv->sp);
     free(rv);
 }
 
 static int pfbd_rbd_volume_open(const char *spec, const char *arg,
-                           const PfbdOpenOptions *opts, PfbdVolume **volp,
-                           char **errmsg)
+                                const PfbdOpenOptions *opts, PfbdVolume **volp,
+                                char **errmsg)
 {
     RbdVolume *rv;
-    RbdSpec sp;
+    RbdSpec *sp;
     uint64_t size;
     int ret;
 
-    ret = pfbd_rbd_parse_spec(spec, arg, &sp, errmsg);
-    if (ret < 0) {
-        return ret;
-    }
     rv = calloc(1, sizeof(*rv));
     if (!rv) {
         pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
-        pfbd_rbd_spec_free(&sp);
         return -ENOMEM;
     }
-    rv->image_name = sp.image;
-    rv->snap = sp.snap;
-    sp.image = sp.snap = NULL;
-    rv->base.info.read_only = (opts && opts->read_only) || rv->snap;
+    sp = &rv->sp;
+    ret = pfbd_rbd_parse_spec(spec, arg, sp, errmsg);
+    if (ret < 0) {
+        free(rv);
+        return ret;
+    }
+    rv->base.info.read_only = (opts && opts->read_only) || sp->snap;
 
-    ret = pfbd_rbd_connect(rv, spec, &sp, errmsg);
+    ret = pfbd_rbd_connect(sp, spec, &rv->cluster, &rv->ioctx, &rv->cache,
+                           errmsg);
     if (ret < 0) {
         goto fail;
     }
-    ret = rados_ioctx_create(rv->cluster, sp.pool, &rv->ioctx);
-    if (ret < 0) {
-        rv->ioctx = NULL;
-        pfbd_set_error(errmsg, "volume '%s': %s pool '%s': %s", spec,
-                       ret == -ENOENT ? "no" : "cannot open", sp.pool,
-                       strerror(-ret));
-        goto fail;
-    }
-    if (sp.ns) {
-        rados_ioctx_set_namespace(rv->ioctx, sp.ns);
-    }
-    ret = pfbd_rbd_open_image(rv, &rv->image);
+    ret = pfbd_rbd_open_image(rv, rv->ioctx, &rv->image);
     if (ret < 0) {
         rv->image = NULL;
-        if (ret == -ENOENT && rv->snap) {
+        if (ret == -ENOENT && sp->snap) {
             pfbd_set_error(errmsg, "volume '%s': no image '%s' with a "
                            "snapshot '%s' in pool '%s'%s%s", spec,
-                           rv->image_name, rv->snap, sp.pool,
-                           sp.ns ? ", namespace " : "", sp.ns ? sp.ns : "");
+                           sp->image, sp->snap, sp->pool,
+                           sp->ns ? ", namespace " : "", sp->ns ? sp->ns : "");
         } else if (ret == -ENOENT) {
             pfbd_set_error(errmsg, "volume '%s': no image '%s' in pool "
-                           "'%s'%s%s", spec, rv->image_name, sp.pool,
-                           sp.ns ? ", namespace " : "", sp.ns ? sp.ns : "");
+                           "'%s'%s%s", spec, sp->image, sp->pool,
+                           sp->ns ? ", namespace " : "", sp->ns ? sp->ns : "");
         } else {
             pfbd_set_error(errmsg, "volume '%s': cannot open image '%s': %s",
-                           spec, rv->image_name, strerror(-ret));
+                           spec, sp->image, strerror(-ret));
         }
         goto fail;
     }
@@ -420,12 +452,10 @@ static int pfbd_rbd_volume_open(const char *spec, const char *arg,
     rv->base.info.mem_align = 1;
     rv->base.info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
                          PFBD_CAP_WRITE_ZEROES;
-    pfbd_rbd_spec_free(&sp);
     *volp = &rv->base;
     return 0;
 
 fail:
-    pfbd_rbd_spec_free(&sp);
     pfbd_rbd_volume_close(&rv->base);
     return ret;
 }
@@ -455,6 +485,7 @@ static void pfbd_rbd_queue_free(PfbdQueue *q)
     if (rq->image) {
         rbd_close(rq->image);
     }
+    pfbd_rbd_disconnect(rq->cluster, rq->ioctx);
     if (rq->efd >= 0) {
         close(rq->efd);
     }
@@ -467,6 +498,7 @@ static int pfbd_rbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 {
     RbdVolume *rv = (RbdVolume *)vol;
     RbdQueue *rq;
+    bool cache;
     unsigned i;
     int ret;
 
@@ -490,7 +522,15 @@ static int pfbd_rbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         ret = -errno;
         goto fail;
     }
-    ret = pfbd_rbd_open_image(rv, &rq->image);
+    if (rv->sp.conn_per_queue) {
+        ret = pfbd_rbd_connect(&rv->sp, "", &rq->cluster, &rq->ioctx,
+                               &cache, NULL);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    ret = pfbd_rbd_open_image(rv, rq->ioctx ? rq->ioctx : rv->ioctx,
+                              &rq->image);
     if (ret < 0) {
         rq->image = NULL;
         goto fail;

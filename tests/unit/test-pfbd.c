@@ -8,6 +8,11 @@
  * Every test works on its own files in a temporary directory.  The
  * -ENOSPC and fallback tests mount small tmpfs/ramfs file systems and so
  * must run as root.
+ *
+ * When the rbd engine is built in, its tests need a Ceph cluster: set
+ * PFBD_TEST_CEPH_CONF to its ceph.conf (tests/ceph/with-ceph.sh starts a
+ * throwaway one and does that).  Without it the /pfbd/rbd/cluster case
+ * fails and says so.
  */
 
 #include <errno.h>
@@ -22,6 +27,10 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <glib.h>
+#ifdef PFBD_HAVE_RBD
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#endif
 #include "block/pfbd.h"
 
 #define MiB (1024 * 1024)
@@ -243,15 +252,21 @@ static void test_spec_unknown_engine(void)
 {
     check_open_fails("foo:x", NULL, -EINVAL,
                      "unknown engine 'foo' in volume spec 'foo:x' "
-                     "(known: file, null)");
+                     "(known: file, null"
+#ifdef PFBD_HAVE_RBD
+                     ", rbd"
+#endif
+                     ")");
 }
 
+#ifndef PFBD_HAVE_RBD
 static void test_spec_rbd_not_built(void)
 {
     check_open_fails("rbd:pool/image", NULL, -ENOTSUP,
                      "volume spec 'rbd:pool/image': the rbd engine is not "
                      "built in");
 }
+#endif
 
 static void test_spec_empty(void)
 {
@@ -1042,6 +1057,494 @@ static void test_file_write_zeroes_ramfs(void)
     unmount_fs(mnt);
 }
 
+#ifdef PFBD_HAVE_RBD
+/* ---- rbd engine (needs PFBD_TEST_CEPH_CONF) ---- */
+
+static const char *ceph_conf;
+static rados_t test_cluster;
+static rados_ioctx_t test_ioctx;
+static unsigned rbd_image_counter;
+
+static void test_rbd_no_cluster(void)
+{
+    g_test_message("the rbd engine is built in but PFBD_TEST_CEPH_CONF is "
+                   "not set: run these tests with tests/ceph/with-ceph.sh");
+    g_test_fail();
+}
+
+/* Connect the tests' own rados handle to the cluster */
+static void rbd_test_connect(void)
+{
+    if (test_ioctx) {
+        return;
+    }
+    g_assert_cmpint(rados_create(&test_cluster, NULL), ==, 0);
+    g_assert_cmpint(rados_conf_read_file(test_cluster, ceph_conf), ==, 0);
+    g_assert_cmpint(rados_connect(test_cluster), ==, 0);
+    g_assert_cmpint(rados_ioctx_create(test_cluster, "rbd", &test_ioctx),
+                    ==, 0);
+}
+
+/* Create a new image of @size bytes in pool rbd; returns its name */
+static char *rbd_test_image(uint64_t size)
+{
+    char *name = g_strdup_printf("unit-%d-%u", (int)getpid(),
+                                 rbd_image_counter++);
+    int order = 0;
+
+    rbd_test_connect();
+    g_assert_cmpint(rbd_create2(test_ioctx, name, size,
+                                RBD_FEATURE_LAYERING |
+                                RBD_FEATURE_EXCLUSIVE_LOCK, &order), ==, 0);
+    return name;
+}
+
+static void rbd_test_remove(const char *name)
+{
+    g_assert_cmpint(rbd_remove(test_ioctx, name), ==, 0);
+}
+
+/* Open a new image of @size bytes; @suffix is appended to the spec */
+static char *open_rbd(TestVolume *tv, uint64_t size, const char *suffix,
+                      unsigned depth)
+{
+    char *name = rbd_test_image(size);
+    char *spec = g_strdup_printf("rbd:rbd/%s:conf=%s%s", name, ceph_conf,
+                                 suffix ? suffix : "");
+
+    open_spec(tv, spec, false, depth);
+    g_free(spec);
+    return name;
+}
+
+static void close_rbd(TestVolume *tv, char *name)
+{
+    close_volume(tv);
+    rbd_test_remove(name);
+    g_free(name);
+}
+
+static void test_rbd_open_info(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 64 * MiB + 512, NULL, 1);
+
+    g_assert_cmpstr(tv.info.engine, ==, "rbd");
+    g_assert_cmpuint(tv.info.size, ==, 64 * MiB + 512);
+    g_assert_cmpuint(tv.info.block_size, ==, 512);
+    g_assert_cmpuint(tv.info.mem_align, ==, 1);
+    g_assert_cmpuint(tv.info.caps, ==, PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
+                     PFBD_CAP_WRITE_ZEROES);
+    g_assert_false(tv.info.read_only);
+    g_assert_cmpint(pfbd_queue_get_fd(tv.q), >=, 0);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_write_read(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 16 * MiB, NULL, 4);
+
+    check_write_read(tv.q, 0, 4096, 0);
+    check_write_read(tv.q, 512, 512, 0);
+    /* across the boundary of two 4 MiB objects */
+    check_write_read(tv.q, 4 * MiB - 8192, 65536, 0);
+    check_write_read(tv.q, 8 * MiB, 2 * MiB, 0);
+    check_write_read(tv.q, 16 * MiB - 4096, 4096, 0);
+    check_write_read(tv.q, 65536, 65536, PFBD_REQ_FUA);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_write_fua_cache_on(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, ":rbd_cache=true", 1);
+
+    check_write_read(tv.q, 4096, 8192, PFBD_REQ_FUA);
+    check_write_read(tv.q, 65536, 4096, 0);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_readv_writev(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, NULL, 1);
+    uint8_t *wbuf = alloc_aligned(16384);
+    uint8_t *rbuf = alloc_aligned(20480);
+    struct iovec iov[3] = {
+        { wbuf, 512 }, { wbuf + 512, 12288 }, { wbuf + 12800, 3584 },
+    };
+
+    fill_pattern(wbuf, 16384, 21);
+    memset(rbuf, 0xaa, 20480);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_WRITE, 1024, iov, 3, 16384, 0),
+                    ==, 0);
+    iov[0] = (struct iovec) { rbuf + 12288, 8192 };
+    iov[1] = (struct iovec) { rbuf + 1, 4096 };     /* any alignment */
+    iov[2] = (struct iovec) { rbuf + 4097, 4096 };
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, 1024, iov, 3, 16384, 0),
+                    ==, 0);
+    g_assert_true(memcmp(wbuf, rbuf + 12288, 8192) == 0);
+    g_assert_true(memcmp(wbuf + 8192, rbuf + 1, 8192) == 0);
+    free(wbuf);
+    free(rbuf);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_unwritten_reads_zero(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 8 * MiB, NULL, 1);
+    uint8_t *buf = alloc_aligned(MiB);
+
+    memset(buf, 0xaa, MiB);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 3 * MiB, buf, MiB, 0), ==, 0);
+    g_assert_true(is_zero(buf, MiB));
+    free(buf);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_discard(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 16 * MiB, NULL, 1);
+
+    /* whole objects: librbd removes them, so they read back as zeroes */
+    check_zeroing(tv.q, PFBD_OP_DISCARD, 4 * MiB, 8 * MiB, 0);
+    /* a partial range is accepted (librbd may keep the data) */
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_DISCARD, 4096, NULL, 0, 4096, 0),
+                    ==, 0);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_write_zeroes(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 16 * MiB, NULL, 1);
+
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 8192, 65536, 0);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 4 * MiB, 4 * MiB,
+                  PFBD_REQ_UNMAP);
+    check_zeroing(tv.q, PFBD_OP_WRITE_ZEROES, 10 * MiB + 512, 4096,
+                  PFBD_REQ_UNMAP);
+    close_rbd(&tv, name);
+}
+
+/* Completions arrive through the eventfd and reap runs their callbacks */
+static void test_rbd_eventfd(void)
+{
+    enum { N = 16 };
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, NULL, N);
+    uint8_t *buf = alloc_aligned(N * 4096);
+    struct iovec iov[N];
+    Completion c[N] = { { 0 } };
+    struct pollfd pfd;
+    uint64_t counter;
+    int done = 0;
+    int i;
+
+    pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+    fill_pattern(buf, N * 4096, 5);
+    for (i = 0; i < N; i++) {
+        iov[i] = (struct iovec) { buf + i * 4096, 4096 };
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, i * 8192, &iov[i],
+                                    1, 4096, 0, complete_cb, &c[i]), ==, 0);
+    }
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 0);
+    while (done < N) {
+        g_assert_cmpint(poll(&pfd, 1, 30000), ==, 1);
+        g_assert_cmpint(read(pfd.fd, &counter, sizeof(counter)), ==,
+                        sizeof(counter));
+        g_assert_cmpuint(counter, >=, 1);
+        done += pfbd_queue_reap(tv.q, 0);
+    }
+    g_assert_cmpint(done, ==, N);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 0);
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    free(buf);
+    close_rbd(&tv, name);
+}
+
+/* reap(max) leaves the rest for the next call */
+static void test_rbd_reap_max(void)
+{
+    enum { N = 8 };
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, NULL, N);
+    uint8_t *buf = alloc_aligned(4096);
+    struct iovec iov = { buf, 4096 };
+    Completion c = { 0 };
+    int done = 0;
+    int i, n;
+
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, i * 4096, &iov, 1,
+                                    4096, 0, complete_cb, &c), ==, 0);
+    }
+    pfbd_queue_flush(tv.q);
+    while (done < N) {
+        n = pfbd_queue_reap(tv.q, 3);
+        g_assert_cmpint(n, <=, 3);
+        done += n;
+        if (!n) {
+            g_usleep(1000);
+        }
+    }
+    g_assert_cmpint(c.count, ==, N);
+    free(buf);
+    close_rbd(&tv, name);
+}
+
+typedef struct RbdWriter {
+    PfbdQueue *q;
+    uint64_t base;
+    unsigned seed;
+} RbdWriter;
+
+/* Write 64 interleaved 4 KiB blocks at depth 8 from this thread */
+static gpointer rbd_writer_thread(gpointer opaque)
+{
+    enum { N = 64, D = 8 };
+    RbdWriter *w = opaque;
+    uint8_t *buf = alloc_aligned(N * 4096);
+    struct iovec iov[N];
+    Completion c = { 0 };
+    int i;
+
+    fill_pattern(buf, N * 4096, w->seed);
+    for (i = 0; i < N; i++) {
+        iov[i] = (struct iovec) { buf + i * 4096, 4096 };
+        while (pfbd_queue_inflight(w->q) >= D) {
+            pfbd_queue_reap(w->q, 0);
+        }
+        g_assert_cmpint(pfbd_submit(w->q, PFBD_OP_WRITE,
+                                    w->base + i * 8192, &iov[i], 1, 4096, 0,
+                                    complete_cb, &c), ==, 0);
+        pfbd_queue_flush(w->q);
+    }
+    pfbd_queue_drain(w->q);
+    g_assert_cmpint(c.count, ==, N);
+    g_assert_cmpint(c.ret, ==, 0);
+    return buf;
+}
+
+/*
+ * Two queues of one volume, each in its own thread, as two IOThreads, on
+ * the volume's connection or (@data non-NULL) each on its own
+ */
+static void test_rbd_two_queues_two_threads(const void *data)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, data, 8);
+    PfbdQueue *q2;
+    RbdWriter w[2];
+    GThread *t[2];
+    uint8_t *wbuf[2];
+    uint8_t *rbuf = alloc_aligned(4096);
+    int i, k;
+
+    g_assert_cmpint(pfbd_queue_new(tv.vol, 8, &q2), ==, 0);
+    w[0] = (RbdWriter) { tv.q, 0, 31 };
+    w[1] = (RbdWriter) { q2, 4096, 32 };   /* the blocks in between */
+    for (k = 0; k < 2; k++) {
+        t[k] = g_thread_new("writer", rbd_writer_thread, &w[k]);
+    }
+    for (k = 0; k < 2; k++) {
+        wbuf[k] = g_thread_join(t[k]);
+    }
+    for (k = 0; k < 2; k++) {
+        for (i = 0; i < 64; i++) {
+            g_assert_cmpint(do_rw(k ? q2 : tv.q, PFBD_OP_READ,
+                                  w[k].base + i * 8192, rbuf, 4096, 0),
+                            ==, 0);
+            g_assert_true(memcmp(rbuf, wbuf[k] + i * 4096, 4096) == 0);
+        }
+        free(wbuf[k]);
+    }
+    pfbd_queue_free(q2);
+    free(rbuf);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_snapshot_read_only(void)
+{
+    TestVolume tv = { 0 };
+    TestVolume snap = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, NULL, 1);
+    uint8_t *old = alloc_aligned(65536);
+    uint8_t *buf = alloc_aligned(65536);
+    rbd_image_t image;
+    char *spec;
+
+    fill_pattern(old, 65536, 41);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_WRITE, 0, old, 65536, 0), ==, 0);
+    g_assert_cmpint(rbd_open(test_ioctx, name, &image, NULL), ==, 0);
+    g_assert_cmpint(rbd_snap_create(image, "s1"), ==, 0);
+    g_assert_cmpint(rbd_close(image), ==, 0);
+    fill_pattern(buf, 65536, 42);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_WRITE, 0, buf, 65536, 0), ==, 0);
+
+    /* not asked for read-only, but a snapshot is */
+    spec = g_strdup_printf("rbd:rbd/%s@s1:conf=%s", name, ceph_conf);
+    open_spec(&snap, spec, false, 1);
+    g_assert_true(snap.info.read_only);
+    g_assert_cmpint(do_rw(snap.q, PFBD_OP_READ, 0, buf, 65536, 0), ==, 0);
+    g_assert_true(memcmp(buf, old, 65536) == 0);
+    g_assert_cmpint(pfbd_submit(snap.q, PFBD_OP_WRITE, 0,
+                                &(struct iovec) { buf, 4096 }, 1, 4096, 0,
+                                complete_cb, NULL), ==, -EROFS);
+    close_volume(&snap);
+    g_free(spec);
+
+    g_assert_cmpint(rbd_open(test_ioctx, name, &image, NULL), ==, 0);
+    g_assert_cmpint(rbd_snap_remove(image, "s1"), ==, 0);
+    g_assert_cmpint(rbd_close(image), ==, 0);
+    free(old);
+    free(buf);
+    close_rbd(&tv, name);
+}
+
+static void test_rbd_refresh_size(void)
+{
+    TestVolume tv = { 0 };
+    char *name = open_rbd(&tv, 4 * MiB, NULL, 1);
+    rbd_image_t image;
+
+    g_assert_cmpint(rbd_open(test_ioctx, name, &image, NULL), ==, 0);
+    g_assert_cmpint(rbd_resize(image, 12 * MiB), ==, 0);
+    g_assert_cmpint(rbd_close(image), ==, 0);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    pfbd_volume_get_info(tv.vol, &tv.info);
+    g_assert_cmpuint(tv.info.size, ==, 12 * MiB);
+    close_rbd(&tv, name);
+}
+
+/* '\\' escapes ':' in names; id= and keyring= are taken */
+static void test_rbd_spec_escapes(void)
+{
+    TestVolume tv = { 0 };
+    char *name = g_strdup_printf("unit-%d-we:ird", (int)getpid());
+    char *dir = g_path_get_dirname(ceph_conf);
+    char *keyring = g_strdup_printf("%s/client.admin.keyring", dir);
+    char *spec;
+    int order = 0;
+
+    rbd_test_connect();
+    g_assert_cmpint(rbd_create2(test_ioctx, name, MiB, RBD_FEATURE_LAYERING,
+                                &order), ==, 0);
+    spec = g_strdup_printf("rbd:rbd/unit-%d-we\\:ird:id=admin:conf=%s:"
+                           "keyring=%s", (int)getpid(), ceph_conf, keyring);
+    open_spec(&tv, spec, false, 1);
+    g_assert_cmpuint(tv.info.size, ==, MiB);
+    check_write_read(tv.q, 0, 4096, 0);
+    close_volume(&tv);
+    rbd_test_remove(name);
+    g_free(spec);
+    g_free(keyring);
+    g_free(dir);
+    g_free(name);
+}
+
+static void test_rbd_open_errors(void)
+{
+    char *name = rbd_test_image(MiB);
+    char *spec;
+
+    spec = g_strdup_printf("rbd:rbd/nonexistent:conf=%s", ceph_conf);
+    check_open_fails(spec, NULL, -ENOENT, "no image 'nonexistent' in pool "
+                     "'rbd'");
+    g_free(spec);
+    spec = g_strdup_printf("rbd:nopool/x:conf=%s", ceph_conf);
+    check_open_fails(spec, NULL, -ENOENT, "no pool 'nopool'");
+    g_free(spec);
+    spec = g_strdup_printf("rbd:rbd/%s@nosnap:conf=%s", name, ceph_conf);
+    check_open_fails(spec, NULL, -ENOENT, "snapshot 'nosnap'");
+    g_free(spec);
+    spec = g_strdup_printf("rbd:rbd/%s:conf=%s:bogus_opt=1", name,
+                           ceph_conf);
+    check_open_fails(spec, NULL, -ENOENT, "unknown Ceph option "
+                     "'bogus_opt=1'");
+    g_free(spec);
+    spec = g_strdup_printf("rbd:rbd/%s:conf=%s:novalue", name, ceph_conf);
+    check_open_fails(spec, NULL, -EINVAL, "option 'novalue' is not "
+                     "KEY=VALUE");
+    g_free(spec);
+    spec = g_strdup_printf("rbd:rbd/%s:conf=%s:pfbd_connection=x", name,
+                           ceph_conf);
+    check_open_fails(spec, NULL, -EINVAL, "pfbd_connection must be "
+                     "'volume' or 'queue', not 'x'");
+    g_free(spec);
+    check_open_fails("rbd:image-only", NULL, -EINVAL,
+                     "expected rbd:POOL/IMAGE");
+    check_open_fails("rbd:/img", NULL, -EINVAL, "empty pool");
+    check_open_fails("rbd:pool/", NULL, -EINVAL, "empty pool");
+    check_open_fails("rbd:pool/img@", NULL, -EINVAL, "empty snapshot name");
+    check_open_fails("rbd:pool/img:conf=/nonexistent/ceph.conf", NULL,
+                     -ENOENT, "cannot read the Ceph configuration "
+                     "'/nonexistent/ceph.conf'");
+    rbd_test_remove(name);
+    g_free(name);
+}
+
+static void test_rbd_unreachable(void)
+{
+    char *conf = g_strdup_printf("%s/dead.conf", tmpdir);
+    gint64 t0 = g_get_monotonic_time();
+    char *spec;
+
+    g_assert_true(g_file_set_contents(conf, "[global]\n"
+                                      "mon_host = v2:127.0.0.1:9\n"
+                                      "auth_client_required = none\n", -1,
+                                      NULL));
+    spec = g_strdup_printf("rbd:rbd/x:conf=%s:client_mount_timeout=2", conf);
+    check_open_fails(spec, NULL, -ETIMEDOUT, "cannot connect to the Ceph "
+                     "cluster");
+    /* bounded by client_mount_timeout, with a generous margin */
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, 60 * G_USEC_PER_SEC);
+    g_free(spec);
+    g_free(conf);
+}
+
+static void add_rbd_tests(void)
+{
+    ceph_conf = getenv("PFBD_TEST_CEPH_CONF");
+    if (!ceph_conf || !ceph_conf[0]) {
+        g_test_add_func("/pfbd/rbd/cluster", test_rbd_no_cluster);
+        return;
+    }
+    g_test_add_func("/pfbd/rbd/open-info", test_rbd_open_info);
+    g_test_add_func("/pfbd/rbd/write-read", test_rbd_write_read);
+    g_test_add_func("/pfbd/rbd/write-fua-cache-on",
+                    test_rbd_write_fua_cache_on);
+    g_test_add_func("/pfbd/rbd/readv-writev", test_rbd_readv_writev);
+    g_test_add_func("/pfbd/rbd/unwritten-reads-zero",
+                    test_rbd_unwritten_reads_zero);
+    g_test_add_func("/pfbd/rbd/discard", test_rbd_discard);
+    g_test_add_func("/pfbd/rbd/write-zeroes", test_rbd_write_zeroes);
+    g_test_add_func("/pfbd/rbd/eventfd", test_rbd_eventfd);
+    g_test_add_func("/pfbd/rbd/reap-max", test_rbd_reap_max);
+    g_test_add_data_func("/pfbd/rbd/two-queues-two-threads", NULL,
+                         test_rbd_two_queues_two_threads);
+    g_test_add_data_func("/pfbd/rbd/two-queues-two-connections",
+                         ":pfbd_connection=queue",
+                         test_rbd_two_queues_two_threads);
+    g_test_add_func("/pfbd/rbd/snapshot-read-only",
+                    test_rbd_snapshot_read_only);
+    g_test_add_func("/pfbd/rbd/refresh-size", test_rbd_refresh_size);
+    g_test_add_func("/pfbd/rbd/spec-escapes", test_rbd_spec_escapes);
+    g_test_add_func("/pfbd/rbd/open-errors", test_rbd_open_errors);
+    g_test_add_func("/pfbd/rbd/unreachable", test_rbd_unreachable);
+}
+#endif /* PFBD_HAVE_RBD */
+
 static int remove_one(const char *path, const struct stat *st, int type,
                       struct FTW *ftw)
 {
@@ -1057,7 +1560,9 @@ int main(int argc, char **argv)
     g_assert_nonnull(tmpdir);
 
     g_test_add_func("/pfbd/spec/unknown-engine", test_spec_unknown_engine);
+#ifndef PFBD_HAVE_RBD
     g_test_add_func("/pfbd/spec/rbd-not-built", test_spec_rbd_not_built);
+#endif
     g_test_add_func("/pfbd/spec/empty", test_spec_empty);
     g_test_add_func("/pfbd/spec/bad-bare-name", test_spec_bad_bare_name);
     g_test_add_func("/pfbd/spec/bare-name-pool-dir",
@@ -1112,7 +1617,17 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/write-zeroes-ramfs",
                     test_file_write_zeroes_ramfs);
 
+#ifdef PFBD_HAVE_RBD
+    add_rbd_tests();
+#endif
+
     ret = g_test_run();
+#ifdef PFBD_HAVE_RBD
+    if (test_ioctx) {
+        rados_ioctx_destroy(test_ioctx);
+        rados_shutdown(test_cluster);
+    }
+#endif
     nftw(tmpdir, remove_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
     g_free(tmpdir);
     return ret;
