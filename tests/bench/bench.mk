@@ -38,3 +38,11 @@ bench: build guest bench-deps $(BENCH_RIG)
 	BENCH_COMMAND='make bench$(if $(QUICK), QUICK=$(QUICK))$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
 	$(PYTHON) tests/bench/bench.py --build $(BUILD) \
 		$(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)
+
+# make bench-rbd: the rbd engine vs stock QEMU rbd on a throwaway Ceph
+# cluster (tests/bench/bench_rbd.py); writes $(BUILD)/bench/rbd.json,
+# $(BUILD)/bench/rbd.md and the rbd section of docs/benchmarks.md
+.PHONY: bench-rbd
+bench-rbd: build bench-deps $(BENCH_RIG)
+	BENCH_COMMAND='make bench-rbd$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
+	$(PYTHON) tests/bench/bench_rbd.py --build $(BUILD) $(BENCH_ARGS)

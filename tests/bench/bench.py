@@ -185,14 +185,17 @@ def device_args(device, backend, iothreads, iodepth, image):
     return args
 
 
-def run_rig(opts, device, backend, rw, bs, iodepth, iothreads):
+def run_rig(opts, device, backend, rw, bs, iodepth, iothreads, dev_args=None,
+            size="1G"):
+    """One pfbd-rig run; @dev_args replaces device_args()' QEMU args."""
     cmd = [opts.rig, "--qemu", opts.qemu, "--rw", rw, "--bs", str(bs),
            "--iodepth", str(iodepth), "--runtime", str(opts.runtime),
-           "--ramp", str(opts.ramp), "--size", "1G"]
+           "--ramp", str(opts.ramp), "--size", size]
     if opts.rig_cpus:
         cmd += ["--rig-cpus", opts.rig_cpus, "--qemu-cpus", opts.qemu_cpus]
     cmd += ["--"]
-    cmd += device_args(device, backend, iothreads, iodepth, opts.image)
+    cmd += dev_args or device_args(device, backend, iothreads, iodepth,
+                                   opts.image)
     timeout = opts.runtime + opts.ramp + 60
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -978,8 +981,9 @@ def write_outputs(doc, opts, out):
         f.write(md)
     plot(doc, opts, os.path.join(out, "iops.png"))
     if not doc["meta"]["quick"] and not opts.no_doc:
-        with open(os.path.join(REPO, "docs", "benchmarks.md"), "w") as f:
-            f.write(md)
+        path = os.path.join(REPO, "docs", "benchmarks.md")
+        with open(path, "w") as f:
+            f.write(md + keep_section(path, md))
         if os.path.exists(os.path.join(out, "iops.png")):
             shutil.copyfile(os.path.join(out, "iops.png"),
                             os.path.join(REPO, "docs", "benchmarks-iops.png"))
@@ -988,6 +992,45 @@ def write_outputs(doc, opts, out):
         if "## IOPS" in md else md)
     log("results: %s (%.0f s)" % (os.path.join(out, "results.json"),
                                   doc["meta"]["elapsed_s"]))
+
+
+SECTION_BEGIN = "<!-- section %s: written by %s -->"
+SECTION_END = "<!-- end of section %s -->"
+
+
+def keep_section(path, md, name="rbd"):
+    """The section @name of the old @path (another script's), to append to
+    the new text @md; '' if there is none."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    b = old.find(SECTION_BEGIN.split("%s")[0] + name + ":")
+    e = old.find(SECTION_END % name)
+    if b < 0 or e < 0 or (SECTION_END % name) in md:
+        return ""
+    return "\n" + old[b:e + len(SECTION_END % name)] + "\n"
+
+
+def put_section(path, name, script, text):
+    """Replace (or append) section @name of @path with @text."""
+    begin = SECTION_BEGIN % (name, script)
+    end = SECTION_END % name
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        old = ""
+    b = old.find(SECTION_BEGIN.split("%s")[0] + name + ":")
+    e = old.find(end)
+    block = begin + "\n\n" + text.strip() + "\n\n" + end
+    if b >= 0 and e >= 0:
+        new = old[:b] + block + old[e + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
 
 
 def render(opts, out):
