@@ -6,21 +6,24 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
  * The volume holds the cluster connection, the pool's I/O context and one
- * image handle for the geometry.  Each queue opens its own image handle on
- * that connection (or, with pfbd_connection=queue, on a connection of its
- * own), because librbd signals completions per image: with
- * rbd_set_image_notification() the queue's eventfd is written for every
- * completion, and pfbd_queue_reap() collects them with rbd_poll_io_events()
- * in the queue's thread.  No librbd callback runs our code, so librbd's
- * threads never touch a request or its buffers after submission.
+ * image handle, shared by its queues.  librbd reports completions per
+ * image handle, so a queue cannot have its own eventfd through
+ * rbd_set_image_notification() without its own handle, and several
+ * handles writing to one image pass the exclusive lock back and forth (a
+ * round trip to the OSD each time: 2 queues writing ran at 0.13x of one
+ * handle, and with a connection per queue they stalled).  Instead every
+ * request's completion callback does only this, in librbd's thread: push
+ * the request on its queue's lock-free done list and, if the list was
+ * empty, write the queue's eventfd.  The queue's owner takes the list in
+ * pfbd_queue_reap() and runs the callbacks there, so nothing of the caller
+ * ever runs on a librbd thread.
  *
  * The spec is QEMU's classic rbd filename:
  *   POOL/[NAMESPACE/]IMAGE[@SNAP][:KEY=VALUE]...
  * with "\" escaping ':', '@', '/', '=' and '\'.  conf=PATH reads that file
  * (else $CEPH_CONF and Ceph's default places, if present), id=USER picks
  * the client name, and every other KEY=VALUE (key, keyring,
- * rados_osd_op_timeout, ...) is a Ceph option set with rados_conf_set(),
- * except pfbd_connection=volume|queue, which is ours.
+ * rados_osd_op_timeout, ...) is a Ceph option set with rados_conf_set().
  * rbd_cache is off unless the spec turns it on: requests are durable when
  * they complete.  A snapshot opens read-only.
  */
@@ -28,6 +31,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,9 +44,6 @@
 
 /* Give up connecting after this long unless the spec says otherwise */
 #define RBD_DEFAULT_MOUNT_TIMEOUT "30"
-
-/* How many completions one rbd_poll_io_events() call takes at most */
-#define RBD_POLL_BATCH 64
 
 typedef struct RbdOption {
     char *key;
@@ -58,7 +59,6 @@ typedef struct RbdSpec {
     char *id;                   /* or NULL */
     RbdOption *opts;            /* Ceph options */
     unsigned nopts;
-    bool conn_per_queue;        /* pfbd_connection=queue */
 } RbdSpec;
 
 typedef struct RbdVolume {
@@ -66,11 +66,14 @@ typedef struct RbdVolume {
     RbdSpec sp;                 /* what the spec says, for each connection */
     rados_t cluster;
     rados_ioctx_t ioctx;
-    rbd_image_t image;          /* for the size; requests use the queues' */
+    rbd_image_t image;          /* every queue's requests go here */
     bool cache;                 /* rbd_cache on: FUA needs a flush */
 } RbdVolume;
 
+typedef struct RbdQueue RbdQueue;
+
 typedef struct RbdReq {
+    RbdQueue *rq;
     PfbdOp op;
     unsigned flags;
     uint64_t offset;
@@ -78,24 +81,22 @@ typedef struct RbdReq {
     const struct iovec *iov;
     int iovcnt;
     bool fua_flush;             /* the flush that follows a FUA write */
+    ssize_t ret;                /* librbd's result, set by the callback */
     PfbdCompletionFunc *cb;
     void *opaque;
-    struct RbdReq *next_free;
+    struct RbdReq *next;        /* on the free, done or ready list */
 } RbdReq;
 
-typedef struct RbdQueue {
+struct RbdQueue {
     PfbdQueue base;
-    rados_t cluster;            /* with pfbd_connection=queue, else NULL */
-    rados_ioctx_t ioctx;        /* likewise */
-    rbd_image_t image;
     int efd;
     unsigned queued;            /* sent since the last flush */
     RbdReq *reqs;               /* base.depth requests */
     RbdReq *free_reqs;
-    rbd_completion_t *ready;    /* polled, not processed yet */
-    unsigned nready;
-    unsigned ready_pos;
-} RbdQueue;
+    RbdReq *done;               /* pushed by librbd's callbacks (atomic) */
+    unsigned callbacks;         /* callbacks running now (atomic) */
+    RbdReq *ready;              /* taken from @done, oldest first */
+};
 
 /*
  * Split off the next token of *@p at the first unescaped @delim (any
@@ -225,20 +226,6 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
         if (!value) {
             free(key);
             goto nomem;
-        }
-        if (!strcmp(key, "pfbd_connection")) {
-            if (strcmp(value, "volume") && strcmp(value, "queue")) {
-                pfbd_set_error(errmsg, "volume spec '%s': pfbd_connection "
-                               "must be 'volume' or 'queue', not '%s'", spec,
-                               value);
-                free(key);
-                free(value);
-                goto inval;
-            }
-            sp->conn_per_queue = !strcmp(value, "queue");
-            free(key);
-            free(value);
-            continue;
         }
         if (!strcmp(key, "conf") || !strcmp(key, "id")) {
             char **slot = key[0] == 'c' ? &sp->conf : &sp->id;
@@ -474,7 +461,8 @@ static int pfbd_rbd_volume_refresh_size(PfbdVolume *vol)
     if (size == 0) {
         return -EINVAL;
     }
-    vol->info.size = size;
+    /* Queues may be checking requests against it right now */
+    __atomic_store_n(&vol->info.size, size, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -482,23 +470,23 @@ static void pfbd_rbd_queue_free(PfbdQueue *q)
 {
     RbdQueue *rq = (RbdQueue *)q;
 
-    if (rq->image) {
-        rbd_close(rq->image);
+    /*
+     * Nothing is in flight, but the callback of the last request may still
+     * be about to write the eventfd: wait until it has
+     */
+    while (__atomic_load_n(&rq->callbacks, __ATOMIC_ACQUIRE)) {
+        sched_yield();
     }
-    pfbd_rbd_disconnect(rq->cluster, rq->ioctx);
     if (rq->efd >= 0) {
         close(rq->efd);
     }
-    free(rq->ready);
     free(rq->reqs);
     free(rq);
 }
 
 static int pfbd_rbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 {
-    RbdVolume *rv = (RbdVolume *)vol;
     RbdQueue *rq;
-    bool cache;
     unsigned i;
     int ret;
 
@@ -508,35 +496,18 @@ static int pfbd_rbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     }
     rq->efd = -1;
     rq->reqs = calloc(depth, sizeof(rq->reqs[0]));
-    rq->ready = calloc(RBD_POLL_BATCH, sizeof(rq->ready[0]));
-    if (!rq->reqs || !rq->ready) {
+    if (!rq->reqs) {
         ret = -ENOMEM;
         goto fail;
     }
     for (i = 0; i < depth; i++) {
-        rq->reqs[i].next_free = rq->free_reqs;
+        rq->reqs[i].rq = rq;
+        rq->reqs[i].next = rq->free_reqs;
         rq->free_reqs = &rq->reqs[i];
     }
     rq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (rq->efd < 0) {
         ret = -errno;
-        goto fail;
-    }
-    if (rv->sp.conn_per_queue) {
-        ret = pfbd_rbd_connect(&rv->sp, "", &rq->cluster, &rq->ioctx,
-                               &cache, NULL);
-        if (ret < 0) {
-            goto fail;
-        }
-    }
-    ret = pfbd_rbd_open_image(rv, rq->ioctx ? rq->ioctx : rv->ioctx,
-                              &rq->image);
-    if (ret < 0) {
-        rq->image = NULL;
-        goto fail;
-    }
-    ret = rbd_set_image_notification(rq->image, rq->efd, EVENT_TYPE_EVENTFD);
-    if (ret < 0) {
         goto fail;
     }
     *qp = &rq->base;
@@ -552,37 +523,66 @@ static int pfbd_rbd_queue_get_fd(PfbdQueue *q)
     return ((RbdQueue *)q)->efd;
 }
 
+/*
+ * Context: a librbd thread.  Only touch @req and its queue's done list,
+ * eventfd and callback count.
+ */
+static void pfbd_rbd_aio_done(rbd_completion_t c, void *arg)
+{
+    RbdReq *req = arg;
+    RbdQueue *rq = req->rq;
+    uint64_t one = 1;
+    RbdReq *head;
+
+    __atomic_fetch_add(&rq->callbacks, 1, __ATOMIC_ACQUIRE);
+    req->ret = rbd_aio_get_return_value(c);
+    rbd_aio_release(c);
+    head = __atomic_load_n(&rq->done, __ATOMIC_RELAXED);
+    do {
+        req->next = head;
+    } while (!__atomic_compare_exchange_n(&rq->done, &head, req, true,
+                                          __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    /*
+     * The owner clears the eventfd before it takes the list, so only the
+     * push onto an empty list needs a wakeup
+     */
+    if (!head && write(rq->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, so the eventfd is readable anyway */
+    }
+    __atomic_fetch_sub(&rq->callbacks, 1, __ATOMIC_RELEASE);
+}
+
 /* Send @req (or the flush that follows its FUA write) to librbd */
 static int pfbd_rbd_req_send(RbdQueue *rq, RbdReq *req)
 {
+    rbd_image_t image = ((RbdVolume *)rq->base.vol)->image;
     PfbdOp op = req->fua_flush ? PFBD_OP_FLUSH : req->op;
     rbd_completion_t c;
     int zero_flags = 0;
     int ret;
 
-    ret = rbd_aio_create_completion(req, NULL, &c);
+    ret = rbd_aio_create_completion(req, pfbd_rbd_aio_done, &c);
     if (ret < 0) {
         return ret;
     }
     switch (op) {
     case PFBD_OP_READ:
-        ret = rbd_aio_readv(rq->image, req->iov, req->iovcnt, req->offset, c);
+        ret = rbd_aio_readv(image, req->iov, req->iovcnt, req->offset, c);
         break;
     case PFBD_OP_WRITE:
-        ret = rbd_aio_writev(rq->image, req->iov, req->iovcnt, req->offset,
-                             c);
+        ret = rbd_aio_writev(image, req->iov, req->iovcnt, req->offset, c);
         break;
     case PFBD_OP_FLUSH:
-        ret = rbd_aio_flush(rq->image, c);
+        ret = rbd_aio_flush(image, c);
         break;
     case PFBD_OP_DISCARD:
-        ret = rbd_aio_discard(rq->image, req->offset, req->len, c);
+        ret = rbd_aio_discard(image, req->offset, req->len, c);
         break;
     case PFBD_OP_WRITE_ZEROES:
         if (!(req->flags & PFBD_REQ_UNMAP)) {
             zero_flags = RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
         }
-        ret = rbd_aio_write_zeroes(rq->image, req->offset, req->len, c,
+        ret = rbd_aio_write_zeroes(image, req->offset, req->len, c,
                                    zero_flags, 0);
         break;
     default:
@@ -617,11 +617,14 @@ static int pfbd_rbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     req->fua_flush = false;
     req->cb = cb;
     req->opaque = opaque;
+    /* Off the free list first: the callback may run before send returns */
+    rq->free_reqs = req->next;
     ret = pfbd_rbd_req_send(rq, req);
     if (ret < 0) {
+        req->next = rq->free_reqs;
+        rq->free_reqs = req;
         return ret;
     }
-    rq->free_reqs = req->next_free;
     rq->queued++;
     return 0;
 }
@@ -636,23 +639,26 @@ static int pfbd_rbd_flush(PfbdQueue *q)
     return n;
 }
 
-/* Take what librbd has completed for @rq, if nothing is waiting already */
-static unsigned pfbd_rbd_poll(RbdQueue *rq)
+/* Move what librbd has completed to @rq->ready, oldest first */
+static bool pfbd_rbd_take(RbdQueue *rq)
 {
-    int n;
+    RbdReq *list = __atomic_exchange_n(&rq->done, NULL, __ATOMIC_ACQUIRE);
+    RbdReq *next;
 
-    if (rq->ready_pos < rq->nready) {
-        return rq->nready - rq->ready_pos;
+    while (list) {
+        next = list->next;
+        list->next = rq->ready;
+        rq->ready = list;
+        list = next;
     }
-    n = rbd_poll_io_events(rq->image, rq->ready, RBD_POLL_BATCH);
-    rq->nready = n > 0 ? n : 0;
-    rq->ready_pos = 0;
-    return rq->nready;
+    return rq->ready != NULL;
 }
 
 static bool pfbd_rbd_completions_ready(PfbdQueue *q)
 {
-    return pfbd_rbd_poll((RbdQueue *)q) > 0;
+    RbdQueue *rq = (RbdQueue *)q;
+
+    return rq->ready || __atomic_load_n(&rq->done, __ATOMIC_RELAXED);
 }
 
 /* Zero what a short read left untouched */
@@ -694,7 +700,7 @@ static bool pfbd_rbd_req_done(RbdQueue *rq, RbdReq *req, ssize_t r)
             return false;
         }
     }
-    req->next_free = rq->free_reqs;
+    req->next = rq->free_reqs;
     rq->free_reqs = req;
     pfbd_complete(&rq->base, cb, opaque, ret);
     return true;
@@ -703,17 +709,16 @@ static bool pfbd_rbd_req_done(RbdQueue *rq, RbdReq *req, ssize_t r)
 static int pfbd_rbd_reap(PfbdQueue *q, unsigned max)
 {
     RbdQueue *rq = (RbdQueue *)q;
-    rbd_completion_t c;
     RbdReq *req;
-    ssize_t r;
     int n = 0;
 
-    while ((max == 0 || n < max) && pfbd_rbd_poll(rq) > 0) {
-        c = rq->ready[rq->ready_pos++];
-        req = rbd_aio_get_arg(c);
-        r = rbd_aio_get_return_value(c);
-        rbd_aio_release(c);
-        if (pfbd_rbd_req_done(rq, req, r)) {
+    while (max == 0 || n < max) {
+        if (!rq->ready && !pfbd_rbd_take(rq)) {
+            break;
+        }
+        req = rq->ready;
+        rq->ready = req->next;
+        if (pfbd_rbd_req_done(rq, req, req->ret)) {
             n++;
         }
     }
@@ -726,13 +731,12 @@ static void pfbd_rbd_wait(PfbdQueue *q)
     struct pollfd pfd = { .fd = rq->efd, .events = POLLIN };
     uint64_t count;
 
-    if (pfbd_rbd_poll(rq) > 0) {
+    if (pfbd_rbd_completions_ready(q)) {
         return;
     }
-    if (poll(&pfd, 1, 100) > 0) {
-        if (read(rq->efd, &count, sizeof(count)) < 0) {
-            /* EAGAIN: someone else cleared it; poll the image anyway */
-        }
+    if (poll(&pfd, 1, 100) > 0 &&
+        read(rq->efd, &count, sizeof(count)) < 0) {
+        /* EAGAIN: cleared by someone else; the list tells */
     }
 }
 

@@ -6,9 +6,7 @@ mon, one memstore OSD on 127.0.0.1), creates one image and fills it, then
 drives, with one QEMU binary and pfbd-rig (see bench.py), interleaved:
 
   stock      virtio-blk-pci + -blockdev driver=rbd (cache.direct=on)
-  pfbd       virtio-blk-pfbd volume=rbd:rbd/IMAGE (one rados connection)
-  pfbd-qconn the same with pfbd_connection=queue (a connection per queue;
-             only with more than one IOThread)
+  pfbd       virtio-blk-pfbd volume=rbd:rbd/IMAGE
   host       fio --ioengine=rbd on the same image (when fio has the rbd
              engine): librbd without QEMU
 
@@ -23,6 +21,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import bench  # noqa: E402
 
 REPO = bench.REPO
 IMAGE = "bench"
-VARIANTS = ("stock", "pfbd", "pfbd-qconn", "host")
+VARIANTS = ("stock", "pfbd", "host")
 
 
 def log(msg):
@@ -55,8 +54,6 @@ def dev_args(variant, conf, iothreads, iodepth):
         dev.update({"driver": "virtio-blk-pci", "drive": "r0"})
     else:
         vol = "rbd:rbd/%s:conf=%s" % (IMAGE, conf)
-        if variant == "pfbd-qconn":
-            vol += ":pfbd_connection=queue"
         dev.update({"driver": "virtio-blk-pfbd", "volume": vol})
     args += ["-device", json.dumps(dev, separators=(",", ":"))]
     return args
@@ -142,33 +139,30 @@ def report(doc):
              "runs; 4 KiB, %d run(s) per point interleaved, medians; "
              "%g s measured after %g s ramp.  stock: `virtio-blk-pci` + "
              "`-blockdev driver=rbd,cache.direct=on` (block/rbd.c); pfbd: "
-             "`volume=rbd:rbd/%s:conf=...`; pfbd-qconn: the same with "
-             "`pfbd_connection=queue`; host: fio `--ioengine=rbd` (librbd "
-             "without QEMU).  CPU: all threads of the QEMU process "
+             "`volume=rbd:rbd/%s:conf=...`; host: fio `--ioengine=rbd` "
+             "(librbd without QEMU, numjobs = IOThreads).  CPU: all threads of the QEMU process "
              "(librbd's messenger and finisher threads included) per IO."
              % (IMAGE, meta["size"], meta["runs"], meta["runtime_s"],
                 meta["ramp_s"], IMAGE))
     L.append("")
     L.append("| rw | IOThreads | iodepth | stock IOPS | pfbd IOPS | "
-             "pfbd/stock | pfbd-qconn IOPS | host IOPS | pfbd/host | "
+             "pfbd/stock | host IOPS | pfbd/host | "
              "stock / pfbd lat avg us | stock / pfbd QEMU CPU us/IO |")
-    L.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: "
-             "| --: |")
+    L.append("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
     for rw in meta["rw"]:
         for t in meta["iothreads"]:
             for qd in meta["iodepths"]:
                 s = idx.get(("stock", rw, qd, t))
                 p = idx.get(("pfbd", rw, qd, t))
-                q = idx.get(("pfbd-qconn", rw, qd, t))
                 h = idx.get(("host", rw, qd, t))
                 if not s and not p:
                     continue
                 g = (lambda r, k: r.get(k) if r else None)
-                L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s | "
+                L.append("| %s | %d | %d | %s | %s | %s | %s | %s | "
                          "%s / %s | %s / %s |" % (
                              rw, t, qd, fmt(g(s, "iops")), fmt(g(p, "iops")),
                              bench.ratio(g(p, "iops"), g(s, "iops")),
-                             fmt(g(q, "iops")), fmt(g(h, "iops")),
+                             fmt(g(h, "iops")),
                              bench.ratio(g(p, "iops"), g(h, "iops")),
                              fmt(g(s, "lat_avg_us"), 1),
                              fmt(g(p, "lat_avg_us"), 1),
@@ -220,6 +214,8 @@ def main():
         "runtime_s": opts.runtime, "ramp_s": opts.ramp,
         "iodepths": iodepths, "iothreads": iothreads, "rw": rws,
     }
+    # make sure a kill stops the cluster too (the finally block below)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit("bench-rbd: killed"))
     d = start_cluster(opts)
     conf = os.path.join(d, "ceph.conf")
     results, errors = [], []
@@ -233,8 +229,6 @@ def main():
             for t in iothreads:
                 for qd in iodepths:
                     members = ["stock", "pfbd"]
-                    if t > 1:
-                        members.append("pfbd-qconn")
                     if host_ok:
                         members.append("host")
                     runs = {m: [] for m in members}

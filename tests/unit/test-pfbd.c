@@ -1336,14 +1336,11 @@ static gpointer rbd_writer_thread(gpointer opaque)
     return buf;
 }
 
-/*
- * Two queues of one volume, each in its own thread, as two IOThreads, on
- * the volume's connection or (@data non-NULL) each on its own
- */
-static void test_rbd_two_queues_two_threads(const void *data)
+/* Two queues of one volume, each in its own thread, as two IOThreads */
+static void test_rbd_two_queues_two_threads(void)
 {
     TestVolume tv = { 0 };
-    char *name = open_rbd(&tv, 4 * MiB, data, 8);
+    char *name = open_rbd(&tv, 4 * MiB, NULL, 8);
     PfbdQueue *q2;
     RbdWriter w[2];
     GThread *t[2];
@@ -1477,11 +1474,6 @@ static void test_rbd_open_errors(void)
     check_open_fails(spec, NULL, -EINVAL, "option 'novalue' is not "
                      "KEY=VALUE");
     g_free(spec);
-    spec = g_strdup_printf("rbd:rbd/%s:conf=%s:pfbd_connection=x", name,
-                           ceph_conf);
-    check_open_fails(spec, NULL, -EINVAL, "pfbd_connection must be "
-                     "'volume' or 'queue', not 'x'");
-    g_free(spec);
     check_open_fails("rbd:image-only", NULL, -EINVAL,
                      "expected rbd:POOL/IMAGE");
     check_open_fails("rbd:/img", NULL, -EINVAL, "empty pool");
@@ -1531,11 +1523,8 @@ static void add_rbd_tests(void)
     g_test_add_func("/pfbd/rbd/write-zeroes", test_rbd_write_zeroes);
     g_test_add_func("/pfbd/rbd/eventfd", test_rbd_eventfd);
     g_test_add_func("/pfbd/rbd/reap-max", test_rbd_reap_max);
-    g_test_add_data_func("/pfbd/rbd/two-queues-two-threads", NULL,
-                         test_rbd_two_queues_two_threads);
-    g_test_add_data_func("/pfbd/rbd/two-queues-two-connections",
-                         ":pfbd_connection=queue",
-                         test_rbd_two_queues_two_threads);
+    g_test_add_func("/pfbd/rbd/two-queues-two-threads",
+                    test_rbd_two_queues_two_threads);
     g_test_add_func("/pfbd/rbd/snapshot-read-only",
                     test_rbd_snapshot_read_only);
     g_test_add_func("/pfbd/rbd/refresh-size", test_rbd_refresh_size);
