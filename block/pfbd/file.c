@@ -244,7 +244,8 @@ static int file_volume_refresh_size(PfbdVolume *vol)
     if (size == 0) {
         return -EINVAL;
     }
-    vol->info.size = size;
+    /* Queues may be checking requests against it right now */
+    __atomic_store_n(&vol->info.size, size, __ATOMIC_RELAXED);
     return 0;
 }
 

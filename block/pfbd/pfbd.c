@@ -219,6 +219,7 @@ void pfbd_volume_close(PfbdVolume *vol)
 void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info)
 {
     *info = vol->info;
+    info->size = __atomic_load_n(&vol->info.size, __ATOMIC_RELAXED);
 }
 
 int pfbd_volume_refresh_size(PfbdVolume *vol)
@@ -284,6 +285,7 @@ static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
     const PfbdVolumeInfo *info = &q->vol->info;
     uint32_t cap;
     uint64_t total;
+    uint64_t size;
     int i;
 
     switch (op) {
@@ -339,7 +341,9 @@ static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
         (len % info->block_size)) {
         return -EINVAL;
     }
-    if (offset > info->size || len > info->size - offset) {
+    /* The size may change under us (pfbd_volume_refresh_size()) */
+    size = __atomic_load_n(&info->size, __ATOMIC_RELAXED);
+    if (offset > size || len > size - offset) {
         return -ERANGE;
     }
     return 0;

@@ -166,6 +166,8 @@ static bool virtio_blk_pfbd_sect_range_ok(VirtIOBlockPfbd *s,
                                           uint64_t sector, uint64_t bytes)
 {
     uint64_t nb_sectors = bytes >> SECTOR_BITS;
+    /* volume-size may change it from the main loop */
+    uint64_t capacity = qatomic_read(&s->capacity);
 
     if (sector & s->sector_mask) {
         return false;
@@ -173,7 +175,7 @@ static bool virtio_blk_pfbd_sect_range_ok(VirtIOBlockPfbd *s,
     if (bytes % s->conf.logical_block_size) {
         return false;
     }
-    return sector <= s->capacity && nb_sectors <= s->capacity - sector;
+    return sector <= capacity && nb_sectors <= capacity - sector;
 }
 
 /*
@@ -499,7 +501,7 @@ static void virtio_blk_pfbd_update_config(VirtIODevice *vdev, uint8_t *config)
     uint32_t blk_size = conf->logical_block_size;
 
     memset(&blkcfg, 0, sizeof(blkcfg));
-    virtio_stq_p(vdev, &blkcfg.capacity, s->capacity);
+    virtio_stq_p(vdev, &blkcfg.capacity, qatomic_read(&s->capacity));
     virtio_stl_p(vdev, &blkcfg.seg_max,
                  conf->seg_max_adjust ? conf->queue_size - 2 : 128 - 2);
     virtio_stl_p(vdev, &blkcfg.blk_size, blk_size);
@@ -1097,6 +1099,65 @@ out:
  * than a QMP command of our own: it needs no QAPI schema change in the
  * upstream tree and is read like virtio-balloon's "guest-stats".
  */
+/*
+ * The "volume-size" property: the capacity the guest sees, in bytes.
+ * Writing 0 makes the device re-read the size of its volume (after the
+ * file was extended or the rbd image resized) and, if it changed, tell
+ * the guest with a configuration change notification.
+ */
+static void virtio_blk_pfbd_get_volume_size(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
+    uint64_t value = qatomic_read(&s->capacity) << SECTOR_BITS;
+
+    visit_type_uint64(v, name, &value, errp);
+}
+
+static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
+    VirtIODevice *vdev = VIRTIO_DEVICE(obj);
+    PfbdVolumeInfo info;
+    uint64_t value, capacity;
+    int ret;
+
+    if (!visit_type_uint64(v, name, &value, errp)) {
+        return;
+    }
+    if (value != 0) {
+        error_setg(errp, "write 0 to volume-size to make the device re-read "
+                   "the size of its volume");
+        return;
+    }
+    if (!s->volume) {
+        error_setg(errp, "the device has no volume open yet");
+        return;
+    }
+    ret = pfbd_volume_refresh_size(s->volume);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot re-read the size of volume "
+                         "'%s'", s->conf.volume);
+        return;
+    }
+    pfbd_volume_get_info(s->volume, &info);
+    capacity = QEMU_ALIGN_DOWN(info.size, s->conf.logical_block_size) >>
+               SECTOR_BITS;
+    if (capacity == 0) {
+        error_setg(errp, "volume '%s' is now smaller than one block (%"
+                   PRIu32 " bytes)", s->conf.volume,
+                   s->conf.logical_block_size);
+        return;
+    }
+    if (capacity != qatomic_read(&s->capacity)) {
+        qatomic_set(&s->capacity, capacity);
+        virtio_notify_config(vdev);
+    }
+}
+
 static void virtio_blk_pfbd_get_stats(Object *obj, Visitor *v,
                                       const char *name, void *opaque,
                                       Error **errp)
@@ -1125,6 +1186,22 @@ static void virtio_blk_pfbd_get_stats(Object *obj, Visitor *v,
 out:
     visit_end_struct(v, NULL);
 }
+
+/*
+ * Saved by virtio_save() after the virtqueues.  Nothing is in flight then:
+ * the VM was stopped and every queue drained.  The guest's write cache
+ * choice (config-wce) must survive, or writes after migration would lose
+ * their FUA.
+ */
+static const VMStateDescription vmstate_virtio_blk_pfbd_device = {
+    .name = "virtio-blk-pfbd-device",
+    .minimum_version_id = 1,
+    .version_id = 1,
+    .fields = (const VMStateField[]) {
+        VMSTATE_BOOL(writeback, VirtIOBlockPfbd),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static const VMStateDescription vmstate_virtio_blk_pfbd = {
     .name = "virtio-blk-pfbd",
@@ -1171,9 +1248,10 @@ static const struct {
     const char *name;
     const char *description;
 } virtio_blk_pfbd_property_help[] = {
-    { "volume", "the volume: file:PATH (io_uring, O_DIRECT), null:SIZE "
-      "(no data; e.g. null:1G) or a name in the pool directory "
-      "($PFBD_POOL_DIR, default /var/lib/pfbd)" },
+    { "volume", "the volume: file:PATH (io_uring, O_DIRECT), "
+      "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]... (Ceph, "
+      "if built in), null:SIZE (no data; e.g. null:1G) or a name in the "
+      "pool directory ($PFBD_POOL_DIR, default /var/lib/pfbd)" },
     { "serial", "serial number reported by VIRTIO_BLK_T_GET_ID "
       "(at most 20 bytes are visible)" },
     { "num-queues", "number of virtqueues (default: one per vCPU)" },
@@ -1222,9 +1300,17 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
     vdc->get_features = virtio_blk_pfbd_get_features;
     vdc->set_status = virtio_blk_pfbd_set_status;
     vdc->reset = virtio_blk_pfbd_reset;
+    vdc->vmsd = &vmstate_virtio_blk_pfbd_device;
     vdc->start_ioeventfd = virtio_blk_pfbd_start_ioeventfd;
     vdc->stop_ioeventfd = virtio_blk_pfbd_stop_ioeventfd;
 
+    object_class_property_add(klass, "volume-size", "uint64",
+                              virtio_blk_pfbd_get_volume_size,
+                              virtio_blk_pfbd_set_volume_size, NULL, NULL);
+    object_class_property_set_description(klass, "volume-size",
+        "the capacity the guest sees, in bytes; set it to 0 to re-read the "
+        "volume's size (after growing the file or resizing the rbd image) "
+        "and notify the guest");
     object_class_property_add(klass, "stats", "VirtIOBlockPfbdStats",
                               virtio_blk_pfbd_get_stats, NULL, NULL, NULL);
     object_class_property_set_description(klass, "stats",

@@ -11,7 +11,8 @@
  *
  * Threading: pfbd_volume_*() may be called from any thread, but not
  * concurrently with each other or while queues of the volume exist (except
- * pfbd_volume_get_info()).  A PfbdQueue and everything submitted on it
+ * pfbd_volume_get_info() and pfbd_volume_refresh_size(), which may run
+ * while the queues work).  A PfbdQueue and everything submitted on it
  * belongs to one thread at a time: pfbd_submit(), pfbd_queue_flush(),
  * pfbd_queue_reap() and pfbd_queue_drain() must be called from that thread,
  * and completion callbacks run only inside pfbd_queue_reap() or
@@ -75,6 +76,9 @@ typedef void PfbdCompletionFunc(void *opaque, int ret);
  *   "file:PATH"  a regular file or block device, served with io_uring and
  *                O_DIRECT (buffered I/O where the filesystem refuses
  *                O_DIRECT);
+ *   "rbd:POOL/[NS/]IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]..."
+ *                a Ceph RBD image through librbd (when built with it);
+ *                a snapshot opens read-only; KEY=VALUE are Ceph options;
  *   "null:SIZE"  a volume that completes every request at once without
  *                moving data (reads are not zeroed); SIZE takes K/M/G/T
  *                suffixes (powers of 1024), e.g. "null:1G";
@@ -104,8 +108,10 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info);
 /**
  * pfbd_volume_refresh_size: re-read the size of the backing store.
  *
- * Returns 0 and updates what pfbd_volume_get_info() reports, or a
- * negative errno.
+ * Returns 0 and updates what pfbd_volume_get_info() reports and what
+ * pfbd_submit() checks ranges against, or a negative errno.  Safe while
+ * queues of the volume have requests in flight; a request checked against
+ * the old size may still complete, or fail in the engine.
  */
 int pfbd_volume_refresh_size(PfbdVolume *vol);
 

@@ -339,8 +339,10 @@ class Guest:
         return 600 if (accel or self.accel) == "tcg" else 180
 
     def base_args(self, accel, job_path, console_path, smp=None, mem=None,
-                  cmdline_extra=""):
-        return [self.qemu, "-nodefaults", "-no-user-config", "-display", "none",
+                  cmdline_extra="", reboot=False):
+        # reboot=True: a guest reboot or system_reset restarts the guest
+        # (the job runs again) instead of ending QEMU
+        args = [self.qemu, "-nodefaults", "-no-user-config", "-display", "none",
                 "-machine", "q35", "-accel", accel,
                 "-m", mem or self.mem, "-smp", str(smp or self.smp),
                 "-L", self.firmware,
@@ -349,7 +351,6 @@ class Guest:
                 "-append", ("console=ttyS0 loglevel=%s panic=-1 "
                             % os.environ.get("PFBD_GUEST_LOGLEVEL", "4")
                             + cmdline_extra).strip(),
-                "-no-reboot",
                 "-serial", "file:" + console_path,
                 # SeaBIOS debug output (shown on failure when the kernel did
                 # not get to print anything, e.g. a hang in the BIOS' own
@@ -358,9 +359,12 @@ class Guest:
                 os.path.join(os.path.dirname(console_path), "bios.log"),
                 "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
                 "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
+        if not reboot:
+            args.append("-no-reboot")
+        return args
 
     def start(self, job, extra_args=(), timeout=None, accel=None, qmp=False,
-              smp=None, mem=None, cmdline_extra=""):
+              smp=None, mem=None, cmdline_extra="", reboot=False):
         """Start QEMU running `job` (shell script text); returns a Vm."""
         accel = accel or self.accel
         workdir = tempfile.mkdtemp(prefix="pfbd-guest-")
@@ -370,7 +374,7 @@ class Guest:
         console_path = os.path.join(workdir, "console.log")
         stderr_path = os.path.join(workdir, "qemu.stderr")
         args = self.base_args(accel, job_path, console_path, smp, mem,
-                              cmdline_extra)
+                              cmdline_extra, reboot)
         qmp_path = None
         if qmp:
             qmp_path = os.path.join(workdir, "qmp.sock")

@@ -186,3 +186,42 @@ def test_unreachable_cluster_times_out(guest, ceph, tmp_path):
     assert "cannot connect to the Ceph cluster" in err, err
     assert "client_mount_timeout is 3" in err, err
     assert time.monotonic() - t0 < 60
+
+
+def test_live_migration_rbd(guest, ceph, tmp_path):
+    """Live migration between two QEMU processes on one rbd volume, with
+    fio verify running in the guest across it."""
+    from test_lifecycle import migrate_and_finish
+    img = ceph.create_image("mig", "256M")
+    migrate_and_finish(guest, "rbd:rbd/%s:conf=%s" % (img, ceph.conf),
+                       tmp_path, to_file=False)
+
+
+def test_resize_rbd(guest, ceph):
+    """rbd resize, then qom-set volume-size 0: the guest sees the new
+    capacity."""
+    img = ceph.create_image("resize", "64M")
+    job = """
+echo WAITING-FOR-RESIZE
+i=0
+while [ "$(cat /sys/block/vda/size)" = 131072 ]; do
+    sleep 0.5; i=$((i + 1)); [ $i -lt 600 ] || exit 3
+done
+echo "SIZE-AFTER $(cat /sys/block/vda/size)"
+dd if=/dev/urandom of=/tmp/p bs=1M count=1 2>/dev/null
+dd if=/tmp/p of=/dev/vda bs=1M seek=90 oflag=direct 2>/dev/null
+dd if=/dev/vda of=/tmp/b bs=1M skip=90 count=1 iflag=direct 2>/dev/null
+cmp /tmp/p /tmp/b && echo ALL-OK
+"""
+    vm = guest.start(job, rbd_disk(ceph, img), timeout=TIMEOUT, qmp=True)
+    try:
+        assert vm.wait_console("WAITING-FOR-RESIZE"), vm.console()[-2000:]
+        ceph.rbd("resize", "--size", "96M", "rbd/" + img)
+        vm.qmp("qom-set", path="disk0", property="volume-size", value=0)
+        assert vm.qmp("qom-get", path="disk0",
+                      property="volume-size") == 96 * MiB
+        res = vm.wait()
+    finally:
+        vm.kill()
+    assert "SIZE-AFTER %d" % (96 * MiB // 512) in res.output, res.describe()
+    assert "ALL-OK" in res.output, res.describe()
