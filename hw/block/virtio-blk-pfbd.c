@@ -380,6 +380,11 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
 static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
 {
     VirtIOBlockPfbdQueueStats *st = &q->stats;
+    /*
+     * In the AioContext's polling mode notifications are off already, and
+     * must stay off when we return: only toggle them when they are on.
+     */
+    bool suppress = virtio_queue_get_notification(q->vq);
     VirtIOBlockPfbdReq *req;
     unsigned int n = 0;
     int ret;
@@ -389,7 +394,9 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     }
 
     do {
-        virtio_queue_set_notification(q->vq, 0);
+        if (suppress) {
+            virtio_queue_set_notification(q->vq, 0);
+        }
         while ((req = virtqueue_pop(q->vq, sizeof(VirtIOBlockPfbdReq)))) {
             req->q = q;
             req->iov_copy = NULL;
@@ -408,7 +415,9 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
                 break;
             }
         }
-        virtio_queue_set_notification(q->vq, 1);
+        if (suppress) {
+            virtio_queue_set_notification(q->vq, 1);
+        }
     } while (!virtio_queue_empty(q->vq) && !VIRTIO_DEVICE(q->s)->broken);
 
     trace_virtio_blk_pfbd_handle_vq(q->s, q->index, n);
