@@ -32,6 +32,8 @@
 #include "hw/virtio/iothread-vq-mapping.h"
 #include "exec/memory.h"
 #include "system/system.h"
+#include "system/runstate.h"
+#include "qapi/qapi-events-block-core.h"
 #include "trace.h"
 
 #define SECTOR_BITS 9
@@ -129,15 +131,81 @@ static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
                              &q->stats.notifies_suppressed, 1);
 }
 
+/* What rerror/werror says to do about @error (positive errno) */
+static BlockErrorAction virtio_blk_pfbd_error_action(VirtIOBlockPfbd *s,
+                                                     bool is_read, int error)
+{
+    switch (is_read ? s->conf.rerror : s->conf.werror) {
+    case BLOCKDEV_ON_ERROR_ENOSPC:
+        return error == ENOSPC ? BLOCK_ERROR_ACTION_STOP :
+                                 BLOCK_ERROR_ACTION_REPORT;
+    case BLOCKDEV_ON_ERROR_STOP:
+        return BLOCK_ERROR_ACTION_STOP;
+    case BLOCKDEV_ON_ERROR_IGNORE:
+        return BLOCK_ERROR_ACTION_IGNORE;
+    case BLOCKDEV_ON_ERROR_REPORT:
+    default:
+        return BLOCK_ERROR_ACTION_REPORT;
+    }
+}
+
+/*
+ * Tell management (BLOCK_IO_ERROR, with the device's QOM path) and, for
+ * a stop, pause the VM with the io-error run state, as the block layer
+ * does for stock devices.
+ *
+ * Context: any thread
+ */
+static void virtio_blk_pfbd_error_event(VirtIOBlockPfbd *s,
+                                        BlockErrorAction action,
+                                        bool is_read, int error)
+{
+    g_autofree char *path = object_get_canonical_path(OBJECT(s));
+    IoOperationType op = is_read ? IO_OPERATION_TYPE_READ :
+                                   IO_OPERATION_TYPE_WRITE;
+
+    if (action == BLOCK_ERROR_ACTION_STOP) {
+        /* The event comes before the STOP event, and a cont after it works */
+        qemu_system_vmstop_request_prepare();
+        qapi_event_send_block_io_error(path, "", NULL, op, action, true,
+                                       error == ENOSPC, strerror(error));
+        qemu_system_vmstop_request(RUN_STATE_IO_ERROR);
+    } else {
+        qapi_event_send_block_io_error(path, "", NULL, op, action, true,
+                                       error == ENOSPC, strerror(error));
+    }
+}
+
 static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
 {
     VirtIOBlockPfbdReq *req = opaque;
+    VirtIOBlockPfbdQueue *q = req->q;
     uint8_t status = VIRTIO_BLK_S_OK;
+    BlockErrorAction action;
+    bool is_read;
 
     if (ret < 0) {
-        trace_virtio_blk_pfbd_io_error(req->q->s, req->q->index, req,
-                                       req->type, req->sector, ret);
-        status = ret == -ENOTSUP ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR;
+        trace_virtio_blk_pfbd_io_error(q->s, q->index, req, req->type,
+                                       req->sector, ret);
+        if (ret == -ENOTSUP) {
+            status = VIRTIO_BLK_S_UNSUPP;
+        } else if (ret == -EINVAL || ret == -ERANGE || ret == -EROFS) {
+            /* libpfbd refused the request itself: the guest's error */
+            status = VIRTIO_BLK_S_IOERR;
+        } else {
+            /* Flush, discard and write-zeroes count as writes */
+            is_read = req->op == PFBD_OP_READ;
+            action = virtio_blk_pfbd_error_action(q->s, is_read, -ret);
+            virtio_blk_pfbd_error_event(q->s, action, is_read, -ret);
+            if (action == BLOCK_ERROR_ACTION_STOP) {
+                req->next_parked = q->parked;
+                q->parked = req;
+                return;
+            }
+            if (action == BLOCK_ERROR_ACTION_REPORT) {
+                status = VIRTIO_BLK_S_IOERR;
+            }
+        }
     }
     virtio_blk_pfbd_req_complete(req, status);
 }
@@ -153,6 +221,11 @@ static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
     VirtIOBlockPfbdQueue *q = req->q;
     int ret;
 
+    req->op = op;
+    req->iov = iov;
+    req->iovcnt = iovcnt;
+    req->len = bytes;
+    req->flags = flags;
     trace_virtio_blk_pfbd_req(q->s, q->index, req, req->type, req->sector,
                               bytes);
     ret = pfbd_submit(q->pq, op, req->sector << SECTOR_BITS, iov, iovcnt,
@@ -493,12 +566,98 @@ static void virtio_blk_pfbd_completion_poll_ready(EventNotifier *e)
     virtio_blk_pfbd_reap(q);
 }
 
+/*
+ * Send the requests parked by an error stop again, oldest first.
+ *
+ * Context: BH in the virtqueue's AioContext
+ */
+static void virtio_blk_pfbd_resubmit_bh(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+    VirtIOBlockPfbdReq *list = NULL, *req;
+
+    while (q->parked) {
+        req = q->parked;
+        q->parked = req->next_parked;
+        req->next_parked = list;
+        list = req;
+    }
+    while (list) {
+        req = list;
+        list = req->next_parked;
+        virtio_blk_pfbd_submit(req, req->op, req->iov, req->iovcnt, req->len,
+                               req->flags);
+    }
+    pfbd_queue_flush(q->pq);
+    virtio_blk_pfbd_notify(q);
+}
+
+/* Context: BQL held, after the virtio core's own handler */
+static void virtio_blk_pfbd_vm_state_change(void *opaque, bool running,
+                                            RunState state)
+{
+    VirtIOBlockPfbd *s = opaque;
+    unsigned int i;
+
+    if (!running || !s->ioeventfd_started) {
+        return;
+    }
+    for (i = 0; i < s->conf.num_queues; i++) {
+        if (s->queues[i].parked) {
+            aio_wait_bh_oneshot(s->queues[i].ctx, virtio_blk_pfbd_resubmit_bh,
+                                &s->queues[i]);
+        }
+    }
+}
+
+/*
+ * Give the parked requests back to the virtqueues unanswered (reset,
+ * unplug).
+ *
+ * Context: BQL held, the queues stopped
+ */
+static void virtio_blk_pfbd_drop_parked(VirtIOBlockPfbd *s)
+{
+    VirtIOBlockPfbdReq *req;
+    unsigned int i;
+
+    for (i = 0; s->queues && i < s->conf.num_queues; i++) {
+        VirtIOBlockPfbdQueue *q = &s->queues[i];
+
+        while ((req = q->parked)) {
+            q->parked = req->next_parked;
+            qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight - 1);
+            virtqueue_detach_element(q->vq, &req->elem, 0);
+            g_free(req->iov_copy);
+            g_free(req);
+        }
+    }
+}
+
+/* migration: parked requests are not in the device state */
+static int virtio_blk_pfbd_pre_save(void *opaque)
+{
+    VirtIOBlockPfbd *s = opaque;
+    unsigned int i;
+
+    for (i = 0; s->queues && i < s->conf.num_queues; i++) {
+        if (s->queues[i].parked) {
+            error_report("virtio-blk-pfbd: requests are waiting for an I/O "
+                         "error to clear (werror/rerror=stop): resume the VM "
+                         "(cont) before migrating it");
+            return -EBUSY;
+        }
+    }
+    return 0;
+}
+
 static void virtio_blk_pfbd_reset(VirtIODevice *vdev)
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
 
     /* ->stop_ioeventfd() has drained every queue */
     assert(!s->ioeventfd_started);
+    virtio_blk_pfbd_drop_parked(s);
     s->writeback = true;
 }
 
@@ -774,6 +933,17 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
                    "(e.g. volume=file:/path/to/image or volume=null:1G)");
         return false;
     }
+    if (conf->rerror == BLOCKDEV_ON_ERROR_ENOSPC) {
+        error_setg(errp, "rerror=enospc is not supported (reads do not run "
+                   "out of space): use report, ignore or stop");
+        return false;
+    }
+    if (conf->rerror == BLOCKDEV_ON_ERROR_AUTO) {
+        conf->rerror = BLOCKDEV_ON_ERROR_REPORT;
+    }
+    if (conf->werror == BLOCKDEV_ON_ERROR_AUTO) {
+        conf->werror = BLOCKDEV_ON_ERROR_ENOSPC;
+    }
     if (conf->num_queues == VIRTIO_BLK_PFBD_AUTO_NUM_QUEUES) {
         conf->num_queues = 1;
     }
@@ -972,6 +1142,9 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
         !virtio_blk_pfbd_queues_init(s, errp)) {
         goto fail;
     }
+    /* After virtio_init(): runs after the core has restarted the queues */
+    s->change = qdev_add_vm_change_state_handler(
+        dev, virtio_blk_pfbd_vm_state_change, s);
     return;
 
 fail:
@@ -989,6 +1162,11 @@ static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
     unsigned int i;
 
     assert(!s->ioeventfd_started);
+    if (s->change) {
+        qemu_del_vm_change_state_handler(s->change);
+        s->change = NULL;
+    }
+    virtio_blk_pfbd_drop_parked(s);
     virtio_blk_pfbd_queues_cleanup(s);
     virtio_blk_pfbd_vq_aio_context_cleanup(s);
     for (i = 0; i < s->conf.num_queues; i++) {
@@ -1206,6 +1384,7 @@ static const VMStateDescription vmstate_virtio_blk_pfbd_device = {
     .name = "virtio-blk-pfbd-device",
     .minimum_version_id = 1,
     .version_id = 1,
+    .pre_save = virtio_blk_pfbd_pre_save,
     .fields = (const VMStateField[]) {
         VMSTATE_BOOL(writeback, VirtIOBlockPfbd),
         VMSTATE_END_OF_LIST()
@@ -1251,6 +1430,10 @@ static const Property virtio_blk_pfbd_properties[] = {
     DEFINE_PROP_BIT64("config-wce", VirtIOBlockPfbd, host_features,
                       VIRTIO_BLK_F_CONFIG_WCE, true),
     DEFINE_PROP_BOOL("read-only", VirtIOBlockPfbd, conf.read_only, false),
+    DEFINE_PROP_BLOCKDEV_ON_ERROR("rerror", VirtIOBlockPfbd, conf.rerror,
+                                  BLOCKDEV_ON_ERROR_REPORT),
+    DEFINE_PROP_BLOCKDEV_ON_ERROR("werror", VirtIOBlockPfbd, conf.werror,
+                                  BLOCKDEV_ON_ERROR_ENOSPC),
 };
 
 static const struct {
@@ -1285,6 +1468,11 @@ static const struct {
     { "config-wce", "let the guest switch the write cache through the "
       "config space" },
     { "read-only", "open the volume read-only and offer VIRTIO_BLK_F_RO" },
+    { "rerror", "what a failed read does: report (default: the guest gets "
+      "an I/O error), ignore, stop (pause the VM; cont retries)" },
+    { "werror", "what a failed write, flush, discard or write-zeroes does: "
+      "enospc (default: stop on ENOSPC, report otherwise), report, ignore, "
+      "stop" },
 };
 
 static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)

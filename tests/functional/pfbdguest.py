@@ -497,3 +497,74 @@ def shm_dir(need_bytes):
     if st.f_bavail * st.f_frsize > need_bytes + (1 << 30):
         return "/dev/shm"
     return None
+
+
+# ---------------------------------------------------------------- boot images
+# The Debian system image of tests/image/build-image.sh (docs/images.rst),
+# booted by the firmware from a disk instead of -kernel/-initrd.
+
+IMAGE_NAME = "debian-bookworm.raw"
+
+
+def image_dir():
+    """Where build-image.sh caches the image (env PFBD_IMAGE_DIR, default
+    <repo>/build/image)."""
+    return os.environ.get("PFBD_IMAGE_DIR", os.path.join(REPO, "build", "image"))
+
+
+def ensure_image(timeout=3600, log=None):
+    """Build the Debian boot image if it is missing or stale (a no-op when
+    its stamp matches); return the path of the cached raw image.  Boot a copy
+    of it (cp --sparse=always): jobs write to the root file system."""
+    out = image_dir()
+    script = os.path.join(REPO, "tests", "image", "build-image.sh")
+    if log:
+        log("build-image.sh %s" % out)
+    p = subprocess.run(["bash", script, out], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError("build-image.sh failed:\n" +
+                           p.stdout.decode(errors="replace")[-4000:])
+    return os.path.join(out, IMAGE_NAME)
+
+
+def start_firmware_boot(guest, job, disks, timeout=None, accel=None, qmp=False,
+                        smp=None, mem=None, no_reboot=False, extra_args=()):
+    """Like Guest.start(), but SeaBIOS boots a disk: no -kernel/-initrd/
+    -append, and a reboot in the guest resets the machine (the firmware runs
+    again) unless no_reboot.  `disks` are the QEMU args of the disks (one with
+    bootindex); the job goes to fw_cfg opt/pfbd/job as with Guest.start(), for
+    the image's pfbd-autorun.  Returns a Vm; SeaBIOS' debug log is in
+    <vm.workdir>/bios.log (JobResult.bios_log after wait())."""
+    accel = accel or guest.accel
+    workdir = tempfile.mkdtemp(prefix="pfbd-boot-")
+    job_path = os.path.join(workdir, "job.sh")
+    with open(job_path, "w") as f:
+        f.write(job if job.endswith("\n") else job + "\n")
+    console_path = os.path.join(workdir, "console.log")
+    stderr_path = os.path.join(workdir, "qemu.stderr")
+    args = [guest.qemu, "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "q35", "-accel", accel,
+            "-m", mem or guest.mem, "-smp", str(smp or guest.smp),
+            "-L", guest.firmware,
+            "-serial", "file:" + console_path,
+            "-chardev", "file,id=pfbdbios,path=" +
+            os.path.join(workdir, "bios.log"),
+            "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
+            "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
+    if no_reboot:
+        args.append("-no-reboot")
+    qmp_path = None
+    if qmp:
+        qmp_path = os.path.join(workdir, "qmp.sock")
+        args += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path]
+    args += list(disks) + list(extra_args)
+    guest.log("qemu: " + " ".join(args))
+    with open(os.path.join(workdir, "cmdline"), "w") as f:
+        f.write(" ".join(args) + "\n")
+    errf = open(stderr_path, "wb")
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                            stdout=errf, stderr=errf)
+    errf.close()
+    return Vm(guest, proc, workdir, console_path, stderr_path, qmp_path,
+              accel, timeout or guest.default_timeout(accel))

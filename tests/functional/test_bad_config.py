@@ -62,6 +62,12 @@ def cases(image):
                 "num-queues": 2,
                 "iothread-vq-mapping": [{"iothread": "io0", "vqs": [0]}]}),
             "missing vq 1 IOThread assignment"),
+        "rerror=enospc": (
+            dev(volume=vol, rerror="enospc"),
+            "rerror=enospc is not supported"),
+        "werror not an action": (
+            dev(volume=vol, werror="pause"),
+            "werror"),
         "num-queues 0": (
             dev(volume=vol, **{"num-queues": 0}),
             "num-queues property must be larger than 0"),

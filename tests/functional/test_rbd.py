@@ -225,3 +225,55 @@ cmp /tmp/p /tmp/b && echo ALL-OK
         vm.kill()
     assert "SIZE-AFTER %d" % (96 * MiB // 512) in res.output, res.describe()
     assert "ALL-OK" in res.output, res.describe()
+
+
+def test_osd_down_rerror_stop_then_cont(guest, ceph):
+    """rerror=stop: a read that times out on an unresponsive OSD pauses
+    the VM (io-error); after the OSD is back, cont retries it and the
+    guest never sees an error."""
+    img = ceph.create_image("rstop", "64M")
+    job = """
+head -c 1048576 /dev/urandom > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=1M count=1 oflag=direct 2>/dev/null || exit 3
+echo PHASE-WRITTEN
+exec 3</dev/ttyS1
+while :; do
+    read -t 1 line <&3 || continue
+    case "$line" in go*) break ;; esac
+done
+echo GOT-GO
+dd if=/dev/vda of=/tmp/back bs=1M count=1 iflag=direct 2>/dev/null &&
+    cmp /tmp/pat /tmp/back && echo DATA-OK
+echo "IOERR-IN-GUEST $(dmesg | grep -c 'I/O error' || true)"
+"""
+    sock = os.path.join(ceph.dir, "ttyS1-rstop.sock")
+    extra = ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % sock,
+             "-serial", "chardev:ctl"]
+    vm = guest.start(job, rbd_disk(ceph, img, ":rados_osd_op_timeout=5",
+                                   rerror="stop") + extra,
+                     timeout=TIMEOUT, qmp=True)
+    try:
+        assert vm.wait_console("PHASE-WRITTEN"), vm.console()[-3000:]
+        osd = ceph.osd_pid()
+        os.kill(osd, signal.SIGSTOP)
+        try:
+            for _ in range(60):
+                ceph.send_line(sock, "go")
+                if vm.wait_console("GOT-GO", timeout=1):
+                    break
+            deadline = time.monotonic() + 120
+            while vm.qmp("query-status")["status"] != "io-error":
+                assert time.monotonic() < deadline, vm.console()[-3000:]
+                time.sleep(0.2)
+        finally:
+            os.kill(osd, signal.SIGCONT)
+        ev = [e["data"] for e in vm.qmp_conn.events
+              if e["event"] == "BLOCK_IO_ERROR"]
+        assert ev and ev[0]["operation"] == "read" and \
+            ev[0]["action"] == "stop", vm.qmp_conn.events
+        vm.qmp("cont")
+        res = vm.wait()
+    finally:
+        vm.kill()
+    assert "DATA-OK" in res.output, res.describe()
+    assert "IOERR-IN-GUEST 0" in res.output, res.describe()

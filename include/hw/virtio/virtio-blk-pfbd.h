@@ -15,6 +15,7 @@
 #include "qemu/event_notifier.h"
 #include "qom/object.h"
 #include "qapi/qapi-types-virtio.h"
+#include "qapi/qapi-types-block-core.h"
 #include "block/pfbd.h"
 
 #define TYPE_VIRTIO_BLK_PFBD "virtio-blk-pfbd-device"
@@ -35,6 +36,8 @@ typedef struct VirtIOBlockPfbdConf {
     uint32_t max_write_zeroes_sectors;
     bool seg_max_adjust;
     bool read_only;
+    BlockdevOnError rerror;
+    BlockdevOnError werror;
 } VirtIOBlockPfbdConf;
 
 /* Request classes counted by the per-queue statistics */
@@ -85,6 +88,12 @@ typedef struct VirtIOBlockPfbdQueue {
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
     unsigned int index;
     bool notify_pending;            /* used ring changed since last notify */
+    /*
+     * Requests that failed with rerror/werror=stop, newest first: resent
+     * when the VM runs again.  The queue's thread owns the list while the
+     * queue runs, the main loop while it is stopped.
+     */
+    struct VirtIOBlockPfbdReq *parked;
     char *iothread_name;            /* for the stats; "main-loop" if none */
     VirtIOBlockPfbdQueueStats stats;
 } VirtIOBlockPfbdQueue;
@@ -106,6 +115,8 @@ struct VirtIOBlockPfbd {
     AioContext **vq_aio_context;
     VirtIOBlockPfbdQueue *queues;
 
+    VMChangeStateEntry *change;     /* resends parked requests on cont */
+
     bool ioeventfd_disabled;
     bool ioeventfd_started;
     bool ioeventfd_starting;
@@ -122,6 +133,13 @@ typedef struct VirtIOBlockPfbdReq {
     uint64_t bytes;                 /* data bytes of a read or write */
     int64_t start_ns;               /* when it was popped */
     uint32_t type;
+    /* What went to the engine, to send it again after an error stop */
+    PfbdOp op;
+    const struct iovec *iov;
+    int iovcnt;
+    uint64_t len;
+    unsigned int flags;
+    struct VirtIOBlockPfbdReq *next_parked;
 } VirtIOBlockPfbdReq;
 
 #endif

@@ -1,0 +1,121 @@
+"""rerror/werror with a real Linux guest: a file volume on a small tmpfs
+that fills up (ENOSPC).  With stop (and enospc, the werror default) the VM
+pauses with the io-error run state and a BLOCK_IO_ERROR event naming the
+device; after the host makes room, cont sends the failed requests again
+and fio's verify passes.  With report the guest gets the I/O error.
+
+Mounting the tmpfs needs root.
+Run: /usr/bin/python3 -m pytest tests/functional/test_error_policy.py -v
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from pfbdguest import GuestError, disk_args, make_image
+
+MiB = 1 << 20
+TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
+QOM = "/machine/peripheral/disk0/virtio-backend"
+
+pytestmark = pytest.mark.usefixtures("pfbd_only")
+
+
+@pytest.fixture
+def pfbd_only(device_kind):
+    if device_kind != "pfbd":
+        pytest.skip("virtio-blk-pfbd's own rerror/werror")
+
+
+@pytest.fixture
+def small_fs():
+    """A 48 MiB tmpfs; remount(size) makes room."""
+    d = tempfile.mkdtemp(prefix="pfbd-enospc-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48M", "tmpfs", d],
+                   check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", d])
+        os.rmdir(d)
+
+
+def remount(d, size):
+    subprocess.run(["mount", "-o", "remount,size=" + size, d], check=True)
+
+
+def wait_status(vm, want, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = vm.qmp("query-status")["status"]
+        if st == want:
+            return
+        if vm.proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    vm.kill()
+    res = vm.wait(check=False)
+    raise GuestError(res.describe("the VM never reached run state '%s'"
+                                  % want), res)
+
+
+# 96 MiB through a 48 MiB file system: fio verifies what it wrote
+FILL_JOB = """
+set -e
+fio --filename=/dev/vda --direct=1 --eta=never --ioengine=libaio \\
+    --iodepth=4 --bs=1M --rw=write --size=96M --name=fill \\
+    --verify=crc32c --do_verify=1 --verify_fatal=1
+echo "IOERR-IN-GUEST $(dmesg | grep -c 'I/O error' || true)"
+echo ALL-OK
+"""
+
+
+@pytest.mark.parametrize("werror", ["stop", None])
+def test_enospc_stops_then_cont_retries(guest, small_fs, werror):
+    """werror=stop, and the default (enospc): the VM pauses on ENOSPC,
+    cont after making room completes every write, nothing is lost."""
+    image = make_image(os.path.join(small_fs, "disk.img"), "128M")
+    props = {"werror": werror} if werror else {}
+    vm = guest.start(FILL_JOB, disk_args("file:" + image, kind="pfbd",
+                                         num_queues=2, iothreads=["io0"],
+                                         **props),
+                     timeout=TIMEOUT, qmp=True)
+    try:
+        wait_status(vm, "io-error")
+        events = [e for e in vm.qmp_conn.events
+                  if e["event"] == "BLOCK_IO_ERROR"]
+        assert events, vm.qmp_conn.events
+        ev = events[0]["data"]
+        assert ev["qom-path"] == QOM, ev
+        assert ev["action"] == "stop" and ev["operation"] == "write", ev
+        assert ev["nospace"] is True, ev
+        stats = vm.qmp("qom-get", path=QOM, property="stats")
+        assert sum(q["in-flight"] for q in stats["queues"]) >= 1, stats
+        # make room and resume: the parked writes go again
+        remount(small_fs, "256M")
+        vm.qmp("cont")
+        res = vm.wait()
+    finally:
+        vm.kill()
+    assert "ALL-OK" in res.output, res.describe()
+    assert "IOERR-IN-GUEST 0" in res.output, res.describe()
+
+
+def test_werror_report_gives_guest_ioerr(guest, small_fs):
+    """werror=report: the write fails in the guest, the VM keeps running."""
+    image = make_image(os.path.join(small_fs, "disk.img"), "128M")
+    job = """
+if dd if=/dev/zero of=/dev/vda bs=1M count=96 oflag=direct 2>/tmp/err; then
+    echo DD-SUCCEEDED
+else
+    echo DD-FAILED; cat /tmp/err
+fi
+dmesg | grep -m1 'I/O error' || true
+"""
+    r = guest.run_job(job, disk_args("file:" + image, kind="pfbd",
+                                     werror="report"), timeout=TIMEOUT)
+    assert "DD-FAILED" in r.output, r.describe()
+    assert "I/O error, dev vda" in r.output, r.describe()
