@@ -503,6 +503,17 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
     if (ret > 0) {
         virtio_blk_pfbd_stat_add(&st->submits, 1);
+        /*
+         * Engines may complete during the submit (null; io_uring on a page
+         * cache hit): take those now, with this batch's notification,
+         * instead of after another trip through the event loop.  Clear
+         * the eventfd first so that no later completion loses its wakeup.
+         */
+        if (pfbd_queue_completions_ready(q->pq)) {
+            event_notifier_test_and_clear(&q->completion);
+            trace_virtio_blk_pfbd_reap(q->s, q->index,
+                                       pfbd_queue_reap(q->pq, 0));
+        }
     }
 
     virtio_blk_pfbd_notify(q);

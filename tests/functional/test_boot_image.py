@@ -100,8 +100,10 @@ def bios_tail(res, n=TAIL):
 
 
 def fail(res, problem):
-    raise GuestError(res.describe("boot test failed: " + problem) + "\n" +
-                     bios_tail(res), res)
+    msg = res.describe("boot test failed: " + problem)
+    if res.console.strip():     # (describe() shows it for an empty console)
+        msg += "\n" + bios_tail(res)
+    raise GuestError(msg, res)
 
 
 def job_runs(console):
