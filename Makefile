@@ -107,6 +107,10 @@ check: check-unit check-qtest check-sanitizers check-functional
 # make bench: the benchmark rig (tests/bench/)
 -include tests/bench/bench.mk
 
+# make image: the bootable Debian image (tests/image/, docs/images.rst)
+-include tests/image/image.mk
+check-image: build guest
+
 clean:
 	if [ -d $(QB) ]; then $(NINJA) -C $(QB) clean; fi
 

@@ -37,11 +37,13 @@ debian_uri() {
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
         uri=$(awk -v cn="$codename" '
-            /^[ \t]*$/ { if (u != "" && s ~ ("(^| )" cn "( |$)")) { print u; exit }
+            /^[ \t]*$/ { if (u != "" && s ~ ("(^| )" cn "( |$)")) {
+                             print u; done = 1; exit }
                          u = ""; s = ""; next }
             /^URIs:/   { u = $2 }
             /^Suites:/ { $1 = ""; s = $0 " " }
-            END        { if (u != "" && s ~ ("(^| )" cn "( |$)")) print u }' "$f")
+            END        { if (!done && u != "" && s ~ ("(^| )" cn "( |$)"))
+                             print u }' "$f")
         if [ -n "$uri" ]; then
             echo "$uri"
             return
@@ -114,6 +116,8 @@ pkgs=(
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
     # the throwaway Ceph cluster of the rbd tests (tests/ceph/)
     ceph-mon ceph-osd ceph-common jq uuid-runtime iproute2
+    # the bootable Debian image (tests/image/build-image.sh)
+    mmdebstrap grub-pc-bin fdisk
 )
 if [ -n "$fuzz" ]; then
     pkgs+=(clang libclang-rt-dev)
