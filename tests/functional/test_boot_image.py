@@ -156,10 +156,29 @@ def test_boot_reboot_fio(guest, disk, boot_image, image_dir):
     poweroff (QEMU exit status 0)."""
     boot = os.path.join(image_dir, "boot.raw")
     subprocess.run(["cp", "--sparse=always", boot_image, boot], check=True)
+    boot_and_check(guest, disk, "file:" + boot, image_dir)
+
+
+def test_boot_from_rbd(guest, disk, device_kind, boot_image, image_dir,
+                       ceph):
+    """The same with the boot disk on the rbd engine: the image imported
+    with `rbd import` into the test cluster (docs/images.rst)."""
+    if device_kind != "pfbd":
+        pytest.skip("stock virtio-blk-pci takes no rbd: volume")
+    name = "boot-%d" % os.getpid()
+    ceph.rbd("import", "--no-progress", boot_image, "rbd/" + name)
+    try:
+        boot_and_check(guest, disk,
+                       "rbd:rbd/%s:conf=%s" % (name, ceph.conf), image_dir)
+    finally:
+        ceph.rbd("rm", "--no-progress", "rbd/" + name)
+
+
+def boot_and_check(guest, disk, boot_volume, image_dir):
     data = make_image(os.path.join(image_dir, "data.raw"), DATA_SIZE)
 
     # 2 queues on the boot disk too: SeaBIOS drives only the first one
-    disks = (disk("file:" + boot, dev_id="boot0", num_queues=2, bootindex=1,
+    disks = (disk(boot_volume, dev_id="boot0", num_queues=2, bootindex=1,
                   addr=BOOT_ADDR) +
              disk("file:" + data, dev_id="data0", num_queues=2,
                   iothreads=["io0", "io1"], addr=DATA_ADDR))

@@ -1486,6 +1486,32 @@ static void test_rbd_open_errors(void)
     g_free(name);
 }
 
+/* Without conf=, $CEPH_CONF names the configuration */
+static void test_rbd_ceph_conf_env(void)
+{
+    TestVolume tv = { 0 };
+    char *name = rbd_test_image(MiB);
+    char *spec = g_strdup_printf("rbd:rbd/%s", name);
+    char *saved = g_strdup(getenv("CEPH_CONF"));
+
+    g_setenv("CEPH_CONF", ceph_conf, TRUE);
+    open_spec(&tv, spec, false, 1);
+    check_write_read(tv.q, 0, 4096, 0);
+    close_volume(&tv);
+    g_setenv("CEPH_CONF", "/nonexistent/ceph.conf", TRUE);
+    check_open_fails(spec, NULL, -ENOENT, "cannot read the Ceph "
+                     "configuration '/nonexistent/ceph.conf' ($CEPH_CONF)");
+    if (saved) {
+        g_setenv("CEPH_CONF", saved, TRUE);
+    } else {
+        g_unsetenv("CEPH_CONF");
+    }
+    rbd_test_remove(name);
+    g_free(saved);
+    g_free(spec);
+    g_free(name);
+}
+
 static void test_rbd_unreachable(void)
 {
     char *conf = g_strdup_printf("%s/dead.conf", tmpdir);
@@ -1530,6 +1556,7 @@ static void add_rbd_tests(void)
     g_test_add_func("/pfbd/rbd/refresh-size", test_rbd_refresh_size);
     g_test_add_func("/pfbd/rbd/spec-escapes", test_rbd_spec_escapes);
     g_test_add_func("/pfbd/rbd/open-errors", test_rbd_open_errors);
+    g_test_add_func("/pfbd/rbd/ceph-conf-env", test_rbd_ceph_conf_env);
     g_test_add_func("/pfbd/rbd/unreachable", test_rbd_unreachable);
 }
 #endif /* PFBD_HAVE_RBD */
