@@ -982,8 +982,9 @@ def write_outputs(doc, opts, out):
     plot(doc, opts, os.path.join(out, "iops.png"))
     if not doc["meta"]["quick"] and not opts.no_doc:
         path = os.path.join(REPO, "docs", "benchmarks.md")
+        kept = keep_section(path, md)   # before "w" empties the file
         with open(path, "w") as f:
-            f.write(md + keep_section(path, md))
+            f.write(md + kept)
         if os.path.exists(os.path.join(out, "iops.png")):
             shutil.copyfile(os.path.join(out, "iops.png"),
                             os.path.join(REPO, "docs", "benchmarks-iops.png"))
