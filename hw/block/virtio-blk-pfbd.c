@@ -196,6 +196,8 @@ static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
             /* Flush, discard and write-zeroes count as writes */
             is_read = req->op == PFBD_OP_READ;
             action = virtio_blk_pfbd_error_action(q->s, is_read, -ret);
+            trace_virtio_blk_pfbd_error_action(q->s, q->index, req, -ret,
+                                               action);
             virtio_blk_pfbd_error_event(q->s, action, is_read, -ret);
             if (action == BLOCK_ERROR_ACTION_STOP) {
                 req->next_parked = q->parked;
@@ -586,13 +588,16 @@ static void virtio_blk_pfbd_resubmit_bh(void *opaque)
 {
     VirtIOBlockPfbdQueue *q = opaque;
     VirtIOBlockPfbdReq *list = NULL, *req;
+    unsigned int n = 0;
 
     while (q->parked) {
         req = q->parked;
         q->parked = req->next_parked;
         req->next_parked = list;
         list = req;
+        n++;
     }
+    trace_virtio_blk_pfbd_resubmit(q->s, q->index, n);
     while (list) {
         req = list;
         list = req->next_parked;
@@ -1350,6 +1355,7 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
                    s->conf.logical_block_size);
         return;
     }
+    trace_virtio_blk_pfbd_resize(s, qatomic_read(&s->capacity), capacity);
     if (capacity != qatomic_read(&s->capacity)) {
         qatomic_set(&s->capacity, capacity);
         virtio_notify_config(vdev);
