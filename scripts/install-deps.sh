@@ -30,38 +30,8 @@ if [ "${ID:-}" != debian ] || [ -z "$codename" ]; then
     exit 1
 fi
 
-# The URI of the existing Debian archive entry (deb822 or one-line format),
-# skipping the security archive.
-debian_uri() {
-    local f uri
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        uri=$(awk -v cn="$codename" '
-            /^[ \t]*$/ { if (u != "" && s ~ ("(^| )" cn "( |$)")) {
-                             print u; done = 1; exit }
-                         u = ""; s = ""; next }
-            /^URIs:/   { u = $2 }
-            /^Suites:/ { $1 = ""; s = $0 " " }
-            END        { if (!done && u != "" && s ~ ("(^| )" cn "( |$)"))
-                             print u }' "$f")
-        if [ -n "$uri" ]; then
-            echo "$uri"
-            return
-        fi
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        uri=$(awk -v cn="$codename" '$1 == "deb" && $0 !~ /security/ {
-                  for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {
-                      if ($(i + 1) == cn) { print $i; exit } } }' "$f")
-        if [ -n "$uri" ]; then
-            echo "$uri"
-            return
-        fi
-    done
-}
-
-uri=$(debian_uri)
+# The URI of the machine's own Debian entry (no host name in the project)
+uri=$(bash "$(dirname "$0")/debian-uri.sh" "$codename" || true)
 if [ -z "$uri" ]; then
     say "no Debian entry for '$codename' found in /etc/apt; cannot add suites" >&2
     exit 1

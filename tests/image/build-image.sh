@@ -19,8 +19,8 @@
 #   - mmdebstrap (--variant=minbase, root mode: runs the maintainer scripts in
 #     a chroot) installs into OUTDIR/scratch/root: systemd, udev,
 #     linux-image-amd64 + initramfs-tools, fio, e2fsprogs.  The mirror is the
-#     one of the host's own Debian apt entry (debian_uri below, the approach
-#     of scripts/install-deps.sh); nothing else is downloaded.
+#     one of the host's own Debian apt entry (scripts/debian-uri.sh, shared
+#     with scripts/install-deps.sh); nothing else is downloaded.
 #   - the initramfs (initramfs-tools, MODULES=list) holds just what mounting
 #     root=UUID=... from /dev/vda1 needs: virtio_pci, virtio_blk, ext4.
 #   - the system: no getty when a job is given, no timers, volatile journal,
@@ -90,42 +90,15 @@ if [ ${#need[@]} != 0 ]; then
         "${need[@]}" >&2
 fi
 
-# The URI of the host's Debian archive entry (deb822 or one-line format),
-# skipping the security archive: as in scripts/install-deps.sh.
+# The URI of the host's Debian archive entry (scripts/debian-uri.sh, also
+# used by scripts/install-deps.sh).
 . /etc/os-release
 if [ "${ID:-}" != debian ] || [ -z "${VERSION_CODENAME:-}" ]; then
     log "this script knows Debian hosts only (found ${PRETTY_NAME:-unknown})"
     exit 1
 fi
 codename=$VERSION_CODENAME
-debian_uri() {
-    local f uri
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        uri=$(awk -v cn="$codename" '
-            function check() { if (u != "" && s ~ ("(^| )" cn "( |$)")) { print u; found = 1 } }
-            found      { next }
-            /^[ \t]*$/ { check(); u = ""; s = ""; next }
-            /^URIs:/   { u = $2 }
-            /^Suites:/ { $1 = ""; s = $0 " " }
-            END        { if (!found) check() }' "$f")
-        if [ -n "$uri" ]; then
-            echo "$uri"
-            return
-        fi
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        uri=$(awk -v cn="$codename" '$1 == "deb" && $0 !~ /security/ {
-                  for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {
-                      if ($(i + 1) == cn) { print $i; exit } } }' "$f")
-        if [ -n "$uri" ]; then
-            echo "$uri"
-            return
-        fi
-    done
-}
-URI=$(debian_uri)
+URI=$(bash "$REPO/scripts/debian-uri.sh" "$codename" || true)
 if [ -z "$URI" ]; then
     log "no Debian entry for '$codename' in /etc/apt: cannot pick a mirror"
     exit 1
