@@ -230,23 +230,9 @@ static void file_volume_close(PfbdVolume *vol)
     free(fv);
 }
 
-static int file_volume_refresh_size(PfbdVolume *vol)
+static int file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 {
-    FileVolume *fv = (FileVolume *)vol;
-    uint64_t size;
-    int ret;
-
-    ret = file_get_size(fv, &size);
-    if (ret < 0) {
-        return ret;
-    }
-    size -= size % vol->info.block_size;
-    if (size == 0) {
-        return -EINVAL;
-    }
-    /* Queues may be checking requests against it right now */
-    __atomic_store_n(&vol->info.size, size, __ATOMIC_RELAXED);
-    return 0;
+    return file_get_size((FileVolume *)vol, sizep);
 }
 
 /*
@@ -768,7 +754,7 @@ const PfbdEngine pfbd_engine_file = {
     .name = "file",
     .volume_open = file_volume_open,
     .volume_close = file_volume_close,
-    .volume_refresh_size = file_volume_refresh_size,
+    .volume_get_size = file_volume_get_size,
     .queue_new = file_queue_new,
     .queue_free = file_queue_free,
     .queue_get_fd = file_queue_get_fd,

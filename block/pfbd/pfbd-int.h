@@ -48,8 +48,11 @@ struct PfbdEngine {
                        const PfbdOpenOptions *opts, PfbdVolume **volp,
                        char **errmsg);
     void (*volume_close)(PfbdVolume *vol);
-    /* Update vol->info.size, or return a negative errno.  May be NULL. */
-    int (*volume_refresh_size)(PfbdVolume *vol);
+    /*
+     * Store the current size of the backing store, in bytes, in *@sizep,
+     * or return a negative errno.  May be NULL (the size never changes).
+     */
+    int (*volume_get_size)(PfbdVolume *vol, uint64_t *sizep);
 
     /* Allocate the engine's queue struct and store it in @qp. */
     int (*queue_new)(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);

@@ -224,10 +224,23 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info)
 
 int pfbd_volume_refresh_size(PfbdVolume *vol)
 {
-    if (!vol->engine->volume_refresh_size) {
+    uint64_t size;
+    int ret;
+
+    if (!vol->engine->volume_get_size) {
         return 0;
     }
-    return vol->engine->volume_refresh_size(vol);
+    ret = vol->engine->volume_get_size(vol, &size);
+    if (ret < 0) {
+        return ret;
+    }
+    size -= size % vol->info.block_size;
+    if (size == 0) {
+        return -EINVAL;
+    }
+    /* Queues may be checking requests against it right now */
+    __atomic_store_n(&vol->info.size, size, __ATOMIC_RELAXED);
+    return 0;
 }
 
 int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)

@@ -447,23 +447,9 @@ fail:
     return ret;
 }
 
-static int pfbd_rbd_volume_refresh_size(PfbdVolume *vol)
+static int pfbd_rbd_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 {
-    RbdVolume *rv = (RbdVolume *)vol;
-    uint64_t size;
-    int ret;
-
-    ret = rbd_get_size(rv->image, &size);
-    if (ret < 0) {
-        return ret;
-    }
-    size -= size % RBD_BLOCK_SIZE;
-    if (size == 0) {
-        return -EINVAL;
-    }
-    /* Queues may be checking requests against it right now */
-    __atomic_store_n(&vol->info.size, size, __ATOMIC_RELAXED);
-    return 0;
+    return rbd_get_size(((RbdVolume *)vol)->image, sizep);
 }
 
 static void pfbd_rbd_queue_free(PfbdQueue *q)
@@ -744,7 +730,7 @@ const PfbdEngine pfbd_engine_rbd = {
     .name = "rbd",
     .volume_open = pfbd_rbd_volume_open,
     .volume_close = pfbd_rbd_volume_close,
-    .volume_refresh_size = pfbd_rbd_volume_refresh_size,
+    .volume_get_size = pfbd_rbd_volume_get_size,
     .queue_new = pfbd_rbd_queue_new,
     .queue_free = pfbd_rbd_queue_free,
     .queue_get_fd = pfbd_rbd_queue_get_fd,
