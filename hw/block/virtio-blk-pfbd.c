@@ -452,6 +452,26 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
 }
 
 /* Context: the virtqueue's AioContext */
+/* Context: the virtqueue's AioContext */
+static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
+{
+    int n = pfbd_queue_reap(q->pq, 0);
+
+    if (n > 0) {
+        trace_virtio_blk_pfbd_reap(q->s, q->index, n);
+        virtio_blk_pfbd_notify(q);
+    }
+}
+
+static void virtio_blk_pfbd_completion_read(EventNotifier *e)
+{
+    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
+                                           completion);
+
+    event_notifier_test_and_clear(e);
+    virtio_blk_pfbd_reap(q);
+}
+
 static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
 {
     VirtIOBlockPfbdQueueStats *st = &q->stats;
@@ -507,14 +527,12 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
         virtio_blk_pfbd_stat_add(&st->submits, 1);
         /*
          * Engines may complete during the submit (null; io_uring on a page
-         * cache hit): take those now, with this batch's notification,
-         * instead of after another trip through the event loop.  Clear
-         * the eventfd first so that no later completion loses its wakeup.
+         * cache hit): take those now, as the eventfd handler would (it
+         * clears the eventfd first, so no later completion loses its
+         * wakeup), instead of after another trip through the event loop.
          */
         if (pfbd_queue_completions_ready(q->pq)) {
-            event_notifier_test_and_clear(&q->completion);
-            trace_virtio_blk_pfbd_reap(q->s, q->index,
-                                       pfbd_queue_reap(q->pq, 0));
+            virtio_blk_pfbd_completion_read(&q->completion);
         }
     }
 
@@ -541,26 +559,6 @@ static void virtio_blk_pfbd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
     }
 
     virtio_blk_pfbd_handle_vq(&s->queues[virtio_get_queue_index(vq)]);
-}
-
-/* Context: the virtqueue's AioContext */
-static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
-{
-    int n = pfbd_queue_reap(q->pq, 0);
-
-    if (n > 0) {
-        trace_virtio_blk_pfbd_reap(q->s, q->index, n);
-        virtio_blk_pfbd_notify(q);
-    }
-}
-
-static void virtio_blk_pfbd_completion_read(EventNotifier *e)
-{
-    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
-                                           completion);
-
-    event_notifier_test_and_clear(e);
-    virtio_blk_pfbd_reap(q);
 }
 
 static bool virtio_blk_pfbd_completion_poll(void *opaque)
