@@ -51,6 +51,15 @@ def device_kind(guest):
 
 
 @pytest.fixture
+def pfbd_only(device_kind):
+    """For tests of virtio-blk-pfbd's own features (statistics, lifecycle
+    properties, error policy): skipped with PFBD_TEST_DEVICE=stock."""
+    if device_kind != "pfbd":
+        pytest.skip("a virtio-blk-pfbd feature: not run on stock "
+                    "virtio-blk-pci (PFBD_TEST_DEVICE=stock)")
+
+
+@pytest.fixture
 def disk(device_kind):
     """disk(volume, **kw) -> QEMU args for the device under test."""
     def make(volume, **kw):

@@ -201,6 +201,22 @@ class Vm:
             time.sleep(0.2)
         return False
 
+    def wait_status(self, want, timeout=None):
+        """Poll QMP query-status until the run state is `want`; on a
+        timeout or a QEMU exit, kill it and raise GuestError with the
+        console tail."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            if self.qmp("query-status")["status"] == want:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.kill()
+        res = self.wait(check=False)
+        raise GuestError(res.describe("the VM never reached run state '%s'"
+                                      % want), res)
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -339,32 +355,35 @@ class Guest:
         return 600 if (accel or self.accel) == "tcg" else 180
 
     def base_args(self, accel, job_path, console_path, smp=None, mem=None,
-                  cmdline_extra="", reboot=False):
+                  cmdline_extra="", reboot=False, firmware_boot=False):
         # reboot=True: a guest reboot or system_reset restarts the guest
-        # (the job runs again) instead of ending QEMU
+        # (the job runs again) instead of ending QEMU; firmware_boot=True:
+        # no -kernel/-initrd, SeaBIOS boots a disk with a bootindex
         args = [self.qemu, "-nodefaults", "-no-user-config", "-display", "none",
                 "-machine", "q35", "-accel", accel,
                 "-m", mem or self.mem, "-smp", str(smp or self.smp),
-                "-L", self.firmware,
-                "-kernel", os.path.join(self.gdir, "vmlinuz"),
-                "-initrd", os.path.join(self.gdir, "initramfs.img"),
-                "-append", ("console=ttyS0 loglevel=%s panic=-1 "
-                            % os.environ.get("PFBD_GUEST_LOGLEVEL", "4")
-                            + cmdline_extra).strip(),
-                "-serial", "file:" + console_path,
-                # SeaBIOS debug output (shown on failure when the kernel did
-                # not get to print anything, e.g. a hang in the BIOS' own
-                # virtio-blk driver)
-                "-chardev", "file,id=pfbdbios,path=" +
-                os.path.join(os.path.dirname(console_path), "bios.log"),
-                "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
-                "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
+                "-L", self.firmware]
+        if not firmware_boot:
+            args += ["-kernel", os.path.join(self.gdir, "vmlinuz"),
+                     "-initrd", os.path.join(self.gdir, "initramfs.img"),
+                     "-append", ("console=ttyS0 loglevel=%s panic=-1 "
+                                 % os.environ.get("PFBD_GUEST_LOGLEVEL", "4")
+                                 + cmdline_extra).strip()]
+        args += ["-serial", "file:" + console_path,
+                 # SeaBIOS debug output (shown on failure when the kernel did
+                 # not get to print anything, e.g. a hang in the BIOS' own
+                 # virtio-blk driver)
+                 "-chardev", "file,id=pfbdbios,path=" +
+                 os.path.join(os.path.dirname(console_path), "bios.log"),
+                 "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
+                 "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
         if not reboot:
             args.append("-no-reboot")
         return args
 
     def start(self, job, extra_args=(), timeout=None, accel=None, qmp=False,
-              smp=None, mem=None, cmdline_extra="", reboot=False):
+              smp=None, mem=None, cmdline_extra="", reboot=False,
+              firmware_boot=False):
         """Start QEMU running `job` (shell script text); returns a Vm."""
         accel = accel or self.accel
         workdir = tempfile.mkdtemp(prefix="pfbd-guest-")
@@ -374,7 +393,7 @@ class Guest:
         console_path = os.path.join(workdir, "console.log")
         stderr_path = os.path.join(workdir, "qemu.stderr")
         args = self.base_args(accel, job_path, console_path, smp, mem,
-                              cmdline_extra, reboot)
+                              cmdline_extra, reboot, firmware_boot)
         qmp_path = None
         if qmp:
             qmp_path = os.path.join(workdir, "qmp.sock")
@@ -536,35 +555,6 @@ def start_firmware_boot(guest, job, disks, timeout=None, accel=None, qmp=False,
     bootindex); the job goes to fw_cfg opt/pfbd/job as with Guest.start(), for
     the image's pfbd-autorun.  Returns a Vm; SeaBIOS' debug log is in
     <vm.workdir>/bios.log (JobResult.bios_log after wait())."""
-    accel = accel or guest.accel
-    workdir = tempfile.mkdtemp(prefix="pfbd-boot-")
-    job_path = os.path.join(workdir, "job.sh")
-    with open(job_path, "w") as f:
-        f.write(job if job.endswith("\n") else job + "\n")
-    console_path = os.path.join(workdir, "console.log")
-    stderr_path = os.path.join(workdir, "qemu.stderr")
-    args = [guest.qemu, "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "q35", "-accel", accel,
-            "-m", mem or guest.mem, "-smp", str(smp or guest.smp),
-            "-L", guest.firmware,
-            "-serial", "file:" + console_path,
-            "-chardev", "file,id=pfbdbios,path=" +
-            os.path.join(workdir, "bios.log"),
-            "-device", "isa-debugcon,iobase=0x402,chardev=pfbdbios",
-            "-fw_cfg", "name=opt/pfbd/job,file=" + job_path]
-    if no_reboot:
-        args.append("-no-reboot")
-    qmp_path = None
-    if qmp:
-        qmp_path = os.path.join(workdir, "qmp.sock")
-        args += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path]
-    args += list(disks) + list(extra_args)
-    guest.log("qemu: " + " ".join(args))
-    with open(os.path.join(workdir, "cmdline"), "w") as f:
-        f.write(" ".join(args) + "\n")
-    errf = open(stderr_path, "wb")
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                            stdout=errf, stderr=errf)
-    errf.close()
-    return Vm(guest, proc, workdir, console_path, stderr_path, qmp_path,
-              accel, timeout or guest.default_timeout(accel))
+    return guest.start(job, list(disks) + list(extra_args), timeout, accel,
+                       qmp, smp, mem, reboot=not no_reboot,
+                       firmware_boot=True)

@@ -11,23 +11,16 @@ Run: /usr/bin/python3 -m pytest tests/functional/test_error_policy.py -v
 import os
 import subprocess
 import tempfile
-import time
 
 import pytest
 
-from pfbdguest import GuestError, disk_args, make_image
+from pfbdguest import disk_args, make_image
 
 MiB = 1 << 20
 TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
 QOM = "/machine/peripheral/disk0/virtio-backend"
 
 pytestmark = pytest.mark.usefixtures("pfbd_only")
-
-
-@pytest.fixture
-def pfbd_only(device_kind):
-    if device_kind != "pfbd":
-        pytest.skip("virtio-blk-pfbd's own rerror/werror")
 
 
 @pytest.fixture
@@ -45,21 +38,6 @@ def small_fs():
 
 def remount(d, size):
     subprocess.run(["mount", "-o", "remount,size=" + size, d], check=True)
-
-
-def wait_status(vm, want, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = vm.qmp("query-status")["status"]
-        if st == want:
-            return
-        if vm.proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    vm.kill()
-    res = vm.wait(check=False)
-    raise GuestError(res.describe("the VM never reached run state '%s'"
-                                  % want), res)
 
 
 # 96 MiB through a 48 MiB file system: fio verifies what it wrote
@@ -84,7 +62,7 @@ def test_enospc_stops_then_cont_retries(guest, small_fs, werror):
                                          **props),
                      timeout=TIMEOUT, qmp=True)
     try:
-        wait_status(vm, "io-error")
+        vm.wait_status("io-error")
         events = [e for e in vm.qmp_conn.events
                   if e["event"] == "BLOCK_IO_ERROR"]
         assert events, vm.qmp_conn.events

@@ -6,14 +6,13 @@ Run: /usr/bin/python3 -m pytest tests/functional/test_lifecycle.py -v
 """
 
 import hashlib
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from pfbdguest import GuestError, disk_args, make_image, parse_console
+from pfbdguest import GuestError, disk_args
 
 MiB = 1 << 20
 TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
@@ -22,12 +21,6 @@ FIO = ("fio --filename=/dev/vda --direct=1 --eta=never --ioengine=io_uring "
        "--bs=4k --iodepth=32 --verify=crc32c --do_verify=1 --verify_fatal=1")
 
 pytestmark = pytest.mark.usefixtures("pfbd_only")
-
-
-@pytest.fixture
-def pfbd_only(device_kind):
-    if device_kind != "pfbd":
-        pytest.skip("these tests drive virtio-blk-pfbd's own properties")
 
 
 def pfbd_disk(volume, **kw):

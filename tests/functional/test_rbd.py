@@ -6,6 +6,7 @@ stops it at the end of the session.  Run:
   /usr/bin/python3 -m pytest tests/functional/test_rbd.py -v
 """
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -88,23 +89,59 @@ fi
     assert ceph.read_image(img + "@s1", 0, 8 * MiB) == payload
 
 
-def test_osd_down_ioerr_then_resume(guest, ceph):
-    """An unresponsive OSD: requests fail with an I/O error in the guest
-    (rados_osd_op_timeout), QEMU stays up, and I/O works again once the
-    OSD is back."""
-    img = ceph.create_image("osd", "64M")
-    job = """
-set -u
+# Guest side of the OSD tests: write 1 MiB of a pattern to /tmp/pat and the
+# disk, say so, then wait for the host, which stops the OSD, to send "go"
+# on ttyS1
+WRITE_THEN_WAIT_FOR_OSD_STOP = """
 head -c 1048576 /dev/urandom > /tmp/pat
 dd if=/tmp/pat of=/dev/vda bs=1M count=1 oflag=direct 2>/dev/null || exit 3
 echo PHASE-WRITTEN
-# wait for the host to stop the OSD: it sends "go" on ttyS1
 exec 3</dev/ttyS1
 while :; do
     read -t 1 line <&3 || continue
     case "$line" in go*) break ;; esac
 done
 echo GOT-GO
+"""
+
+
+def start_osd_test(guest, ceph, img, job, name, qmp=False, **disk_kw):
+    """Start a guest on rbd/IMG (requests time out after 5 s) with a
+    control serial port (ttyS1) for WRITE_THEN_WAIT_FOR_OSD_STOP; returns
+    (vm, socket path)."""
+    sock = os.path.join(ceph.dir, "ttyS1-%s.sock" % name)
+    extra = ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % sock,
+             "-serial", "chardev:ctl"]
+    vm = guest.start(job, rbd_disk(ceph, img, ":rados_osd_op_timeout=5",
+                                   **disk_kw) + extra,
+                     timeout=TIMEOUT, qmp=qmp)
+    return vm, sock
+
+
+@contextlib.contextmanager
+def osd_stopped(ceph, vm, sock):
+    """Once the guest wrote its pattern: SIGSTOP the OSD and tell the guest
+    to go on; SIGCONT it when the block ends."""
+    assert vm.wait_console("PHASE-WRITTEN"), vm.console()[-3000:]
+    osd = ceph.osd_pid()
+    os.kill(osd, signal.SIGSTOP)
+    try:
+        # resend until the guest has it (it may not be reading yet)
+        for _ in range(60):
+            ceph.send_line(sock, "go")
+            if vm.wait_console("GOT-GO", timeout=1):
+                break
+        yield
+    finally:
+        os.kill(osd, signal.SIGCONT)
+
+
+def test_osd_down_ioerr_then_resume(guest, ceph):
+    """An unresponsive OSD: requests fail with an I/O error in the guest
+    (rados_osd_op_timeout), QEMU stays up, and I/O works again once the
+    OSD is back."""
+    img = ceph.create_image("osd", "64M")
+    job = "set -u\n" + WRITE_THEN_WAIT_FOR_OSD_STOP + """
 if dd if=/dev/vda of=/tmp/back bs=1M count=1 iflag=direct 2>/tmp/dd.err; then
     echo READ-SUCCEEDED-WHILE-DOWN
 else
@@ -122,25 +159,11 @@ done
 dd if=/tmp/pat of=/dev/vda bs=1M count=1 seek=2 oflag=direct 2>/dev/null &&
     echo WRITE-AFTER-OK
 """
-    sock = os.path.join(ceph.dir, "ttyS1.sock")
-    extra = ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % sock,
-             "-serial", "chardev:ctl"]
-    vm = guest.start(job, rbd_disk(ceph, img, ":rados_osd_op_timeout=5",
-                                   num_queues=2, iothreads=["io0"]) + extra,
-                     timeout=TIMEOUT)
+    vm, sock = start_osd_test(guest, ceph, img, job, "osd", num_queues=2,
+                              iothreads=["io0"])
     try:
-        assert vm.wait_console("PHASE-WRITTEN"), vm.console()[-3000:]
-        osd = ceph.osd_pid()
-        os.kill(osd, signal.SIGSTOP)
-        try:
-            # resend until the guest has it (it may not be reading yet)
-            for _ in range(60):
-                ceph.send_line(sock, "go")
-                if vm.wait_console("GOT-GO", timeout=1):
-                    break
+        with osd_stopped(ceph, vm, sock):
             ok = vm.wait_console("IOERR-SEEN", timeout=120)
-        finally:
-            os.kill(osd, signal.SIGCONT)
         assert ok, vm.console()[-3000:]
         res = vm.wait()
     finally:
@@ -232,41 +255,16 @@ def test_osd_down_rerror_stop_then_cont(guest, ceph):
     the VM (io-error); after the OSD is back, cont retries it and the
     guest never sees an error."""
     img = ceph.create_image("rstop", "64M")
-    job = """
-head -c 1048576 /dev/urandom > /tmp/pat
-dd if=/tmp/pat of=/dev/vda bs=1M count=1 oflag=direct 2>/dev/null || exit 3
-echo PHASE-WRITTEN
-exec 3</dev/ttyS1
-while :; do
-    read -t 1 line <&3 || continue
-    case "$line" in go*) break ;; esac
-done
-echo GOT-GO
+    job = WRITE_THEN_WAIT_FOR_OSD_STOP + """
 dd if=/dev/vda of=/tmp/back bs=1M count=1 iflag=direct 2>/dev/null &&
     cmp /tmp/pat /tmp/back && echo DATA-OK
 echo "IOERR-IN-GUEST $(dmesg | grep -c 'I/O error' || true)"
 """
-    sock = os.path.join(ceph.dir, "ttyS1-rstop.sock")
-    extra = ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % sock,
-             "-serial", "chardev:ctl"]
-    vm = guest.start(job, rbd_disk(ceph, img, ":rados_osd_op_timeout=5",
-                                   rerror="stop") + extra,
-                     timeout=TIMEOUT, qmp=True)
+    vm, sock = start_osd_test(guest, ceph, img, job, "rstop", qmp=True,
+                              rerror="stop")
     try:
-        assert vm.wait_console("PHASE-WRITTEN"), vm.console()[-3000:]
-        osd = ceph.osd_pid()
-        os.kill(osd, signal.SIGSTOP)
-        try:
-            for _ in range(60):
-                ceph.send_line(sock, "go")
-                if vm.wait_console("GOT-GO", timeout=1):
-                    break
-            deadline = time.monotonic() + 120
-            while vm.qmp("query-status")["status"] != "io-error":
-                assert time.monotonic() < deadline, vm.console()[-3000:]
-                time.sleep(0.2)
-        finally:
-            os.kill(osd, signal.SIGCONT)
+        with osd_stopped(ceph, vm, sock):
+            vm.wait_status("io-error", timeout=120)
         ev = [e["data"] for e in vm.qmp_conn.events
               if e["event"] == "BLOCK_IO_ERROR"]
         assert ev and ev[0]["operation"] == "read" and \

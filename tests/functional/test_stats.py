@@ -42,12 +42,6 @@ ST_FLUSH_IOS = 15       # kernel >= 5.5
 pytestmark = pytest.mark.usefixtures("pfbd_only")
 
 
-@pytest.fixture
-def pfbd_only(device_kind):
-    if device_kind != "pfbd":
-        pytest.skip("statistics are a virtio-blk-pfbd feature")
-
-
 @contextlib.contextmanager
 def running(guest, job, extra_args, **kw):
     """Start the guest with QMP, wait for READY; yield (vm, job output so
