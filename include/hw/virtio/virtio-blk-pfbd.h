@@ -88,6 +88,8 @@ typedef struct VirtIOBlockPfbdQueue {
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
     unsigned int index;
     bool notify_pending;            /* used ring changed since last notify */
+    unsigned int used_pending;      /* filled in the used ring, not flushed */
+    int64_t now_ns;                 /* get_clock() once per handler run */
     /*
      * Requests that failed with rerror/werror=stop, newest first: resent
      * when the VM runs again.  The queue's thread owns the list while the
@@ -131,7 +133,7 @@ typedef struct VirtIOBlockPfbdReq {
     struct iovec *iov_copy;         /* data iovec when it had to be trimmed */
     uint64_t sector;
     uint64_t bytes;                 /* data bytes of a read or write */
-    int64_t start_ns;               /* when it was popped */
+    int64_t start_ns;               /* queue's now_ns when it was popped */
     uint32_t type;
     /* What went to the engine, to send it again after an error stop */
     PfbdOp op;
