@@ -480,6 +480,8 @@ static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
 {
     int n;
 
+    /* See virtio_blk_pfbd_handle_vq() */
+    RCU_READ_LOCK_GUARD();
     virtio_blk_pfbd_clock(q);
     n = pfbd_queue_reap(q->pq, 0);
 
@@ -489,13 +491,30 @@ static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
     }
 }
 
+/*
+ * Send the queued requests to the engine.  Engines may complete requests
+ * during the submit (null always; io_uring on a page cache hit) without
+ * signalling the completion eventfd: take those now.  An eventfd the engine
+ * did signal stays set, and its handler finds nothing or later completions.
+ */
+static void virtio_blk_pfbd_flush(VirtIOBlockPfbdQueue *q)
+{
+    int ret = pfbd_queue_flush(q->pq);
+
+    trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
+    if (ret > 0) {
+        virtio_blk_pfbd_stat_add(&q->stats.submits, 1);
+    }
+    if (pfbd_queue_completions_ready(q->pq)) {
+        virtio_blk_pfbd_reap(q);
+    }
+}
+
 static void virtio_blk_pfbd_completion_read(EventNotifier *e)
 {
     VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
                                            completion);
 
-    /* See virtio_blk_pfbd_handle_vq() */
-    RCU_READ_LOCK_GUARD();
     event_notifier_test_and_clear(e);
     virtio_blk_pfbd_reap(q);
 }
@@ -510,7 +529,6 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     bool suppress = virtio_queue_get_notification(q->vq);
     VirtIOBlockPfbdReq *req;
     unsigned int n = 0;
-    int ret;
 
     if (unlikely(!st->thread_id)) {
         qatomic_set_i64(&st->thread_id, qemu_get_thread_id());
@@ -558,21 +576,7 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     }
 
     /* One engine submit for the whole batch */
-    ret = pfbd_queue_flush(q->pq);
-    trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
-    if (ret > 0) {
-        virtio_blk_pfbd_stat_add(&st->submits, 1);
-        /*
-         * Engines may complete during the submit (null; io_uring on a page
-         * cache hit): take those now, as the eventfd handler would (it
-         * clears the eventfd first, so no later completion loses its
-         * wakeup), instead of after another trip through the event loop.
-         */
-        if (pfbd_queue_completions_ready(q->pq)) {
-            virtio_blk_pfbd_completion_read(&q->completion);
-        }
-    }
-
+    virtio_blk_pfbd_flush(q);
     virtio_blk_pfbd_notify(q);
 }
 
@@ -611,7 +615,6 @@ static void virtio_blk_pfbd_completion_poll_ready(EventNotifier *e)
     VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
                                            completion);
 
-    RCU_READ_LOCK_GUARD();
     virtio_blk_pfbd_reap(q);
 }
 
@@ -641,7 +644,7 @@ static void virtio_blk_pfbd_resubmit_bh(void *opaque)
         virtio_blk_pfbd_submit(req, req->op, req->iov, req->iovcnt, req->len,
                                req->flags);
     }
-    pfbd_queue_flush(q->pq);
+    virtio_blk_pfbd_flush(q);
     virtio_blk_pfbd_notify(q);
 }
 

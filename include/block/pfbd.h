@@ -134,7 +134,11 @@ void pfbd_queue_free(PfbdQueue *q);
  *
  * Returns an eventfd (non-blocking) that becomes readable when completions
  * may be ready.  The caller clears it (reads the 8-byte counter) and then
- * calls pfbd_queue_reap().  The fd belongs to the queue: do not close it.
+ * calls pfbd_queue_reap().  Completions that are ready when
+ * pfbd_queue_flush() returns need not make it readable (the null engine's
+ * never do): after each flush, check pfbd_queue_completions_ready() or
+ * reap before waiting on the fd.  The fd belongs to the queue: do not
+ * close it.
  */
 int pfbd_queue_get_fd(PfbdQueue *q);
 
@@ -172,6 +176,8 @@ int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
  * call for the io_uring engine).  Returns the number of requests sent
  * (0 if none were queued) or a negative errno; after an error the
  * requests stay queued and are failed or sent by pfbd_queue_drain().
+ * Some requests may be complete on return, without the fd saying so: see
+ * pfbd_queue_get_fd().
  */
 int pfbd_queue_flush(PfbdQueue *q);
 
