@@ -1183,6 +1183,8 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
     s->config_size = virtio_get_config_size(&virtio_blk_cfg_size_params,
                                             s->host_features);
     virtio_init(vdev, VIRTIO_ID_BLOCK, s->config_size);
+    /* No address_space_map() and region reference per buffer */
+    virtio_device_use_map_cache(vdev);
     for (i = 0; i < s->conf.num_queues; i++) {
         virtio_add_queue(vdev, s->conf.queue_size,
                          virtio_blk_pfbd_handle_output);
