@@ -735,6 +735,97 @@ static void test_out_of_ram(void)
     pfbd_stop(p);
 }
 
+/*
+ * One request whose data buffer is at guest address @data (outside the
+ * allocator's RAM); header and status come from the allocator.
+ */
+static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
+                              uint64_t data, size_t len)
+{
+    PfbdReq r = pfbd_req_prepare(p, type, sector, NULL, 0);
+    QVirtQueue *vq = p->vq[0];
+    uint8_t status;
+
+    r.head = qvirtqueue_add(p->qts, vq, r.addr, 16, false, true);
+    qvirtqueue_add(p->qts, vq, data, len, type == VIRTIO_BLK_T_IN, true);
+    qvirtqueue_add(p->qts, vq, r.addr + 16, 1, true, false);
+    qvirtqueue_kick(p->qts, p->dev, vq, r.head);
+    pfbd_wait_used(p, vq, NULL, 1);
+    status = qtest_readb(p->qts, r.addr + 16);
+    guest_free(&p->qs->alloc, r.addr);
+    return status;
+}
+
+/*
+ * The device translates buffers through a per-queue cache of guest RAM
+ * ranges (patches/0007).  Plug a DIMM while the device runs (the memory
+ * map changes under the cached entries) and move data through buffers in
+ * the new RAM, in the old RAM, and across the DIMM's end (cached part plus
+ * the unassigned rest, which QEMU bounces).
+ */
+static void test_hotplugged_ram(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G", "", 1);
+    const uint64_t dimm_size = 128 * 1024 * 1024;
+    uint8_t wbuf[8192], rbuf[8192];
+    QDict *rsp;
+    uint64_t dimm;
+
+    /* Entries for the boot RAM */
+    fill_pattern(wbuf, sizeof(wbuf), 3);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 0, wbuf,
+                                sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-add', 'arguments': "
+                    "{ 'qom-type': 'memory-backend-ram', 'id': 'mem1', "
+                    "'size': %" PRIu64 " } }", dimm_size);
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_add', 'arguments': "
+                    "{ 'driver': 'pc-dimm', 'id': 'dimm1', "
+                    "'memdev': 'mem1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
+                    "{ 'path': '/machine/peripheral/dimm1', "
+                    "'property': 'addr' } }");
+    dimm = qdict_get_int(rsp, "return");
+    qobject_unref(rsp);
+    g_assert_cmphex(dimm, >=, 256 * 1024 * 1024);
+
+    /* Write from the DIMM, read back into another place in it */
+    fill_pattern(wbuf, sizeof(wbuf), 5);
+    qtest_memwrite(p->qts, dimm + 4096, wbuf, sizeof(wbuf));
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_OUT, 64, dimm + 4096,
+                                   sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, 64 * 512, wbuf, sizeof(wbuf));
+    qtest_memset(p->qts, dimm + 65536, 0xaa, sizeof(rbuf));
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, 64, dimm + 65536,
+                                   sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, dimm + 65536, rbuf, sizeof(rbuf));
+    g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
+
+    /* The boot RAM still works after the change, in both directions */
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 0, rbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    fill_pattern(wbuf, sizeof(wbuf), 3);
+    g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+
+    /*
+     * 1 KiB read across the DIMM's end: the first 512 bytes land in the
+     * DIMM, the rest in unassigned space (bounced, and dropped)
+     */
+    qtest_memset(p->qts, dimm + dimm_size - 512, 0xaa, 512);
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, 64,
+                                   dimm + dimm_size - 512, 1024), ==,
+                    VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, dimm + dimm_size - 512, rbuf, 512);
+    fill_pattern(wbuf, sizeof(wbuf), 5);
+    g_assert(memcmp(wbuf, rbuf, 512) == 0);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 /* Multi-queue */
 
 static QDict *pfbd_stats(Pfbd *p)
@@ -1173,6 +1264,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/mem/hotplugged-ram",
+                   test_hotplugged_ram);
     qtest_add_func("/virtio-blk-pfbd/mq/mapping", test_multiqueue_mapping);
     qtest_add_func("/virtio-blk-pfbd/mq/batch", test_batch);
     qtest_add_func("/virtio-blk-pfbd/stats", test_stats);
