@@ -76,6 +76,7 @@ struct vring_desc {
 };
 #define VRING_DESC_F_NEXT       1
 #define VRING_DESC_F_WRITE      2
+#define VRING_DESC_F_INDIRECT   4
 #define VRING_AVAIL_F_NO_INTERRUPT 1
 #define VRING_USED_F_NO_NOTIFY  1
 
@@ -845,6 +846,9 @@ static void usage(FILE *f)
 "                     or nanosleep US microseconds (sleep, default 2)\n"
 "  --sync-kick        wait for each notify write's reply\n"
 "  --no-flush-feature do not negotiate VIRTIO_BLK_F_FLUSH (writes FUA)\n"
+"  --indirect         negotiate VIRTIO_RING_F_INDIRECT_DESC and put each\n"
+"                     request's 3 descriptors in an indirect table, as\n"
+"                     Linux's virtio_blk does\n"
 "  --rig-cpus LIST    pin the rig to these CPUs (e.g. 0)\n"
 "  --qemu-cpus LIST   pin QEMU (every thread) to these CPUs (e.g. 1-3)\n"
 "  --label TEXT       copied into the JSON line as \"label\"\n"
@@ -867,7 +871,7 @@ int main(int argc, char **argv)
     double runtime = 5, ramp = 1;
     enum { POLL_SPIN, POLL_YIELD, POLL_SLEEP } pollmode = POLL_YIELD;
     long sleep_ns = 2000;
-    bool sync_kick = false, want_flush = true;
+    bool sync_kick = false, want_flush = true, indirect = false;
     cpu_set_t rig_cpus, qemu_cpus;
     bool pin_rig = false, pin_qemu = false;
     int opt, lsock;
@@ -884,6 +888,7 @@ int main(int argc, char **argv)
         { "poll", required_argument, NULL, 'p' },
         { "sync-kick", no_argument, NULL, 'k' },
         { "no-flush-feature", no_argument, NULL, 'F' },
+        { "indirect", no_argument, NULL, 'I' },
         { "label", required_argument, NULL, 'l' },
         { "verify", required_argument, NULL, 'V' },
         { "rig-cpus", required_argument, NULL, 'C' },
@@ -928,6 +933,7 @@ int main(int argc, char **argv)
             break;
         case 'k': sync_kick = true; break;
         case 'F': want_flush = false; break;
+        case 'I': indirect = true; break;
         case 'l': label = optarg; break;
         case 'C':
             if (!parse_cpus(optarg, &rig_cpus)) {
@@ -1112,7 +1118,11 @@ int main(int argc, char **argv)
                                    (1ull << F_BLK_TOPOLOGY) |
                                    (1ull << F_BLK_MQ) |
                                    (want_flush ? (1ull << F_BLK_FLUSH) |
-                                    (1ull << F_BLK_CONFIG_WCE) : 0));
+                                    (1ull << F_BLK_CONFIG_WCE) : 0) |
+                                   (indirect ? 1ull << F_INDIRECT_DESC : 0));
+    if (indirect && !(dev_features & (1ull << F_INDIRECT_DESC))) {
+        die("device does not offer VIRTIO_RING_F_INDIRECT_DESC");
+    }
     cc_writel(CC_GFSELECT, 0);
     cc_writel(CC_GF, (uint32_t)drv_features);
     cc_writel(CC_GFSELECT, 1);
@@ -1194,7 +1204,8 @@ int main(int argc, char **argv)
         avail_gpa = desc_gpa + 16 * ring_size;
         used_gpa = (avail_gpa + 6 + 2 * ring_size + 4095) & ~4095ull;
         hdr_gpa = (used_gpa + 6 + 8 * ring_size + 4095) & ~4095ull;
-        if (hdr_gpa + 32 * iodepth > base + (1ull << 20)) {
+        /* With --indirect, a 48-byte table per request after the headers */
+        if (hdr_gpa + 80 * iodepth > base + (1ull << 20)) {
             die("rings do not fit");
         }
         memset(gpa(base), 0, 1 << 20);
@@ -1226,6 +1237,18 @@ int main(int argc, char **argv)
             d[2].len = 1;
             d[2].flags = VRING_DESC_F_WRITE;
             d[2].next = 0;
+            if (indirect) {
+                uint64_t table = hdr_gpa + 32 * iodepth + 48 * s;
+                struct vring_desc *t = gpa(table);
+
+                memcpy(t, d, 3 * sizeof(*d));
+                t[0].next = 1;
+                t[1].next = 2;
+                memset(d, 0, 3 * sizeof(*d));
+                d[0].addr = table;
+                d[0].len = 3 * sizeof(*d);
+                d[0].flags = VRING_DESC_F_INDIRECT;
+            }
             q->free_slots[q->nfree++] = iodepth - 1 - s;
         }
         q->seq_off = (size / nq * i) / bs * bs;
