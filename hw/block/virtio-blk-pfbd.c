@@ -122,7 +122,6 @@ static void virtio_blk_pfbd_req_complete(VirtIOBlockPfbdReq *req,
     stb_p(req->status, status);
     RCU_READ_LOCK_GUARD();
     virtqueue_fill(q->vq, &req->elem, req->in_len, q->used_pending++);
-    q->notify_pending = true;
     g_free(req->iov_copy);
     g_free(req);
 }
@@ -137,13 +136,12 @@ static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
     VirtIODevice *vdev = VIRTIO_DEVICE(q->s);
     bool sent;
 
-    if (!q->notify_pending) {
+    if (!q->used_pending) {
         return;
     }
     RCU_READ_LOCK_GUARD();
     virtqueue_flush(q->vq, q->used_pending);
     q->used_pending = 0;
-    q->notify_pending = false;
     trace_virtio_blk_pfbd_notify(q->s, q->index);
     if (qemu_in_iothread()) {
         sent = virtio_notify_irqfd(vdev, q->vq);
@@ -474,7 +472,6 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
     return true;
 }
 
-/* Context: the virtqueue's AioContext */
 /* Context: the virtqueue's AioContext */
 static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
 {

@@ -87,7 +87,6 @@ typedef struct VirtIOBlockPfbdQueue {
     PfbdQueue *pq;                  /* the engine's queue */
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
     unsigned int index;
-    bool notify_pending;            /* used ring changed since last notify */
     unsigned int used_pending;      /* filled in the used ring, not flushed */
     int64_t now_ns;                 /* get_clock() once per handler run */
     /*
