@@ -159,12 +159,10 @@ def test_boot_reboot_fio(guest, disk, boot_image, image_dir):
     boot_and_check(guest, disk, "file:" + boot, image_dir)
 
 
-def test_boot_from_rbd(guest, disk, device_kind, boot_image, image_dir,
-                       ceph):
+@pytest.mark.usefixtures("pfbd_only")
+def test_boot_from_rbd(guest, disk, boot_image, image_dir, ceph):
     """The same with the boot disk on the rbd engine: the image imported
     with `rbd import` into the test cluster (docs/images.rst)."""
-    if device_kind != "pfbd":
-        pytest.skip("stock virtio-blk-pci takes no rbd: volume")
     name = "boot-%d" % os.getpid()
     ceph.rbd("import", "--no-progress", boot_image, "rbd/" + name)
     try:
