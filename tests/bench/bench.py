@@ -55,11 +55,12 @@ RIG_DEVICES = (
     ("virtio-blk-pci", "file"),
     ("virtio-blk-pfbd", "file"),
 )
-SHORT = {"virtio-blk-pci": "stock", "virtio-blk-pfbd": "pfbd", "host": "host"}
+SHORT = {"virtio-blk-pci": "stock", "virtio-blk-pfbd": "pfbd", "host": "host",
+         "loopback": "loopback"}
 METRICS = ("iops", "lat_avg_us", "lat_p50_us", "lat_p99_us", "cpu_us_per_io",
            "iothread_cpu_us_per_io", "iouring_worker_cpu_us_per_io",
            "main_cpu_us_per_io", "qemu_cpu_us_per_io", "rig_cpu_us_per_io",
-           "kicks_per_io")
+           "kicks_per_io", "vcpu_cpu_us_per_io", "iothread_runs_per_io")
 
 
 def log(msg):
@@ -193,9 +194,13 @@ def run_rig(opts, device, backend, rw, bs, iodepth, iothreads, dev_args=None,
            "--ramp", str(opts.ramp), "--size", size]
     if opts.rig_cpus:
         cmd += ["--rig-cpus", opts.rig_cpus, "--qemu-cpus", opts.qemu_cpus]
-    cmd += ["--"]
-    cmd += dev_args or device_args(device, backend, iothreads, iodepth,
-                                   opts.image)
+    if device == "loopback":
+        # No QEMU: the rig's ideal device, one queue per "IOThread"
+        cmd += ["--loopback", "--queues", str(iothreads)]
+    else:
+        cmd += ["--"]
+        cmd += dev_args or device_args(device, backend, iothreads, iodepth,
+                                       opts.image)
     timeout = opts.runtime + opts.ramp + 60
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -313,6 +318,69 @@ def load_guest_fio():
     return mod
 
 
+def qemu_thread_cpu_ns(pid):
+    """CPU time (ns) of QEMU's threads by kind: IOThreads ("IO ..."),
+    io_uring workers ("iou-..."), vCPUs ("CPU ..."), and how often the
+    IOThreads were scheduled in ("iothread_runs": wake-ups, near enough);
+    needs -name ...,debug-threads=on."""
+    cpu = {"iothread": 0, "iou": 0, "vcpu": 0, "iothread_runs": 0}
+    base = "/proc/%d/task" % pid
+    for tid in os.listdir(base):
+        try:
+            with open("%s/%s/comm" % (base, tid)) as f:
+                comm = f.read().strip()
+            with open("%s/%s/schedstat" % (base, tid)) as f:
+                ns, _, runs = (int(x) for x in f.read().split()[:3])
+        except (OSError, ValueError):
+            continue        # the thread has gone
+        for prefix, kind in (("IO ", "iothread"), ("iou-", "iou"),
+                             ("CPU ", "vcpu")):
+            if comm.startswith(prefix):
+                cpu[kind] += ns
+        if comm.startswith("IO "):
+            cpu["iothread_runs"] += runs
+    return cpu
+
+
+def guest_run_sampled(g, gf, job, extra, timeout):
+    """Boot the guest on @job (gf.job_script()) and, at each marker line it
+    prints around a workload, sample the CPU time of QEMU's threads.
+    Returns (JobResult, {rw: {"ios", "iothread_cpu_us_per_io", ...}})."""
+    vm = g.start(job, list(extra) + ["-name", "bench,debug-threads=on"],
+                 timeout=timeout, smp=1)
+    samples = []
+    while vm.proc.poll() is None and \
+            time.monotonic() - vm.t0 < vm.timeout:
+        marks = gf.parse_marks(vm.console())
+        while len(samples) < len(marks):
+            try:
+                samples.append((marks[len(samples)],
+                                qemu_thread_cpu_ns(vm.proc.pid)))
+            except OSError:
+                break       # QEMU has exited
+        time.sleep(0.02)
+    res = vm.wait()
+    cpu = {}
+    for (m0, c0), (m1, c1) in zip(samples, samples[1:]):
+        if m0[0] == "begin" and m1[0] == "end" and m0[1] == m1[1]:
+            ios = m1[2] - m0[2]
+            if ios > 0:
+                cpu[m0[1]] = {
+                    "ios_sampled": ios,
+                    "iothread_cpu_us_per_io":
+                        (c1["iothread"] - c0["iothread"]) / 1e3 / ios,
+                    "iouring_worker_cpu_us_per_io":
+                        (c1["iou"] - c0["iou"]) / 1e3 / ios,
+                    "cpu_us_per_io": (c1["iothread"] - c0["iothread"] +
+                                      c1["iou"] - c0["iou"]) / 1e3 / ios,
+                    "vcpu_cpu_us_per_io": (c1["vcpu"] - c0["vcpu"]) / 1e3 /
+                    ios,
+                    "iothread_runs_per_io":
+                        (c1["iothread_runs"] - c0["iothread_runs"]) / ios,
+                }
+    return res, cpu
+
+
 def run_guest_mode(opts, results, errors):
     gf = load_guest_fio()
     pfbdguest = gf.pfbdguest
@@ -329,9 +397,9 @@ def run_guest_mode(opts, results, errors):
                                         num_queues=1, iothreads=["io0"])
             t0 = time.monotonic()
             try:
-                r = g.run_job(gf.job_script(opts.guest_runtime, 32, "4k"),
-                              extra, timeout=g.default_timeout() +
-                              4 * opts.guest_runtime, smp=1)
+                r, cpu = guest_run_sampled(
+                    g, gf, gf.job_script(opts.guest_runtime, 32, "4k"),
+                    extra, g.default_timeout() + 4 * opts.guest_runtime)
                 parsed = gf.parse(r.output)
             except (pfbdguest.GuestError, ValueError, KeyError) as e:
                 errors.append("guest %s run %d: %s" % (kind, rep + 1,
@@ -340,13 +408,17 @@ def run_guest_mode(opts, results, errors):
                                                    str(e).splitlines()[0]))
                 continue
             for rw, d in parsed.items():
-                runs.setdefault((kind, rw), []).append({
-                    "iops": d["iops"], "lat_avg_us": d["lat_avg_us"],
-                    "lat_p99_us": d["clat_p99_us"], "errors": d["errors"],
-                    "command": " ".join(extra)})
+                run = {"iops": d["iops"], "lat_avg_us": d["lat_avg_us"],
+                       "lat_p99_us": d["clat_p99_us"], "errors": d["errors"],
+                       "command": " ".join(extra)}
+                run.update(cpu.get(rw, {}))
+                runs.setdefault((kind, rw), []).append(run)
             log("guest %-5s run %d: %s (%.0f s)" % (
-                kind, rep + 1, ", ".join("%s %.0f IOPS" % (k, v["iops"])
-                                         for k, v in parsed.items()),
+                kind, rep + 1, ", ".join(
+                    "%s %.0f IOPS, IOThread %s us/IO" % (
+                        k, v["iops"],
+                        fmt(cpu.get(k, {}).get("iothread_cpu_us_per_io"), 2))
+                    for k, v in parsed.items()),
                 time.monotonic() - t0))
     for (kind, rw), rl in runs.items():
         device = "virtio-blk-pfbd" if kind == "pfbd" else "virtio-blk-pci"
@@ -467,22 +539,29 @@ def target_rows(idx):
                    ">= 0.85 (aim 0.95)", "%s / %s = **%s**" % (
                        fmt(p["iops"]), fmt(h["iops"]),
                        ratio(p["iops"], h["iops"])))
+    loop = get("rig", "loopback", "none", 1)
     for be in ("null", "file"):
         p = get("rig", "virtio-blk-pfbd", be, 1)
         s = get("rig", "virtio-blk-pci", be, 1)
-        h = get("host", "host", "file", 1) if be == "file" else None
         if not (p and s and p.get("lat_avg_us") and s.get("lat_avg_us")):
             continue
-        base = h["lat_avg_us"] if h else 0.0
-        pa, sa = p["lat_avg_us"] - base, s["lat_avg_us"] - base
-        if sa > 0:
-            v = "%.1f / %.1f us = **%.2f**" % (pa, sa, pa / sa)
-        else:
-            v = ("n/a: both devices (pfbd %.1f, stock %.1f us) are below "
-                 "host fio's %.1f us" % (p["lat_avg_us"], s["lat_avg_us"],
-                                          base))
-        yield ("iodepth 1 latency added over %s: pfbd / stock" %
-               ("host fio" if h else "no backend (null)"), "<= 0.5", v)
+        floors = []
+        if loop and loop.get("lat_avg_us"):
+            floors.append(("the rig's loopback", loop["lat_avg_us"]))
+        h = get("host", "host", "file", 1) if be == "file" else None
+        if h and h.get("lat_avg_us"):
+            floors.append(("host fio", h["lat_avg_us"]))
+        for what, base in floors:
+            pa, sa = p["lat_avg_us"] - base, s["lat_avg_us"] - base
+            if sa > 0 and pa >= 0:
+                v = "(%.2f - %.2f) / (%.2f - %.2f) us = **%.2f**" % (
+                    p["lat_avg_us"], base, s["lat_avg_us"], base, pa / sa)
+            else:
+                v = ("n/a: a device (pfbd %.2f, stock %.2f us) is not above "
+                     "%s's %.2f us" % (p["lat_avg_us"], s["lat_avg_us"],
+                                       what, base))
+            yield ("%s, iodepth 1: latency added over %s, pfbd / stock" %
+                   (be, what), "<= 0.5", v)
     for be in ("null", "file"):
         for qd in (32, 128):
             p = get("rig", "virtio-blk-pfbd", be, qd)
@@ -492,6 +571,19 @@ def target_rows(idx):
                        % (be, qd), "<= 0.5", "%.2f / %.2f = **%.2f**" % (
                            p["cpu_us_per_io"], s["cpu_us_per_io"],
                            p["cpu_us_per_io"] / s["cpu_us_per_io"]))
+    p = idx.get(("guest", "virtio-blk-pfbd", "file", "randread", 32, 1))
+    s = idx.get(("guest", "virtio-blk-pci", "file", "randread", 32, 1))
+    if p and s and p.get("iothread_cpu_us_per_io") and \
+            s.get("iothread_cpu_us_per_io"):
+        yield ("guest mode (%s), file iodepth 32: IOThread CPU us/IO, "
+               "pfbd / stock" % (p.get("accel") or "?").upper(), "<= 0.5",
+               "%.1f / %.1f = **%.2f** (IOThread wake-ups per IO: "
+               "%.2f / %.2f)" % (
+                   p["iothread_cpu_us_per_io"], s["iothread_cpu_us_per_io"],
+                   p["iothread_cpu_us_per_io"] /
+                   s["iothread_cpu_us_per_io"],
+                   p.get("iothread_runs_per_io") or 0,
+                   s.get("iothread_runs_per_io") or 0))
 
 
 def report_md(doc, opts):
@@ -589,9 +681,11 @@ def report_md(doc, opts):
         L.append("## Targets (issue 5): randread 4 KiB, 1 IOThread, rig")
         L.append("")
         L.append("Medians of this run.  CPU us/IO is the device path's "
-                 "(IOThread + io_uring workers) in rig mode; under TCG the "
-                 "guest rows below cannot separate it from the emulated "
-                 "CPU.")
+                 "(IOThread + io_uring workers) in rig mode; the guest mode "
+                 "row is the IOThread's alone (see the guest section).  "
+                 "Latency added: a device's iodepth 1 average latency minus "
+                 "a floor: the rig's loopback (the rig's own round trip, no "
+                 "device) or host fio.")
         L.append("")
         L.append("| figure | target | this run |")
         L.append("| --- | --- | --- |")
@@ -622,14 +716,21 @@ def report_md(doc, opts):
     # ---------------- latency
     L.append("## Latency (rig and host), microseconds, avg / p99")
     L.append("")
-    L.append("| rw | IOThreads | iodepth | stock null | pfbd null "
+    L.append("`loopback`: `pfbd-rig --loopback`, no QEMU: a process on the "
+             "QEMU CPU(s) polls the avail rings and answers each request at "
+             "once (status byte 0, used entry, no data), so its latency is "
+             "the rig's own round trip between the two CPUs: the floor "
+             "under either device's (iodepth 1 only).")
+    L.append("")
+    L.append("| rw | IOThreads | iodepth | loopback | stock null | pfbd null "
              "| stock file | pfbd file | host file |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for rw in opts.rws:
         for t in opts.iothreads:
             for qd in opts.iodepths:
                 cells = []
-                for mode, dev, be in (("rig", "virtio-blk-pci", "null"),
+                for mode, dev, be in (("rig", "loopback", "none"),
+                                      ("rig", "virtio-blk-pci", "null"),
                                       ("rig", "virtio-blk-pfbd", "null"),
                                       ("rig", "virtio-blk-pci", "file"),
                                       ("rig", "virtio-blk-pfbd", "file"),
@@ -741,9 +842,20 @@ def report_md(doc, opts):
         L.append("## Guest (fio in the test guest, iodepth 32, 1 IOThread, "
                  "file backend, %s)" % (meta.get("guest_accel") or "?").upper())
         L.append("")
+        L.append("IOThread CPU us/IO: the IOThread's CPU time (schedstat) "
+                 "between two marker lines the guest prints around each fio "
+                 "run, over the I/Os the guest completed between them "
+                 "(`/sys/block/vda/stat`, fio's 1 s ramp included); "
+                 "`+wrk`: with the io_uring workers; `runs/IO`: how often "
+                 "the IOThread was scheduled in per I/O (its wake-ups).  "
+                 "Default IOThread polling (`poll-max-ns`).")
+        L.append("")
         L.append("| rw | stock IOPS | pfbd IOPS | pfbd/stock | stock lat avg "
-                 "/ p99 us | pfbd lat avg / p99 us |")
-        L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+                 "/ p99 us | pfbd lat avg / p99 us | stock IOThread us/IO "
+                 "(+wrk) | pfbd IOThread us/IO (+wrk) | stock / pfbd "
+                 "runs/IO |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                 "| ---: |")
         for rw in opts.rws:
             s = idx.get(("guest", "virtio-blk-pci", "file", rw, 32, 1))
             p = idx.get(("guest", "virtio-blk-pfbd", "file", rw, 32, 1))
@@ -755,12 +867,23 @@ def report_md(doc, opts):
                 "%s / %s" % (fmt(s["lat_avg_us"], 1), fmt(s["lat_p99_us"], 1))
                 if s else "-",
                 "%s / %s" % (fmt(p["lat_avg_us"], 1), fmt(p["lat_p99_us"], 1))
-                if p else "-"))
+                if p else "-") +
+                " %s | %s | %s / %s |" % tuple(
+                    ["%s (%s)" % (fmt(r.get("iothread_cpu_us_per_io"), 1),
+                                  fmt(r.get("cpu_us_per_io"), 1))
+                     if r else "-" for r in (s, p)] +
+                    [fmt(r and r.get("iothread_runs_per_io"), 2)
+                     for r in (s, p)]))
         L.append("")
         if meta.get("guest_accel") == "tcg":
             L.append("Under TCG the emulated guest CPU is the bottleneck: "
-                     "these rows show both devices working side by side, "
-                     "not the device path's cost (that is the rig's job).")
+                     "the guest hands the IOThread one or two requests per "
+                     "wake-up, so its CPU per I/O is mostly the event "
+                     "loop's wake-ups and system calls (ppoll, the eventfd "
+                     "reads, io_uring_enter, the guest notification's "
+                     "eventfd write), which both devices pay; the device "
+                     "path's own work per request is the rig's CPU column "
+                     "(tenths of a microsecond).")
             L.append("")
 
     if doc.get("errors"):
@@ -969,6 +1092,9 @@ def main():
                 for qd in opts.iodepths:
                     n += 1
                     members = [("rig", d, b) for d, b in RIG_DEVICES]
+                    if qd == 1:
+                        # The rig's own round trip: the latency floor
+                        members.append(("rig", "loopback", "none"))
                     if not opts.no_host:
                         members.append(("host", "host", "file"))
                     runs = {m: [] for m in members}

@@ -25,37 +25,66 @@ import pfbdguest  # noqa: E402
 
 DEVICES = {"pfbd": "virtio-blk-pfbd", "stock": "virtio-blk-pci"}
 WORKLOADS = ("randread", "randwrite")
+MARK = "PFBD-BENCH-MARK"
 
 
 def job_script(runtime, iodepth, bs):
+    """One fio run per workload, each between two marker lines carrying
+    /sys/block/vda/stat (the guest's completed I/O counts), so that a host
+    watching the console can sample QEMU's threads over the same I/Os
+    (bench.py does: IOThread CPU per I/O)."""
     return f"""
 set -e
 echo "queues=$(ls -d /sys/block/vda/mq/* | wc -l)"
-fio --filename=/dev/vda --direct=1 --ioengine=io_uring --bs={bs} \\
-    --iodepth={iodepth} --runtime={runtime} --time_based --ramp_time=1 \\
-    --size=100% --norandommap --randrepeat=0 \\
-    --output-format=json --output=/tmp/fio.json \\
-    --name=randread --rw=randread \\
-    --name=randwrite --stonewall --rw=randwrite
-echo FIO-JSON-BEGIN; cat /tmp/fio.json; echo FIO-JSON-END
+for rw in {" ".join(WORKLOADS)}; do
+    echo "{MARK} begin $rw $(cat /sys/block/vda/stat)"
+    fio --filename=/dev/vda --direct=1 --ioengine=io_uring --bs={bs} \\
+        --iodepth={iodepth} --runtime={runtime} --time_based --ramp_time=1 \\
+        --size=100% --norandommap --randrepeat=0 \\
+        --output-format=json --output=/tmp/fio.json --eta=never \\
+        --name=$rw --rw=$rw
+    echo "{MARK} end $rw $(cat /sys/block/vda/stat)"
+    echo FIO-JSON-BEGIN; cat /tmp/fio.json; echo FIO-JSON-END
+done
 """
 
 
+def parse_marks(console):
+    """The marker lines of job_script() on @console: a list of (what, rw,
+    completed I/Os), what being 'begin' or 'end'."""
+    marks = []
+    for line in console.splitlines():
+        f = line[line.find(MARK):].split() if MARK in line else []
+        if len(f) >= 8:
+            # /sys/block/vda/stat: reads completed is field 1, writes 5
+            marks.append((f[1], f[2], int(f[3]) + int(f[7])))
+    return marks
+
+
 def parse(output):
-    b = output.index("FIO-JSON-BEGIN\n") + len("FIO-JSON-BEGIN\n")
-    e = output.index("FIO-JSON-END", b)
-    data = json.loads(output[b:e])
     res = {}
-    for j in data["jobs"]:
-        d = j["read"] if j["jobname"] == "randread" else j["write"]
-        pct = d.get("clat_ns", {}).get("percentile", {})
-        p99 = next((v for k, v in pct.items() if k.startswith("99.0")), None)
-        res[j["jobname"]] = {
-            "iops": d["iops"],
-            "lat_avg_us": d["lat_ns"]["mean"] / 1000.0,
-            "clat_p99_us": (p99 / 1000.0) if p99 is not None else None,
-            "errors": j["error"],
-        }
+    pos = 0
+    while True:
+        b = output.find("FIO-JSON-BEGIN\n", pos)
+        if b < 0:
+            break
+        b += len("FIO-JSON-BEGIN\n")
+        e = output.index("FIO-JSON-END", b)
+        pos = e
+        data = json.loads(output[b:e])
+        for j in data["jobs"]:
+            d = j["read"] if j["jobname"] == "randread" else j["write"]
+            pct = d.get("clat_ns", {}).get("percentile", {})
+            p99 = next((v for k, v in pct.items() if k.startswith("99.0")),
+                       None)
+            res[j["jobname"]] = {
+                "iops": d["iops"],
+                "lat_avg_us": d["lat_ns"]["mean"] / 1000.0,
+                "clat_p99_us": (p99 / 1000.0) if p99 is not None else None,
+                "errors": j["error"],
+            }
+    if not res:
+        raise ValueError("no fio JSON in the guest's output")
     return res
 
 
