@@ -391,6 +391,7 @@ def run_guest_mode(opts, results, errors):
         log("guest mode SKIPPED: %s" % e)
         return None
     runs = {}
+    guest_failures = opts.guest_failures = []
     for rep in range(opts.runs):
         for kind in ("stock", "pfbd"):
             extra = pfbdguest.disk_args("file:" + opts.image, kind=kind,
@@ -402,8 +403,12 @@ def run_guest_mode(opts, results, errors):
                     extra, g.default_timeout() + 4 * opts.guest_runtime)
                 parsed = gf.parse(r.output)
             except (pfbdguest.GuestError, ValueError, KeyError) as e:
-                errors.append("guest %s run %d: %s" % (kind, rep + 1,
-                                                       str(e)[-1500:]))
+                # The first line says what went wrong; the console tail
+                # that follows it goes to results.json only
+                errors.append("guest %s run %d: %s" % (
+                    kind, rep + 1, str(e).splitlines()[0] if str(e) else e))
+                guest_failures.append({"kind": kind, "run": rep + 1,
+                                       "error": str(e)[-4000:]})
                 log("guest %s run %d FAILED: %s" % (kind, rep + 1,
                                                    str(e).splitlines()[0]))
                 continue
@@ -1161,7 +1166,8 @@ def main():
         errors.append("%s changed during the run (%s -> %s)" % (
             opts.qemu, meta["qemu_binary"], file_id(opts.qemu)))
     meta["elapsed_s"] = time.monotonic() - t_start
-    doc = {"meta": meta, "results": results, "errors": errors}
+    doc = {"meta": meta, "results": results, "errors": errors,
+           "guest_failures": getattr(opts, "guest_failures", [])}
     write_outputs(doc, opts, out)
     return 1 if errors else 0
 
