@@ -959,6 +959,28 @@ loopback_device(struct queue *queues, unsigned int nq)
 }
 
 /*
+ * Fork the process that plays the device (QEMU, or the --loopback device),
+ * which dies with the rig, pinned to @cpus if given.  Like fork(), returns
+ * 0 in the child; sets qemu_pid, so that cpu_sample() counts the child as
+ * the device side and cleanup() stops it.
+ */
+static pid_t fork_device(const cpu_set_t *cpus)
+{
+    qemu_pid = fork();
+    if (qemu_pid < 0) {
+        die("fork: %s", strerror(errno));
+    }
+    if (qemu_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (cpus && sched_setaffinity(0, sizeof(*cpus), cpus) < 0) {
+            fprintf(stderr, "pfbd-rig: --qemu-cpus: %s\n", strerror(errno));
+            _exit(127);
+        }
+    }
+    return qemu_pid;
+}
+
+/*
  * Start @qemu with the rig's machine, RAM and qtest socket and @args
  * (the device and its back end) and connect the qtest socket (qfd).
  */
@@ -1015,20 +1037,8 @@ static void start_qemu(const char *qemu, int nargs, char **args,
         fprintf(stderr, "\n");
     }
 
-    qemu_pid = fork();
-    if (qemu_pid < 0) {
-        die("fork: %s", strerror(errno));
-    }
-    if (qemu_pid == 0) {
+    if (fork_device(cpus) == 0) {
         int devnull = open("/dev/null", O_RDWR);
-
-        /* QEMU goes when the rig goes, however it goes */
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (cpus && sched_setaffinity(0, sizeof(*cpus), cpus) < 0) {
-            fprintf(stderr, "pfbd-rig: --qemu-cpus: %s\n",
-                    strerror(errno));
-            _exit(127);
-        }
 
         dup2(devnull, 0);
         dup2(2, 1);         /* QEMU's messages go to our stderr */
@@ -1065,24 +1075,12 @@ static void start_qemu(const char *qemu, int nargs, char **args,
     sock_path[0] = 0;
 }
 
-/*
- * Fork the --loopback device (it stands where QEMU would: qemu_pid, so
- * cpu_sample() counts it as the device path and cleanup() stops it).
- */
+/* Fork the --loopback device, named like an IOThread for cpu_sample() */
 static void start_loopback(struct queue *queues, unsigned int nq,
                            const cpu_set_t *cpus)
 {
-    qemu_pid = fork();
-    if (qemu_pid < 0) {
-        die("fork: %s", strerror(errno));
-    }
-    if (qemu_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (fork_device(cpus) == 0) {
         prctl(PR_SET_NAME, "IO loopback", 0, 0, 0);
-        if (cpus && sched_setaffinity(0, sizeof(*cpus), cpus) < 0) {
-            fprintf(stderr, "pfbd-rig: --qemu-cpus: %s\n", strerror(errno));
-            _exit(127);
-        }
         loopback_device(queues, nq);
     }
 }
@@ -1296,10 +1294,6 @@ int main(int argc, char **argv)
                    pin_qemu ? &qemu_cpus : NULL);
     }
 
-    if (pin_rig && sched_setaffinity(0, sizeof(rig_cpus), &rig_cpus) < 0) {
-        die("--rig-cpus: %s", strerror(errno));
-    }
-
     /* ------------------------------------------ device, features */
     uint64_t drv_features;
     unsigned int nq, ring_size;
@@ -1461,6 +1455,10 @@ int main(int argc, char **argv)
         if (cc_readb(CC_STATUS) & S_FAILED) {
             die("device failed at DRIVER_OK");
         }
+    }
+    /* After the device side is forked: it must not inherit this pinning */
+    if (pin_rig && sched_setaffinity(0, sizeof(rig_cpus), &rig_cpus) < 0) {
+        die("--rig-cpus: %s", strerror(errno));
     }
 
     /* ------------------------------------------------ the run */
