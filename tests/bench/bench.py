@@ -333,12 +333,13 @@ def qemu_thread_cpu_ns(pid):
                 ns, _, runs = (int(x) for x in f.read().split()[:3])
         except (OSError, ValueError):
             continue        # the thread has gone
-        for prefix, kind in (("IO ", "iothread"), ("iou-", "iou"),
-                             ("CPU ", "vcpu")):
-            if comm.startswith(prefix):
-                cpu[kind] += ns
         if comm.startswith("IO "):
+            cpu["iothread"] += ns
             cpu["iothread_runs"] += runs
+        elif comm.startswith("iou-"):
+            cpu["iou"] += ns
+        elif comm.startswith("CPU "):
+            cpu["vcpu"] += ns
     return cpu
 
 
@@ -381,7 +382,9 @@ def guest_run_sampled(g, gf, job, extra, timeout):
     return res, cpu
 
 
-def run_guest_mode(opts, results, errors):
+def run_guest_mode(opts, results, errors, failures):
+    """Guest mode runs; a failed boot adds its first line to @errors and
+    its whole text to @failures."""
     gf = load_guest_fio()
     pfbdguest = gf.pfbdguest
     try:
@@ -391,7 +394,6 @@ def run_guest_mode(opts, results, errors):
         log("guest mode SKIPPED: %s" % e)
         return None
     runs = {}
-    guest_failures = opts.guest_failures = []
     for rep in range(opts.runs):
         for kind in ("stock", "pfbd"):
             extra = pfbdguest.disk_args("file:" + opts.image, kind=kind,
@@ -405,12 +407,11 @@ def run_guest_mode(opts, results, errors):
             except (pfbdguest.GuestError, ValueError, KeyError) as e:
                 # The first line says what went wrong; the console tail
                 # that follows it goes to results.json only
-                errors.append("guest %s run %d: %s" % (
-                    kind, rep + 1, str(e).splitlines()[0] if str(e) else e))
-                guest_failures.append({"kind": kind, "run": rep + 1,
-                                       "error": str(e)[-4000:]})
-                log("guest %s run %d FAILED: %s" % (kind, rep + 1,
-                                                   str(e).splitlines()[0]))
+                first = (str(e).splitlines() or [repr(e)])[0]
+                errors.append("guest %s run %d: %s" % (kind, rep + 1, first))
+                failures.append({"kind": kind, "run": rep + 1,
+                                 "error": str(e)[-4000:]})
+                log("guest %s run %d FAILED: %s" % (kind, rep + 1, first))
                 continue
             for rw, d in parsed.items():
                 run = {"iops": d["iops"], "lat_avg_us": d["lat_avg_us"],
@@ -1087,7 +1088,7 @@ def main():
     log("load average: %s" % meta["loadavg_start"])
     created = ensure_image(opts.image, GIB)
 
-    results, errors, extra_rounds = [], [], []
+    results, errors, extra_rounds, guest_failures = [], [], [], []
     bs = 4096
     try:
         nsets = len(opts.rws) * len(opts.iothreads) * len(opts.iodepths)
@@ -1152,7 +1153,8 @@ def main():
                     log("[%d/%d] %s qd%d %d IOThread(s): %s" % (
                         n, nsets, rw, qd, t, "  ".join(line)))
         if not opts.no_guest:
-            meta["guest_accel"] = run_guest_mode(opts, results, errors)
+            meta["guest_accel"] = run_guest_mode(opts, results, errors,
+                                                  guest_failures)
     finally:
         if created and not opts.keep_image:
             try:
@@ -1167,7 +1169,7 @@ def main():
             opts.qemu, meta["qemu_binary"], file_id(opts.qemu)))
     meta["elapsed_s"] = time.monotonic() - t_start
     doc = {"meta": meta, "results": results, "errors": errors,
-           "guest_failures": getattr(opts, "guest_failures", [])}
+           "guest_failures": guest_failures}
     write_outputs(doc, opts, out)
     return 1 if errors else 0
 
