@@ -113,8 +113,8 @@ def test_one_vcpu_iothread(guest, disk, image):
     here).  `make bench` runs its guest in this configuration."""
     job = check_dev_job() + f"""
 set -e
-{FIO} --ioengine=io_uring --bs=4k --iodepth=32 --runtime=4 --time_based \
-    --size=64M --output-format=json --output=/tmp/fio.json --eta=never \
+{FIO} --ioengine=io_uring --bs=4k --iodepth=32 --runtime=4 --time_based \\
+    --size=64M --output-format=json --output=/tmp/fio.json --eta=never \\
     --name=rr --rw=randread --name=rw --stonewall --rw=randwrite
 echo FIO-JSON-BEGIN; cat /tmp/fio.json; echo FIO-JSON-END
 """
