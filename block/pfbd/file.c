@@ -5,8 +5,11 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Each queue has its own io_uring with the volume's fd registered, and an
- * eventfd registered as its completion notifier.  Reads and writes use the
+ * Each queue has its own io_uring with the volume's fd registered.  Its
+ * completion fd is an epoll fd watching the ring's fd: level-triggered like
+ * the ring fd itself (readable while completions wait in the ring, cleared
+ * by reaping them, no read() per wakeup), yet the same fd for the queue's
+ * life when the ring is re-created for a new thread.  Reads and writes use the
  * caller's buffers in place when they suit O_DIRECT, else an aligned
  * bounce buffer.  Short transfers are continued until done.  Zeroing
  * falls back from FALLOC_FL_ZERO_RANGE to FALLOC_FL_PUNCH_HOLE to writing
@@ -22,7 +25,7 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
-#include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <liburing.h>
@@ -67,7 +70,7 @@ typedef struct FileReq {
 struct FileQueue {
     PfbdQueue base;
     struct io_uring ring;
-    int efd;
+    int epfd;                   /* epoll fd watching ring.ring_fd */
     int fd;                     /* 0 with the fd registered, else the fd */
     unsigned sqe_flags;         /* IOSQE_FIXED_FILE with the fd registered */
     FileReq *reqs;              /* base.depth requests */
@@ -236,14 +239,15 @@ static int file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 }
 
 /*
- * Set up @ring for @fq: @depth entries, the volume's fd registered, the
- * queue's eventfd as notifier.  A single-issuer ring starts disabled:
+ * Set up @ring for @fq: @depth entries, the volume's fd registered, its fd
+ * watched by the queue's epoll fd.  A single-issuer ring starts disabled:
  * file_ring_bind() enables it in the thread that uses it.
  */
 static int file_ring_init(FileQueue *fq, unsigned depth,
                           struct io_uring *ring)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
+    struct epoll_event ev = { .events = EPOLLIN };
     int ret;
 
     ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
@@ -265,19 +269,25 @@ static int file_ring_init(FileQueue *fq, unsigned depth,
         fq->fd = fv->fd;
         fq->sqe_flags = 0;
     }
-    ret = io_uring_register_eventfd(ring, fq->efd);
-    if (ret < 0) {
+    if (epoll_ctl(fq->epfd, EPOLL_CTL_ADD, ring->ring_fd, &ev) < 0) {
+        ret = -errno;
         io_uring_queue_exit(ring);
         return ret;
     }
     return 0;
 }
 
+static void file_ring_exit(FileQueue *fq, struct io_uring *ring)
+{
+    epoll_ctl(fq->epfd, EPOLL_CTL_DEL, ring->ring_fd, NULL);
+    io_uring_queue_exit(ring);
+}
+
 /*
  * Make the ring usable from the calling thread before anything enters the
  * kernel.  A single-issuer ring only takes submissions from the thread
  * that enabled it; when an idle queue has moved to another thread, it gets
- * a new ring (with the same eventfd).
+ * a new ring (watched by the same epoll fd).
  */
 static int file_ring_bind(FileQueue *fq)
 {
@@ -304,7 +314,7 @@ static int file_ring_bind(FileQueue *fq)
             fq->sqe_flags = old.sqe_flags;
             return ret;
         }
-        io_uring_queue_exit(&fq->ring);
+        file_ring_exit(fq, &fq->ring);
         fq->ring = ring;
         if (!fq->single_issuer) {
             return 0;
@@ -343,14 +353,14 @@ static int file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         fq->free_reqs = &fq->reqs[i];
     }
 
-    fq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (fq->efd < 0) {
+    fq->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (fq->epfd < 0) {
         ret = -errno;
         goto fail;
     }
     ret = file_ring_init(fq, depth, &fq->ring);
     if (ret < 0) {
-        close(fq->efd);
+        close(fq->epfd);
         goto fail;
     }
     *qp = &fq->base;
@@ -366,8 +376,8 @@ static void file_queue_free(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
 
-    io_uring_queue_exit(&fq->ring);
-    close(fq->efd);
+    file_ring_exit(fq, &fq->ring);
+    close(fq->epfd);
     free(fq->zero_buf);
     free(fq->reqs);
     free(fq);
@@ -375,7 +385,7 @@ static void file_queue_free(PfbdQueue *q)
 
 static int file_queue_get_fd(PfbdQueue *q)
 {
-    return ((FileQueue *)q)->efd;
+    return ((FileQueue *)q)->epfd;
 }
 
 /* The next way for @req to write zeroes; 0 means writing a zero buffer */

@@ -695,9 +695,18 @@ static bool pfbd_rbd_req_done(RbdQueue *rq, RbdReq *req, ssize_t r)
 static int pfbd_rbd_reap(PfbdQueue *q, unsigned max)
 {
     RbdQueue *rq = (RbdQueue *)q;
+    uint64_t one = 1;
+    uint64_t count;
     RbdReq *req;
     int n = 0;
 
+    /*
+     * The fd is level-triggered for the caller: clear it before taking the
+     * list, so that a request pushed after the take signals it again
+     */
+    if (read(rq->efd, &count, sizeof(count)) < 0) {
+        /* EAGAIN: it was not signalled */
+    }
     while (max == 0 || n < max) {
         if (!rq->ready && !pfbd_rbd_take(rq)) {
             break;
@@ -707,6 +716,10 @@ static int pfbd_rbd_reap(PfbdQueue *q, unsigned max)
         if (pfbd_rbd_req_done(rq, req, req->ret)) {
             n++;
         }
+    }
+    /* Stopped at @max: what was taken and is left must keep it readable */
+    if (rq->ready && write(rq->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, so the eventfd is readable anyway */
     }
     return n;
 }

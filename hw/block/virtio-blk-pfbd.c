@@ -8,7 +8,7 @@
  * The guest sees an ordinary virtio-blk disk.  Each virtqueue is served in
  * its own AioContext (an IOThread, or the main loop): the ioeventfd handler
  * pops a batch of requests, submits them to the virtqueue's libpfbd queue
- * with one engine submit, and the engine's completion eventfd, registered in
+ * with one engine submit, and the engine's completion fd, registered in
  * the same AioContext, completes them to the guest with one notification
  * per batch.  There is no BlockBackend, no coroutine and no bottom half on
  * the data path, and per-queue state is touched by one thread only.
@@ -491,8 +491,8 @@ static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
 /*
  * Send the queued requests to the engine.  Engines may complete requests
  * during the submit (null always; io_uring on a page cache hit) without
- * signalling the completion eventfd: take those now.  An eventfd the engine
- * did signal stays set, and its handler finds nothing or later completions.
+ * making the completion fd readable: take those now.  The fd is
+ * level-triggered and the reap clears it, so no wakeup is left behind.
  */
 static void virtio_blk_pfbd_flush(VirtIOBlockPfbdQueue *q)
 {
@@ -512,7 +512,7 @@ static void virtio_blk_pfbd_completion_read(EventNotifier *e)
     VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
                                            completion);
 
-    event_notifier_test_and_clear(e);
+    /* Level-triggered (pfbd_queue_get_fd()): the reap clears it */
     virtio_blk_pfbd_reap(q);
 }
 
@@ -885,7 +885,6 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
     virtio_blk_pfbd_notify(q);
 
     aio_set_event_notifier(q->ctx, &q->completion, NULL, NULL, NULL);
-    event_notifier_test_and_clear(&q->completion);
 }
 
 /* Context: BQL held */

@@ -132,12 +132,13 @@ void pfbd_queue_free(PfbdQueue *q);
 /**
  * pfbd_queue_get_fd: the queue's completion notifier
  *
- * Returns an eventfd (non-blocking) that becomes readable when completions
- * may be ready.  The caller clears it (reads the 8-byte counter) and then
- * calls pfbd_queue_reap().  Completions that are ready when
- * pfbd_queue_flush() returns need not make it readable (the null engine's
- * never do): after each flush, check pfbd_queue_completions_ready() or
- * reap before waiting on the fd.  The fd belongs to the queue: do not
+ * Returns a file descriptor to poll for POLLIN, the same one for the
+ * queue's life.  It is level-triggered: readable while completions may be
+ * ready, and pfbd_queue_reap() clears it (do not read it: it need not be an
+ * eventfd).  A wakeup need not find anything ready.  Completions that are
+ * ready when pfbd_queue_flush() returns need not make it readable (the null
+ * engine's never do): after each flush, check pfbd_queue_completions_ready()
+ * or reap before waiting on the fd.  The fd belongs to the queue: do not
  * close it.
  */
 int pfbd_queue_get_fd(PfbdQueue *q);
