@@ -885,11 +885,15 @@ def report_md(doc, opts):
             L.append("Under TCG the emulated guest CPU is the bottleneck: "
                      "the guest hands the IOThread one or two requests per "
                      "wake-up, so its CPU per I/O is mostly the event "
-                     "loop's wake-ups and system calls (ppoll, the eventfd "
-                     "reads, io_uring_enter, the guest notification's "
-                     "eventfd write), which both devices pay; the device "
+                     "loop's wake-ups, adaptive polling and system calls "
+                     "(ppoll, the ioeventfd reads, io_uring_enter, the "
+                     "guest notification's eventfd write); the device "
                      "path's own work per request is the rig's CPU column "
-                     "(tenths of a microsecond).")
+                     "(tenths of a microsecond).  pfbd's completion fd is "
+                     "level-triggered (an epoll fd on the io_uring's fd): "
+                     "a completion its polling already reaped leaves no "
+                     "wake-up behind, which would also grow the polling "
+                     "window.")
             L.append("")
 
     if doc.get("errors"):
