@@ -33,6 +33,8 @@
 
 #define FILE_MIN_BLOCK_SIZE 512
 #define FILE_ZERO_BUF_SIZE (256 * 1024)
+/* The kernel's limit on one io_uring fixed buffer */
+#define FILE_FIXED_BUF_MAX (1024 * 1024 * 1024)
 
 typedef struct FileVolume {
     PfbdVolume base;
@@ -76,6 +78,8 @@ struct FileQueue {
     FileReq *reqs;              /* base.depth requests */
     FileReq *free_reqs;
     void *zero_buf;             /* FILE_ZERO_BUF_SIZE zeroes, on demand */
+    struct iovec *mem;          /* fixed buffers: registered memory, */
+    unsigned nmem;              /* at most 1 GiB each, by address */
     bool single_issuer;         /* IORING_SETUP_SINGLE_ISSUER */
     bool enabled;               /* the ring was enabled, by @owner */
     pthread_t owner;
@@ -269,6 +273,12 @@ static int file_ring_init(FileQueue *fq, unsigned depth,
         fq->fd = fv->fd;
         fq->sqe_flags = 0;
     }
+    if (fq->nmem && io_uring_register_buffers(ring, fq->mem, fq->nmem) < 0) {
+        /* A new ring for another thread: go on without fixed buffers */
+        free(fq->mem);
+        fq->mem = NULL;
+        fq->nmem = 0;
+    }
     if (epoll_ctl(fq->epfd, EPOLL_CTL_ADD, ring->ring_fd, &ev) < 0) {
         ret = -errno;
         io_uring_queue_exit(ring);
@@ -378,6 +388,7 @@ static void file_queue_free(PfbdQueue *q)
 
     file_ring_exit(fq, &fq->ring);
     close(fq->epfd);
+    free(fq->mem);
     free(fq->zero_buf);
     free(fq->reqs);
     free(fq);
@@ -386,6 +397,95 @@ static void file_queue_free(PfbdQueue *q)
 static int file_queue_get_fd(PfbdQueue *q)
 {
     return ((FileQueue *)q)->epfd;
+}
+
+static int file_mem_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const struct iovec *)a)->iov_base;
+    uintptr_t y = (uintptr_t)((const struct iovec *)b)->iov_base;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Register @iov as the ring's fixed buffers, cut at FILE_FIXED_BUF_MAX */
+static int file_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
+                                      unsigned n)
+{
+    FileQueue *fq = (FileQueue *)q;
+    struct iovec *mem;
+    unsigned nmem = 0;
+    unsigned i;
+    size_t off, len;
+    int ret;
+
+    /* Whatever happens next, the old ranges are no longer used */
+    free(fq->mem);
+    fq->mem = NULL;
+    fq->nmem = 0;
+    ret = io_uring_unregister_buffers(&fq->ring);
+    if (ret < 0 && ret != -ENXIO) {
+        return ret;
+    }
+
+    for (i = 0; i < n; i++) {
+        nmem += (iov[i].iov_len + FILE_FIXED_BUF_MAX - 1) / FILE_FIXED_BUF_MAX;
+    }
+    if (nmem == 0) {
+        return 0;
+    }
+    mem = calloc(nmem, sizeof(mem[0]));
+    if (!mem) {
+        return -ENOMEM;
+    }
+    nmem = 0;
+    for (i = 0; i < n; i++) {
+        for (off = 0; off < iov[i].iov_len; off += len) {
+            len = iov[i].iov_len - off;
+            if (len > FILE_FIXED_BUF_MAX) {
+                len = FILE_FIXED_BUF_MAX;
+            }
+            mem[nmem].iov_base = (char *)iov[i].iov_base + off;
+            mem[nmem].iov_len = len;
+            nmem++;
+        }
+    }
+    qsort(mem, nmem, sizeof(mem[0]), file_mem_cmp);
+    ret = io_uring_register_buffers(&fq->ring, mem, nmem);
+    if (ret < 0) {
+        free(mem);
+        return ret;
+    }
+    fq->mem = mem;
+    fq->nmem = nmem;
+    return 0;
+}
+
+/* The fixed buffer that holds all of @iov, or -1 */
+static int file_fixed_index(FileQueue *fq, const struct iovec *iov)
+{
+    uintptr_t p = (uintptr_t)iov->iov_base;
+    unsigned lo = 0, hi = fq->nmem;
+    unsigned mid;
+    uintptr_t base;
+
+    /* The last range that starts at or below @p */
+    while (hi - lo > 1) {
+        mid = lo + (hi - lo) / 2;
+        if ((uintptr_t)fq->mem[mid].iov_base <= p) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo == hi) {
+        return -1;      /* nothing registered */
+    }
+    base = (uintptr_t)fq->mem[lo].iov_base;
+    if (p < base || p - base > fq->mem[lo].iov_len ||
+        iov->iov_len > fq->mem[lo].iov_len - (p - base)) {
+        return -1;
+    }
+    return lo;
 }
 
 /* The next way for @req to write zeroes; 0 means writing a zero buffer */
@@ -427,6 +527,7 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
     FileVolume *fv = (FileVolume *)fq->base.vol;
     struct io_uring_sqe *sqe;
     uint64_t chunk;
+    int idx;
 
     if (req->op == PFBD_OP_WRITE_ZEROES && !req->falloc_mode &&
         !fq->zero_buf) {
@@ -447,7 +548,15 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
     switch (req->op) {
     case PFBD_OP_READ:
     case PFBD_OP_WRITE:
-        if (req->op == PFBD_OP_READ) {
+        idx = !req->iov_rest && req->iovcnt == 1 && fq->nmem ?
+              file_fixed_index(fq, req->iov) : -1;
+        if (idx >= 0 && req->op == PFBD_OP_READ) {
+            io_uring_prep_read_fixed(sqe, fq->fd, req->iov[0].iov_base,
+                                     req->iov[0].iov_len, req->offset, idx);
+        } else if (idx >= 0) {
+            io_uring_prep_write_fixed(sqe, fq->fd, req->iov[0].iov_base,
+                                      req->iov[0].iov_len, req->offset, idx);
+        } else if (req->op == PFBD_OP_READ) {
             io_uring_prep_readv(sqe, fq->fd, req->iov_rest ?: req->iov,
                                 req->iov_rest ? req->iovcnt_rest : req->iovcnt,
                                 req->offset + req->done);
@@ -456,9 +565,9 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
                                  req->iov_rest ? req->iovcnt_rest :
                                                  req->iovcnt,
                                  req->offset + req->done);
-            if (req->flags & PFBD_REQ_FUA) {
-                sqe->rw_flags = RWF_DSYNC;
-            }
+        }
+        if (req->op == PFBD_OP_WRITE && (req->flags & PFBD_REQ_FUA)) {
+            sqe->rw_flags = RWF_DSYNC;
         }
         break;
     case PFBD_OP_FLUSH:
@@ -768,6 +877,7 @@ const PfbdEngine pfbd_engine_file = {
     .queue_new = file_queue_new,
     .queue_free = file_queue_free,
     .queue_get_fd = file_queue_get_fd,
+    .queue_register_memory = file_queue_register_memory,
     .submit = file_submit,
     .flush = file_flush,
     .completions_ready = file_completions_ready,

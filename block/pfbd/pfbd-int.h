@@ -58,6 +58,9 @@ struct PfbdEngine {
     int (*queue_new)(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);
     void (*queue_free)(PfbdQueue *q);
     int (*queue_get_fd)(PfbdQueue *q);
+    /* May be NULL: no memory registration (-ENOTSUP) */
+    int (*queue_register_memory)(PfbdQueue *q, const struct iovec *iov,
+                                 unsigned n);
 
     /*
      * Queue one validated request; never block.  On success the engine

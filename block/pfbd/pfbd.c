@@ -384,6 +384,18 @@ int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     return 0;
 }
 
+int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
+                               unsigned n)
+{
+    if (!q->vol->engine->queue_register_memory) {
+        return -ENOTSUP;
+    }
+    if (q->inflight > 0 && n > 0) {
+        return -EBUSY;
+    }
+    return q->vol->engine->queue_register_memory(q, iov, n);
+}
+
 int pfbd_queue_flush(PfbdQueue *q)
 {
     return q->vol->engine->flush(q);

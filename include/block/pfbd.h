@@ -144,6 +144,30 @@ void pfbd_queue_free(PfbdQueue *q);
 int pfbd_queue_get_fd(PfbdQueue *q);
 
 /**
+ * pfbd_queue_register_memory: the memory @q's buffers will mostly lie in
+ *
+ * @iov, @n: ranges of the caller's address space (@n 0: none).  An engine
+ * that can (file: io_uring fixed buffers) pins them and sends READ and
+ * WRITE requests whose one buffer lies inside a range without mapping it
+ * per request; other buffers work as before.  This replaces the previous
+ * ranges.  While registered, a range must stay mapped to the same memory:
+ * memory that is unmapped, remapped or discarded (MADV_DONTNEED) under a
+ * registration is not what requests read into or write from.  Unregister
+ * (@n 0) first; that always stops the use of the ranges, even when it
+ * fails, and may be done with requests in flight.  Call it from the
+ * queue's thread, or before the queue's first request.
+ *
+ * Returns 0, or a negative errno and no range registered:
+ *   -ENOTSUP  the engine has no such registration (null, rbd)
+ *   -EBUSY    @n > 0 and requests are in flight
+ *   -ENOMEM   the memory cannot be pinned (RLIMIT_MEMLOCK)
+ *   -EFAULT   a range is not plain memory (e.g. read-only, or a file
+ *             mapping the kernel cannot pin)
+ */
+int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
+                               unsigned n);
+
+/**
  * pfbd_submit: queue one request on @q
  *
  * @op:     the operation

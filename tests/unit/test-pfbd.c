@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <glib.h>
@@ -855,6 +856,139 @@ static void test_file_queue_changes_thread(void)
     close_volume(&tv);
 }
 
+/* ---- file engine: registered memory (io_uring fixed buffers) ---- */
+
+#define MEM_LEN (64 * 1024)
+
+/*
+ * Give @mem new, zeroed pages at the same address.  A registration still
+ * holds the old ones, so a request that uses it moves data there: @mem
+ * staying zero after a read shows that the read went through it.
+ */
+static void remap_zero(void *mem)
+{
+    g_assert_true(mmap(mem, MEM_LEN, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+                  mem);
+}
+
+static void *map_mem(void)
+{
+    void *mem = mmap(NULL, MEM_LEN, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    g_assert_true(mem != MAP_FAILED);
+    return mem;
+}
+
+/* Data the file holds at 0..16 KiB, as written by the test */
+static uint8_t mem_pattern[16384];
+
+/* Write 16 KiB from registered memory, read it back elsewhere */
+static void check_registered_write(PfbdQueue *q, uint8_t *mem)
+{
+    uint8_t *rbuf = alloc_aligned(sizeof(mem_pattern));
+
+    fill_pattern(mem_pattern, sizeof(mem_pattern), 29);
+    memcpy(mem, mem_pattern, sizeof(mem_pattern));
+    g_assert_cmpint(do_rw(q, PFBD_OP_WRITE, 0, mem, sizeof(mem_pattern),
+                          PFBD_REQ_FUA), ==, 0);
+    g_assert_cmpint(do_rw(q, PFBD_OP_READ, 0, rbuf, sizeof(mem_pattern), 0),
+                    ==, 0);
+    g_assert_true(memcmp(rbuf, mem_pattern, sizeof(mem_pattern)) == 0);
+    free(rbuf);
+}
+
+typedef struct MemThread {
+    TestVolume *tv;
+    uint8_t *mem;
+} MemThread;
+
+static gpointer registered_read_in_thread(gpointer opaque)
+{
+    MemThread *mt = opaque;
+    TestVolume *tv = mt->tv;
+    uint8_t *mem = mt->mem;
+
+    /* The queue gets a new ring here, with the memory registered again */
+    g_assert_cmpint(do_req(tv->q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    remap_zero(mem);
+    g_assert_cmpint(do_rw(tv->q, PFBD_OP_READ, 0, mem, 4096, 0), ==, 0);
+    g_assert_true(is_zero(mem, 4096));
+    return NULL;
+}
+
+static void test_file_register_memory(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *mem = map_mem();
+    struct iovec reg = { mem, MEM_LEN };
+    struct iovec iov[2];
+    Completion c = { .ret = 1 };
+    MemThread mt = { &tv, mem };
+    GThread *thread;
+
+    open_file(&tv, NULL, MiB, false, 4);
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==, 0);
+    check_registered_write(tv.q, mem);
+
+    /* A read into registered memory goes through the registration */
+    remap_zero(mem);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
+                          0), ==, 0);
+    g_assert_true(is_zero(mem, sizeof(mem_pattern)));
+
+    /* Two buffers, or one that sticks out, are sent as before */
+    reg.iov_len = MEM_LEN - 4096;
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==, 0);
+    remap_zero(mem);
+    iov[0] = (struct iovec) { mem, 4096 };
+    iov[1] = (struct iovec) { mem + 8192, 4096 };
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, 0, iov, 2, 8192, 0), ==, 0);
+    g_assert_true(memcmp(mem, mem_pattern, 4096) == 0);
+    g_assert_true(memcmp(mem + 8192, mem_pattern + 4096, 4096) == 0);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem + MEM_LEN - 8192, 8192,
+                          0), ==, 0);
+    g_assert_true(memcmp(mem + MEM_LEN - 8192, mem_pattern, 8192) == 0);
+    reg.iov_len = MEM_LEN;
+
+    /* Unregistered, requests use the pages mapped now */
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, NULL, 0), ==, 0);
+    remap_zero(mem);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
+                          0), ==, 0);
+    g_assert_true(memcmp(mem, mem_pattern, sizeof(mem_pattern)) == 0);
+
+    /* Not with requests in flight */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c), ==, 0);
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==, -EBUSY);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c.ret, ==, 0);
+
+    /* A queue that moves to another thread keeps its registration */
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==, 0);
+    check_registered_write(tv.q, mem);
+    thread = g_thread_new("pfbd-test", registered_read_in_thread, &mt);
+    g_thread_join(thread);
+
+    close_volume(&tv);
+    munmap(mem, MEM_LEN);
+}
+
+/* Engines without registration say so; requests work as before */
+static void test_null_register_memory(void)
+{
+    TestVolume tv = { 0 };
+    struct iovec reg = { &tv, sizeof(tv) };
+
+    open_spec(&tv, "null:1M", false, 1);
+    g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==,
+                    -ENOTSUP);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==, 0);
+    close_volume(&tv);
+}
+
 /* ---- argument errors ---- */
 
 static void test_submit_misaligned(void)
@@ -1632,6 +1766,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/null/size-suffixes", test_null_size_suffixes);
     g_test_add_func("/pfbd/null/bad-size", test_null_bad_size);
     g_test_add_func("/pfbd/null/every-op", test_null_every_op);
+    g_test_add_func("/pfbd/null/register-memory", test_null_register_memory);
     g_test_add_func("/pfbd/null/completes-at-flush",
                     test_null_completes_at_flush);
     g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
@@ -1659,6 +1794,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/many-iovecs", test_file_many_iovecs);
     g_test_add_func("/pfbd/file/batch", test_file_batch);
     g_test_add_func("/pfbd/file/completion-fd", test_file_completion_fd);
+    g_test_add_func("/pfbd/file/register-memory", test_file_register_memory);
     g_test_add_func("/pfbd/file/drain", test_file_drain);
     g_test_add_func("/pfbd/file/drain-unflushed", test_file_drain_unflushed);
     g_test_add_func("/pfbd/file/queue-changes-thread",
