@@ -32,6 +32,9 @@
 #include "hw/virtio/virtio-access.h"
 #include "hw/virtio/iothread-vq-mapping.h"
 #include "exec/memory.h"
+#include "exec/ramblock.h"
+#include "system/hostmem.h"
+#include "migration/postcopy-ram.h"
 #include "system/system.h"
 #include "system/runstate.h"
 #include "qapi/qapi-events-block-core.h"
@@ -1160,6 +1163,145 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
     s->queues = NULL;
 }
 
+/*
+ * fixed-buffers=on: the guest RAM is registered with every engine queue, so
+ * that the file engine moves data through io_uring fixed buffers (no
+ * pinning and mapping of the pages per request).  The RAM stays pinned
+ * while registered, as with VFIO: RAM discards (virtio-balloon, virtio-mem)
+ * are refused, and a RAM block that goes away is unregistered first.
+ */
+static int virtio_blk_pfbd_collect_ram(RAMBlock *rb, void *opaque)
+{
+    GArray *ram = opaque;
+    struct iovec iov;
+
+    /* Guest RAM comes from memory backends; not ROMs or device memory */
+    if (!object_dynamic_cast(memory_region_owner(rb->mr),
+                             TYPE_MEMORY_BACKEND) ||
+        (rb->flags & RAM_READONLY)) {
+        return 0;
+    }
+    iov.iov_base = qemu_ram_get_host_addr(rb);
+    iov.iov_len = qemu_ram_get_used_length(rb);
+    g_array_append_val(ram, iov);
+    return 0;
+}
+
+/* Context: BH in the virtqueue's AioContext */
+static void virtio_blk_pfbd_unregister_ram_bh(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+
+    /* This stops the use of the ranges even when it fails */
+    pfbd_queue_register_memory(q->pq, NULL, 0);
+}
+
+/* Context: BQL held, before the RAM block's memory is unmapped */
+static void virtio_blk_pfbd_ram_block_removed(RAMBlockNotifier *n,
+                                              void *host, size_t size,
+                                              size_t max_size)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, ram_notifier);
+    uintptr_t start = (uintptr_t)host;
+    bool overlaps = false;
+    unsigned int i;
+
+    for (i = 0; i < s->ram_count; i++) {
+        uintptr_t base = (uintptr_t)s->ram[i].iov_base;
+
+        if (start < base + s->ram[i].iov_len && base < start + max_size) {
+            overlaps = true;
+        }
+    }
+    if (!overlaps) {
+        return;
+    }
+    for (i = 0; i < s->conf.num_queues; i++) {
+        aio_wait_bh_oneshot(s->queues[i].ctx,
+                            virtio_blk_pfbd_unregister_ram_bh,
+                            &s->queues[i]);
+    }
+    g_free(s->ram);
+    s->ram = NULL;
+    s->ram_count = 0;
+}
+
+/*
+ * Postcopy migration discards the destination's RAM and fills it page by
+ * page: pinned pages would no longer be the guest's.
+ */
+static int virtio_blk_pfbd_postcopy_notify(NotifierWithReturn *n,
+                                           void *data, Error **errp)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd,
+                                      postcopy_notifier);
+    struct PostcopyNotifyData *pnd = data;
+    g_autofree char *path = NULL;
+
+    if (pnd->reason == POSTCOPY_NOTIFY_PROBE) {
+        path = object_get_canonical_path(OBJECT(s));
+        error_setg(errp, "%s: virtio-blk-pfbd with fixed-buffers=on pins "
+                   "the guest RAM", path);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* Context: realize, before any queue has served a request */
+static bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
+{
+    GArray *ram = g_array_new(false, false, sizeof(struct iovec));
+    unsigned int i;
+    int ret;
+
+    ret = ram_block_discard_disable(true);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "fixed-buffers=on pins the guest RAM, "
+                         "which a device that discards RAM (virtio-mem) "
+                         "does not allow");
+        g_array_free(ram, true);
+        return false;
+    }
+    s->ram_discard_disabled = true;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        qemu_ram_foreach_block(virtio_blk_pfbd_collect_ram, ram);
+    }
+    s->ram_count = ram->len;
+    s->ram = (struct iovec *)g_array_free(ram, false);
+    for (i = 0; i < s->conf.num_queues; i++) {
+        ret = pfbd_queue_register_memory(s->queues[i].pq, s->ram,
+                                         s->ram_count);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot register the guest RAM "
+                             "with engine queue %u of volume '%s' "
+                             "(fixed-buffers=on)", i, s->conf.volume);
+            return false;
+        }
+    }
+    s->ram_notifier.ram_block_removed = virtio_blk_pfbd_ram_block_removed;
+    ram_block_notifier_add(&s->ram_notifier);
+    s->postcopy_notifier.notify = virtio_blk_pfbd_postcopy_notify;
+    postcopy_add_notifier(&s->postcopy_notifier);
+    return true;
+}
+
+static void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s)
+{
+    g_free(s->ram);
+    s->ram = NULL;
+    s->ram_count = 0;
+    if (s->ram_notifier.ram_block_removed) {
+        /* This calls ram_block_removed() for every block: nothing to do */
+        ram_block_notifier_remove(&s->ram_notifier);
+        s->ram_notifier.ram_block_removed = NULL;
+    }
+    if (s->postcopy_notifier.notify) {
+        postcopy_remove_notifier(&s->postcopy_notifier);
+        s->postcopy_notifier.notify = NULL;
+    }
+}
+
 static void virtio_blk_pfbd_device_unrealize(DeviceState *dev);
 
 static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
@@ -1197,6 +1339,9 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
         !virtio_blk_pfbd_queues_init(s, errp)) {
         goto fail;
     }
+    if (s->conf.fixed_buffers && !virtio_blk_pfbd_register_ram(s, errp)) {
+        goto fail;
+    }
     /* After virtio_init(): runs after the core has restarted the queues */
     s->change = qdev_add_vm_change_state_handler(
         dev, virtio_blk_pfbd_vm_state_change, s);
@@ -1222,7 +1367,12 @@ static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
         s->change = NULL;
     }
     virtio_blk_pfbd_drop_parked(s);
+    virtio_blk_pfbd_unregister_ram(s);
     virtio_blk_pfbd_queues_cleanup(s);
+    if (s->ram_discard_disabled) {
+        ram_block_discard_disable(false);
+        s->ram_discard_disabled = false;
+    }
     virtio_blk_pfbd_vq_aio_context_cleanup(s);
     for (i = 0; i < s->conf.num_queues; i++) {
         virtio_del_queue(vdev, i);
@@ -1486,6 +1636,8 @@ static const Property virtio_blk_pfbd_properties[] = {
     DEFINE_PROP_BIT64("config-wce", VirtIOBlockPfbd, host_features,
                       VIRTIO_BLK_F_CONFIG_WCE, true),
     DEFINE_PROP_BOOL("read-only", VirtIOBlockPfbd, conf.read_only, false),
+    DEFINE_PROP_BOOL("fixed-buffers", VirtIOBlockPfbd, conf.fixed_buffers,
+                     false),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("rerror", VirtIOBlockPfbd, conf.rerror,
                                   BLOCKDEV_ON_ERROR_REPORT),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("werror", VirtIOBlockPfbd, conf.werror,
@@ -1524,6 +1676,9 @@ static const struct {
     { "config-wce", "let the guest switch the write cache through the "
       "config space" },
     { "read-only", "open the volume read-only and offer VIRTIO_BLK_F_RO" },
+    { "fixed-buffers", "register the guest RAM with the engine (file: "
+      "io_uring fixed buffers, no page mapping per request); pins all guest "
+      "RAM and refuses RAM discards (virtio-balloon, virtio-mem)" },
     { "rerror", "what a failed read does: report (default: the guest gets "
       "an I/O error), ignore, stop (pause the VM; cont retries)" },
     { "werror", "what a failed write, flush, discard or write-zeroes does: "

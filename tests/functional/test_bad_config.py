@@ -92,6 +92,17 @@ def cases(image):
         "bad null size": (
             dev(volume="null:12Q"),
             "null:12Q"),
+        "fixed-buffers on an engine without them": (
+            dev(volume="null:16M", **{"fixed-buffers": True}),
+            "cannot register the guest RAM with engine queue 0 of volume "
+            "'null:16M' (fixed-buffers=on): Operation not supported"),
+        "fixed-buffers with virtio-mem": (
+            ["-m", "512M,maxmem=1G", "-object",
+             "memory-backend-ram,id=vmem0,size=128M", "-device",
+             "virtio-mem-pci,memdev=vmem0"] +
+            dev(volume=vol, **{"fixed-buffers": True}),
+            "fixed-buffers=on pins the guest RAM, which a device that "
+            "discards RAM (virtio-mem) does not allow"),
     }
 
 

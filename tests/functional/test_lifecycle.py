@@ -194,11 +194,13 @@ echo ALL-OK
 """
 
 
-def migrate_and_finish(guest, volume, tmp_path, to_file):
+def migrate_and_finish(guest, volume, tmp_path, to_file, **props):
     """Start the guest on @volume with fio verify running, migrate it to a
     second QEMU (live over a Unix socket, or through a file: save/restore),
-    and check the job ends well on the destination."""
-    args = pfbd_disk(volume, num_queues=2, iothreads=["io0", "io1"])
+    and check the job ends well on the destination.  @props: more device
+    properties."""
+    args = pfbd_disk(volume, num_queues=2, iothreads=["io0", "io1"],
+                     **props)
     src = guest.start(MIGRATION_JOB, args, timeout=TIMEOUT, qmp=True)
     dst = None
     try:
@@ -212,6 +214,13 @@ def migrate_and_finish(guest, volume, tmp_path, to_file):
             dst = guest.start(MIGRATION_JOB, args + ["-incoming", uri],
                               timeout=TIMEOUT, qmp=True)
             dst.qmp("query-status")     # up and listening
+            if props.get("fixed-buffers"):
+                # Postcopy would discard the pinned RAM: refused
+                with pytest.raises(RuntimeError,
+                                   match="fixed-buffers=on pins the guest "
+                                   "RAM"):
+                    dst.qmp("migrate-set-capabilities", capabilities=[
+                        {"capability": "postcopy-ram", "state": True}])
         src.qmp("migrate", uri=uri)
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -250,6 +259,14 @@ def test_live_migration_file(guest, image, tmp_path):
     """Live migration between two QEMU processes sharing a file volume,
     with fio verify running in the guest across it."""
     migrate_and_finish(guest, "file:" + image, tmp_path, to_file=False)
+
+
+def test_live_migration_fixed_buffers(guest, image, tmp_path):
+    """The same with fixed-buffers=on on both sides: the destination's
+    pinned RAM is what the migrated pages land in, and fio verify passes;
+    postcopy is refused on the destination."""
+    migrate_and_finish(guest, "file:" + image, tmp_path, to_file=False,
+                       **{"fixed-buffers": True})
 
 
 def test_save_restore_file(guest, image, tmp_path):

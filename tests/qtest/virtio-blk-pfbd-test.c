@@ -763,6 +763,70 @@ static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
  * the new RAM, in the old RAM, and across the DIMM's end (cached part plus
  * the unassigned rest, which QEMU bounces).
  */
+/*
+ * fixed-buffers=on: the boot RAM is registered with the engine (io_uring
+ * fixed buffers) and a DIMM plugged later is not; requests work in both,
+ * in both directions.
+ */
+static void test_fixed_buffers(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G",
+                         ", \"fixed-buffers\": true", 1);
+    uint8_t wbuf[8192], rbuf[8192];
+    QDict *rsp;
+    uint64_t dimm;
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
+                    "{ 'path': '/machine/peripheral/drv0', "
+                    "'property': 'fixed-buffers' } }");
+    g_assert(qdict_get_bool(rsp, "return"));
+    qobject_unref(rsp);
+
+    fill_pattern(wbuf, sizeof(wbuf), 11);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 8, wbuf,
+                                sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, 8 * 512, wbuf, sizeof(wbuf));
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 8, rbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-add', 'arguments': "
+                    "{ 'qom-type': 'memory-backend-ram', 'id': 'mem1', "
+                    "'size': %d } }", 128 * 1024 * 1024);
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_add', 'arguments': "
+                    "{ 'driver': 'pc-dimm', 'id': 'dimm1', "
+                    "'memdev': 'mem1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
+                    "{ 'path': '/machine/peripheral/dimm1', "
+                    "'property': 'addr' } }");
+    dimm = qdict_get_int(rsp, "return");
+    qobject_unref(rsp);
+
+    fill_pattern(wbuf, sizeof(wbuf), 13);
+    qtest_memwrite(p->qts, dimm + 8192, wbuf, sizeof(wbuf));
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_OUT, 32, dimm + 8192,
+                                   sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, 32 * 512, wbuf, sizeof(wbuf));
+    qtest_memset(p->qts, dimm + 65536, 0xaa, sizeof(rbuf));
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, 8, dimm + 65536,
+                                   sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, dimm + 65536, rbuf, sizeof(rbuf));
+    fill_pattern(wbuf, sizeof(wbuf), 11);
+    g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+
+    /* The registered boot RAM still serves reads */
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 32, rbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    fill_pattern(wbuf, sizeof(wbuf), 13);
+    g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_hotplugged_ram(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G", "", 1);
@@ -1264,6 +1328,7 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/hotplugged-ram",
                    test_hotplugged_ram);
     qtest_add_func("/virtio-blk-pfbd/mq/mapping", test_multiqueue_mapping);

@@ -11,6 +11,7 @@
 
 #include "standard-headers/linux/virtio_blk.h"
 #include "hw/virtio/virtio.h"
+#include "exec/ramlist.h"
 #include "system/iothread.h"
 #include "qemu/event_notifier.h"
 #include "qom/object.h"
@@ -36,6 +37,7 @@ typedef struct VirtIOBlockPfbdConf {
     uint32_t max_write_zeroes_sectors;
     bool seg_max_adjust;
     bool read_only;
+    bool fixed_buffers;
     BlockdevOnError rerror;
     BlockdevOnError werror;
 } VirtIOBlockPfbdConf;
@@ -117,6 +119,13 @@ struct VirtIOBlockPfbd {
     VirtIOBlockPfbdQueue *queues;
 
     VMChangeStateEntry *change;     /* resends parked requests on cont */
+
+    /* fixed-buffers=on: guest RAM registered with the engine queues */
+    struct iovec *ram;
+    unsigned int ram_count;
+    RAMBlockNotifier ram_notifier;  /* drops them when RAM goes away */
+    NotifierWithReturn postcopy_notifier;   /* refuses postcopy */
+    bool ram_discard_disabled;
 
     bool ioeventfd_disabled;
     bool ioeventfd_started;
