@@ -172,8 +172,12 @@ def device_args(device, backend, iothreads, iodepth, image):
     dev = {"driver": device, "id": "disk0", "num-queues": iothreads,
            "queue-size": queue_size(iodepth),
            "iothread-vq-mapping": [{"iothread": t} for t in ids]}
-    if device == "virtio-blk-pfbd":
-        dev["volume"] = "null:1G" if backend == "null" else "file:" + image
+    if device == "virtio-blk-pfbd" and backend == "null":
+        dev["volume"] = "null:1G"
+    elif device == "virtio-blk-pfbd":
+        # Guest RAM as io_uring fixed buffers, as host fio's fixedbufs
+        dev["volume"] = "file:" + image
+        dev["fixed-buffers"] = True
     elif backend == "null":
         args += ["-blockdev", "driver=null-co,node-name=n0,read-zeroes=off,"
                  "size=%d" % GIB]
@@ -260,6 +264,9 @@ def run_host(opts, rw, bs, iodepth, numjobs):
            "--ramp_time=%g" % opts.ramp, "--time_based", "--norandommap",
            "--randrepeat=0", "--lat_percentiles=1",
            "--registerfiles=1", "--fixedbufs=1", "--output-format=json"]
+    if opts.qemu_cpus:
+        # The CPUs the device path (QEMU) gets in rig mode
+        cmd = ["taskset", "-c", opts.qemu_cpus] + cmd
     # CPU: fio's own usr/sys misses its io_uring workers (iou-wrk-*), so
     # sample every thread of the fio processes inside the measured window
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -655,7 +662,10 @@ def report_md(doc, opts):
         "the device sets `VRING_USED_F_NO_NOTIFY`, as Linux does), and polls "
         "the used ring (no interrupts, `VRING_AVAIL_F_NO_INTERRUPT`).  "
         "Features: VERSION_1, FLUSH, CONFIG_WCE, BLK_SIZE, SEG_MAX, "
-        "TOPOLOGY, MQ; no EVENT_IDX, no INDIRECT_DESC.  Latency is submit "
+        "TOPOLOGY, MQ; no EVENT_IDX, no INDIRECT_DESC.  virtio-blk-pfbd "
+        "on the file backend has `fixed-buffers=on` (the guest RAM "
+        "registered as io_uring fixed buffers, as host fio's `fixedbufs`).  "
+        "Latency is submit "
         "(avail publish) to completion seen in the used ring.  "
         "**CPU us/IO** is the CPU time of the IOThreads (`IO ioN`) plus "
         "io_uring workers (`iou-wrk-*`) of the QEMU process over the measured "
@@ -667,7 +677,9 @@ def report_md(doc, opts):
     if meta.get("rig_cpus") is not None:
         L.append("The rig (the guest's vCPU, as it were) is pinned to CPU %s "
                  "and QEMU, every thread, to CPU(s) %s; fio on the host is "
-                 "not pinned." % (meta["rig_cpus"], meta["qemu_cpus"]))
+                 "pinned to QEMU's CPU(s), so that the host limit has the "
+                 "CPUs the device path has." % (meta["rig_cpus"],
+                                                 meta["qemu_cpus"]))
         L.append("")
     L.append("**host**: fio, `ioengine=io_uring`, `direct=1`, on the same "
              "file, `numjobs` = IOThreads, same rw/bs/iodepth per job.  "
