@@ -764,6 +764,34 @@ static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
  * the unassigned rest, which QEMU bounces).
  */
 /*
+ * Plug a DIMM "dimm1" of @size bytes (memory backend "mem1") into a
+ * machine started with -m 256M,slots=2,maxmem=1G; returns its address.
+ */
+static uint64_t pfbd_plug_dimm(Pfbd *p, uint64_t size)
+{
+    QDict *rsp;
+    uint64_t addr;
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-add', 'arguments': "
+                    "{ 'qom-type': 'memory-backend-ram', 'id': 'mem1', "
+                    "'size': %" PRIu64 " } }", size);
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_add', 'arguments': "
+                    "{ 'driver': 'pc-dimm', 'id': 'dimm1', "
+                    "'memdev': 'mem1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
+                    "{ 'path': '/machine/peripheral/dimm1', "
+                    "'property': 'addr' } }");
+    addr = qdict_get_int(rsp, "return");
+    qobject_unref(rsp);
+    g_assert_cmphex(addr, >=, 256 * 1024 * 1024);
+    return addr;
+}
+
+/*
  * fixed-buffers=on: the boot RAM is registered with the engine (io_uring
  * fixed buffers) and a DIMM plugged later is not; requests work in both,
  * in both directions.
@@ -790,21 +818,7 @@ static void test_fixed_buffers(void)
                                 sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
     g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
 
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-add', 'arguments': "
-                    "{ 'qom-type': 'memory-backend-ram', 'id': 'mem1', "
-                    "'size': %d } }", 128 * 1024 * 1024);
-    g_assert(qdict_haskey(rsp, "return"));
-    qobject_unref(rsp);
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_add', 'arguments': "
-                    "{ 'driver': 'pc-dimm', 'id': 'dimm1', "
-                    "'memdev': 'mem1' } }");
-    g_assert(qdict_haskey(rsp, "return"));
-    qobject_unref(rsp);
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
-                    "{ 'path': '/machine/peripheral/dimm1', "
-                    "'property': 'addr' } }");
-    dimm = qdict_get_int(rsp, "return");
-    qobject_unref(rsp);
+    dimm = pfbd_plug_dimm(p, 128 * 1024 * 1024);
 
     fill_pattern(wbuf, sizeof(wbuf), 13);
     qtest_memwrite(p->qts, dimm + 8192, wbuf, sizeof(wbuf));
@@ -832,7 +846,6 @@ static void test_hotplugged_ram(void)
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G", "", 1);
     const uint64_t dimm_size = 128 * 1024 * 1024;
     uint8_t wbuf[8192], rbuf[8192];
-    QDict *rsp;
     uint64_t dimm;
 
     /* Entries for the boot RAM */
@@ -840,22 +853,7 @@ static void test_hotplugged_ram(void)
     g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 0, wbuf,
                                 sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
 
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-add', 'arguments': "
-                    "{ 'qom-type': 'memory-backend-ram', 'id': 'mem1', "
-                    "'size': %" PRIu64 " } }", dimm_size);
-    g_assert(qdict_haskey(rsp, "return"));
-    qobject_unref(rsp);
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_add', 'arguments': "
-                    "{ 'driver': 'pc-dimm', 'id': 'dimm1', "
-                    "'memdev': 'mem1' } }");
-    g_assert(qdict_haskey(rsp, "return"));
-    qobject_unref(rsp);
-    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
-                    "{ 'path': '/machine/peripheral/dimm1', "
-                    "'property': 'addr' } }");
-    dimm = qdict_get_int(rsp, "return");
-    qobject_unref(rsp);
-    g_assert_cmphex(dimm, >=, 256 * 1024 * 1024);
+    dimm = pfbd_plug_dimm(p, dimm_size);
 
     /* Write from the DIMM, read back into another place in it */
     fill_pattern(wbuf, sizeof(wbuf), 5);
