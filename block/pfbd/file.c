@@ -256,6 +256,7 @@ static int file_ring_init(FileQueue *fq, unsigned depth,
 
     ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
                               IORING_SETUP_COOP_TASKRUN |
+                              IORING_SETUP_TASKRUN_FLAG |
                               IORING_SETUP_R_DISABLED);
     fq->single_issuer = ret == 0;
     if (ret == -EINVAL) {
@@ -818,7 +819,16 @@ static int file_flush(PfbdQueue *q)
 
 static bool file_completions_ready(PfbdQueue *q)
 {
-    return io_uring_cq_ready(&((FileQueue *)q)->ring) > 0;
+    struct io_uring *ring = &((FileQueue *)q)->ring;
+
+    /*
+     * With COOP_TASKRUN, completions of requests the kernel did not hand
+     * to a worker (a block device's) wait as task work until this thread
+     * enters the kernel; TASKRUN_FLAG says so, and reap enters it.
+     */
+    return io_uring_cq_ready(ring) > 0 ||
+           (__atomic_load_n(ring->sq.kflags, __ATOMIC_RELAXED) &
+            IORING_SQ_TASKRUN);
 }
 
 static int file_reap(PfbdQueue *q, unsigned max)
