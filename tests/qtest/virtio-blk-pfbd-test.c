@@ -841,6 +841,56 @@ static void test_fixed_buffers(void)
     pfbd_stop(p);
 }
 
+/* VmPin of QEMU's process (pages io_uring holds pinned), in KiB */
+static uint64_t qemu_vm_pin_kb(QTestState *qts)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status",
+                                            (int)qtest_pid(qts));
+    g_autofree char *status = NULL;
+    const char *line;
+
+    g_assert(g_file_get_contents(path, &status, NULL, NULL));
+    line = strstr(status, "VmPin:");
+    g_assert_nonnull(line);
+    return g_ascii_strtoull(line + strlen("VmPin:"), NULL, 10);
+}
+
+/*
+ * fixed-buffers=on and a registered RAM block that goes away (the memory
+ * backend of an unplugged ivshmem device): the device unregisters the
+ * memory before the block is freed, and requests go on working.
+ */
+static void test_fixed_buffers_ram_removed(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE,
+                         "-object memory-backend-ram,id=mb1,size=4M",
+                         ", \"fixed-buffers\": true", 1);
+    uint8_t wbuf[8192], rbuf[8192];
+    QDict *rsp;
+
+    /* The boot RAM and mb1 are pinned */
+    g_assert_cmpuint(qemu_vm_pin_kb(p->qts), >=, 4096);
+    qtest_qmp_device_add(p->qts, "ivshmem-plain", "iv1",
+                         "{'addr': %s, 'memdev': 'mb1'}",
+                         stringify(PCI_SLOT_HP));
+    qpci_unplug_acpi_device_test(p->qts, "iv1", PCI_SLOT_HP);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-del', 'arguments': "
+                    "{ 'id': 'mb1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    g_assert_cmpuint(qemu_vm_pin_kb(p->qts), ==, 0);
+
+    fill_pattern(wbuf, sizeof(wbuf), 17);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 40, wbuf,
+                                sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, 40 * 512, wbuf, sizeof(wbuf));
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 40, rbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_hotplugged_ram(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G", "", 1);
@@ -1327,6 +1377,8 @@ int main(int argc, char **argv)
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
+    qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-ram-removed",
+                   test_fixed_buffers_ram_removed);
     qtest_add_func("/virtio-blk-pfbd/mem/hotplugged-ram",
                    test_hotplugged_ram);
     qtest_add_func("/virtio-blk-pfbd/mq/mapping", test_multiqueue_mapping);
