@@ -763,6 +763,26 @@ static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
  * the new RAM, in the old RAM, and across the DIMM's end (cached part plus
  * the unassigned rest, which QEMU bounces).
  */
+/* Write @len bytes of @data from guest address @addr to @sector; check */
+static void pfbd_write_from(Pfbd *p, uint64_t sector, uint64_t addr,
+                            const void *data, size_t len)
+{
+    qtest_memwrite(p->qts, addr, data, len);
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_OUT, sector, addr, len),
+                    ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, sector * 512, data, len);
+}
+
+/* Read @len bytes at @sector into guest address @addr, then into @buf */
+static void pfbd_read_into(Pfbd *p, uint64_t sector, uint64_t addr,
+                           void *buf, size_t len)
+{
+    qtest_memset(p->qts, addr, 0xaa, len);
+    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, sector, addr, len),
+                    ==, VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, addr, buf, len);
+}
+
 /*
  * Plug a DIMM "dimm1" of @size bytes (memory backend "mem1") into a
  * machine started with -m 256M,slots=2,maxmem=1G; returns its address.
@@ -821,14 +841,8 @@ static void test_fixed_buffers(void)
     dimm = pfbd_plug_dimm(p, 128 * 1024 * 1024);
 
     fill_pattern(wbuf, sizeof(wbuf), 13);
-    qtest_memwrite(p->qts, dimm + 8192, wbuf, sizeof(wbuf));
-    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_OUT, 32, dimm + 8192,
-                                   sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
-    assert_file_bytes(p, 32 * 512, wbuf, sizeof(wbuf));
-    qtest_memset(p->qts, dimm + 65536, 0xaa, sizeof(rbuf));
-    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, 8, dimm + 65536,
-                                   sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
-    qtest_memread(p->qts, dimm + 65536, rbuf, sizeof(rbuf));
+    pfbd_write_from(p, 32, dimm + 8192, wbuf, sizeof(wbuf));
+    pfbd_read_into(p, 8, dimm + 65536, rbuf, sizeof(rbuf));
     fill_pattern(wbuf, sizeof(wbuf), 11);
     g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
 
@@ -907,14 +921,8 @@ static void test_hotplugged_ram(void)
 
     /* Write from the DIMM, read back into another place in it */
     fill_pattern(wbuf, sizeof(wbuf), 5);
-    qtest_memwrite(p->qts, dimm + 4096, wbuf, sizeof(wbuf));
-    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_OUT, 64, dimm + 4096,
-                                   sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
-    assert_file_bytes(p, 64 * 512, wbuf, sizeof(wbuf));
-    qtest_memset(p->qts, dimm + 65536, 0xaa, sizeof(rbuf));
-    g_assert_cmpint(pfbd_do_req_at(p, VIRTIO_BLK_T_IN, 64, dimm + 65536,
-                                   sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
-    qtest_memread(p->qts, dimm + 65536, rbuf, sizeof(rbuf));
+    pfbd_write_from(p, 64, dimm + 4096, wbuf, sizeof(wbuf));
+    pfbd_read_into(p, 64, dimm + 65536, rbuf, sizeof(rbuf));
     g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
 
     /* The boot RAM still works after the change, in both directions */
