@@ -157,7 +157,8 @@ int pfbd_queue_get_fd(PfbdQueue *q);
  * fails, and may be done with requests in flight.  Call it from the
  * queue's thread, or before the queue's first request.
  *
- * Returns 0, or a negative errno and no range registered:
+ * Returns 0, or a negative errno, after which no range is registered
+ * (except with -EBUSY, which changes nothing):
  *   -ENOTSUP  the engine has no such registration (null, rbd)
  *   -EBUSY    @n > 0 and requests are in flight
  *   -ENOMEM   the memory cannot be pinned (RLIMIT_MEMLOCK)
