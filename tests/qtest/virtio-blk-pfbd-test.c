@@ -763,6 +763,24 @@ static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
  * the new RAM, in the old RAM, and across the DIMM's end (cached part plus
  * the unassigned rest, which QEMU bounces).
  */
+/*
+ * Write 8 KiB of pattern @seed at @sector, check the file, read it back;
+ * leaves the pattern in @wbuf
+ */
+static void pfbd_check_round_trip(Pfbd *p, uint64_t sector, unsigned seed,
+                                  uint8_t *wbuf)
+{
+    uint8_t rbuf[8192];
+
+    fill_pattern(wbuf, sizeof(rbuf), seed);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, sector, wbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, sector * 512, wbuf, sizeof(rbuf));
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, sector, rbuf,
+                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
+    g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+}
+
 /* Write @len bytes of @data from guest address @addr to @sector; check */
 static void pfbd_write_from(Pfbd *p, uint64_t sector, uint64_t addr,
                             const void *data, size_t len)
@@ -830,13 +848,7 @@ static void test_fixed_buffers(void)
     g_assert(qdict_get_bool(rsp, "return"));
     qobject_unref(rsp);
 
-    fill_pattern(wbuf, sizeof(wbuf), 11);
-    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 8, wbuf,
-                                sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
-    assert_file_bytes(p, 8 * 512, wbuf, sizeof(wbuf));
-    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 8, rbuf,
-                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
-    g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
+    pfbd_check_round_trip(p, 8, 11, wbuf);
 
     dimm = pfbd_plug_dimm(p, 128 * 1024 * 1024);
 
@@ -879,7 +891,7 @@ static void test_fixed_buffers_ram_removed(void)
     Pfbd *p = pfbd_setup(VOLUME_SIZE,
                          "-object memory-backend-ram,id=mb1,size=4M",
                          ", \"fixed-buffers\": true", 1);
-    uint8_t wbuf[8192], rbuf[8192];
+    uint8_t wbuf[8192];
     QDict *rsp;
 
     /* The boot RAM and mb1 are pinned */
@@ -894,13 +906,7 @@ static void test_fixed_buffers_ram_removed(void)
     qobject_unref(rsp);
     g_assert_cmpuint(qemu_vm_pin_kb(p->qts), ==, 0);
 
-    fill_pattern(wbuf, sizeof(wbuf), 17);
-    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 40, wbuf,
-                                sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
-    assert_file_bytes(p, 40 * 512, wbuf, sizeof(wbuf));
-    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 40, rbuf,
-                                sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
-    g_assert(memcmp(wbuf, rbuf, sizeof(wbuf)) == 0);
+    pfbd_check_round_trip(p, 40, 17, wbuf);
     g_assert(!pfbd_broken(p));
     pfbd_stop(p);
 }
