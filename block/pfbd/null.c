@@ -8,30 +8,55 @@
  * No data moves (reads leave the buffers as they are): this measures the
  * overhead of everything above the engine.  A request is queued on submit,
  * becomes complete at the next flush, and its callback runs at reap.
+ *
+ * With "completion_nsec=N" (like Linux null_blk's parameter) a request
+ * completes N nanoseconds after the flush that sent it: a device with a
+ * fixed latency, for benchmarks, and requests that stay in flight long
+ * enough for tests to act on them.  The completion fd is a timerfd armed
+ * for the oldest request sent: readable once it is due, cleared by reap.
  */
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/eventfd.h>
+#include <time.h>
+#include <sys/timerfd.h>
 #include "pfbd-int.h"
 
 #define NULL_BLOCK_SIZE 512
+#define NULL_NSEC_PER_SEC 1000000000ull
+/* The longest completion_nsec: one minute */
+#define NULL_MAX_COMPLETION_NSEC (60 * NULL_NSEC_PER_SEC)
+
+typedef struct NullVolume {
+    PfbdVolume base;
+    uint64_t completion_nsec;
+} NullVolume;
 
 typedef struct NullReq {
     PfbdCompletionFunc *cb;
     void *opaque;
+    uint64_t due_ns;    /* CLOCK_MONOTONIC time it completes */
 } NullReq;
 
 typedef struct NullQueue {
     PfbdQueue base;
-    int efd;
+    int tfd;            /* timerfd: the oldest request sent is due */
+    uint64_t completion_nsec;
     NullReq *reqs;      /* a ring of base.depth requests */
     unsigned head;      /* the oldest request */
     unsigned count;     /* requests in the ring */
-    unsigned done;      /* the first @done requests are complete */
+    unsigned sent;      /* the first @sent requests were flushed */
 } NullQueue;
+
+static uint64_t null_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * NULL_NSEC_PER_SEC + ts.tv_nsec;
+}
 
 /* Parse SIZE with an optional K/M/G/T suffix (powers of 1024) */
 static int null_parse_size(const char *arg, uint64_t *sizep)
@@ -81,32 +106,87 @@ static int null_parse_size(const char *arg, uint64_t *sizep)
     return 0;
 }
 
+/* Parse the ":completion_nsec=N" options after the size */
+static int null_parse_options(const char *spec, const char *opts,
+                              uint64_t *completion_nsec, char **errmsg)
+{
+    static const char key[] = "completion_nsec=";
+    const char *p = opts;
+    uint64_t n = 0;
+
+    if (strncmp(p, key, strlen(key)) != 0) {
+        pfbd_set_error(errmsg, "volume spec '%s': unknown option '%s' "
+                       "(known: completion_nsec=N)", spec, opts);
+        return -EINVAL;
+    }
+    p += strlen(key);
+    if (!(*p >= '0' && *p <= '9')) {
+        goto bad;
+    }
+    for (; *p >= '0' && *p <= '9'; p++) {
+        n = n * 10 + (*p - '0');
+        if (n > NULL_MAX_COMPLETION_NSEC) {
+            goto bad;
+        }
+    }
+    if (*p) {
+        goto bad;
+    }
+    *completion_nsec = n;
+    return 0;
+
+bad:
+    pfbd_set_error(errmsg, "volume spec '%s': completion_nsec must be a "
+                   "number of nanoseconds from 0 to %llu", spec,
+                   (unsigned long long)NULL_MAX_COMPLETION_NSEC);
+    return -EINVAL;
+}
+
 static int null_volume_open(const char *spec, const char *arg,
                             const PfbdOpenOptions *opts, PfbdVolume **volp,
                             char **errmsg)
 {
+    NullVolume *nv;
     PfbdVolume *vol;
-    uint64_t size;
+    uint64_t size, completion_nsec = 0;
+    const char *colon = strchr(arg, ':');
+    char *size_arg;
     int ret;
 
-    ret = null_parse_size(arg, &size);
+    if (colon) {
+        ret = null_parse_options(spec, colon + 1, &completion_nsec, errmsg);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    size_arg = strndup(arg, colon ? (size_t)(colon - arg) : strlen(arg));
+    if (!size_arg) {
+        pfbd_set_error(errmsg, "volume spec '%s': out of memory", spec);
+        return -ENOMEM;
+    }
+    ret = null_parse_size(size_arg, &size);
     if (ret < 0) {
+        arg = size_arg;
         pfbd_set_error(errmsg, "volume spec '%s': '%s' is not a valid size "
                        "(a number with an optional K, M, G or T suffix)",
                        spec, arg);
+        free(size_arg);
         return -EINVAL;
     }
+    free(size_arg);
     if (size == 0 || size % NULL_BLOCK_SIZE) {
         pfbd_set_error(errmsg, "volume spec '%s': the size must be a "
                        "non-zero multiple of %d bytes", spec, NULL_BLOCK_SIZE);
         return -EINVAL;
     }
 
-    vol = calloc(1, sizeof(*vol));
-    if (!vol) {
+    nv = calloc(1, sizeof(*nv));
+    if (!nv) {
         pfbd_set_error(errmsg, "volume spec '%s': out of memory", spec);
         return -ENOMEM;
     }
+    nv->completion_nsec = completion_nsec;
+    vol = &nv->base;
     vol->info.size = size;
     vol->info.block_size = NULL_BLOCK_SIZE;
     vol->info.mem_align = 1;
@@ -118,7 +198,7 @@ static int null_volume_open(const char *spec, const char *arg,
 
 static void null_volume_close(PfbdVolume *vol)
 {
-    free(vol);
+    free((NullVolume *)vol);
 }
 
 static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
@@ -134,8 +214,9 @@ static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         free(nq);
         return -ENOMEM;
     }
-    nq->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (nq->efd < 0) {
+    nq->completion_nsec = ((NullVolume *)vol)->completion_nsec;
+    nq->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (nq->tfd < 0) {
         int ret = -errno;
 
         free(nq->reqs);
@@ -150,14 +231,14 @@ static void null_queue_free(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
 
-    close(nq->efd);
+    close(nq->tfd);
     free(nq->reqs);
     free(nq);
 }
 
 static int null_queue_get_fd(PfbdQueue *q)
 {
-    return ((NullQueue *)q)->efd;
+    return ((NullQueue *)q)->tfd;
 }
 
 static int null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
@@ -173,44 +254,110 @@ static int null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     return 0;
 }
 
+/* Arm the timerfd for the oldest request sent, or disarm it */
+static void null_arm(NullQueue *nq)
+{
+    struct itimerspec its = { 0 };
+    uint64_t due;
+
+    if (nq->sent) {
+        due = nq->reqs[nq->head].due_ns;
+        its.it_value.tv_sec = due / NULL_NSEC_PER_SEC;
+        its.it_value.tv_nsec = due % NULL_NSEC_PER_SEC;
+    }
+    timerfd_settime(nq->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
 static int null_flush(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
-    unsigned sent = nq->count - nq->done;
+    unsigned sent = nq->count - nq->sent;
+    bool was_idle;
+    uint64_t due;
+    unsigned i;
 
-    /*
-     * Everything completes here, and the caller checks for completions
-     * after a flush (pfbd_queue_get_fd()): the eventfd is never signalled.
-     */
-    nq->done = nq->count;
+    if (!sent) {
+        return 0;
+    }
+    if (!nq->completion_nsec) {
+        /*
+         * Everything completes here, and the caller checks for completions
+         * after a flush (pfbd_queue_get_fd()): the fd is never readable.
+         */
+        nq->sent = nq->count;
+        return sent;
+    }
+    due = null_now_ns() + nq->completion_nsec;
+    for (i = nq->sent; i < nq->count; i++) {
+        nq->reqs[(nq->head + i) % q->depth].due_ns = due;
+    }
+    was_idle = !nq->sent;
+    nq->sent = nq->count;
+    if (was_idle) {
+        null_arm(nq);
+    }
     return sent;
+}
+
+/* The oldest request sent is complete */
+static bool null_head_done(NullQueue *nq, uint64_t now)
+{
+    return nq->sent > 0 &&
+           (!nq->completion_nsec || nq->reqs[nq->head].due_ns <= now);
 }
 
 static bool null_completions_ready(PfbdQueue *q)
 {
-    return ((NullQueue *)q)->done > 0;
+    NullQueue *nq = (NullQueue *)q;
+
+    return null_head_done(nq, nq->completion_nsec ? null_now_ns() : 0);
 }
 
 static int null_reap(PfbdQueue *q, unsigned max)
 {
     NullQueue *nq = (NullQueue *)q;
+    uint64_t now = 0, expirations;
     int n = 0;
 
-    while (nq->done > 0 && (max == 0 || n < max)) {
+    if (nq->completion_nsec) {
+        /* Clear the fd before looking, so that no due request is missed */
+        if (read(nq->tfd, &expirations, sizeof(expirations)) < 0) {
+            /* EAGAIN: not due yet */
+        }
+        now = null_now_ns();
+    }
+    while (null_head_done(nq, now) && (max == 0 || n < max)) {
         NullReq req = nq->reqs[nq->head];
 
         nq->head = (nq->head + 1) % q->depth;
         nq->count--;
-        nq->done--;
+        nq->sent--;
         n++;
         pfbd_complete(q, req.cb, req.opaque, 0);
+    }
+    if (nq->completion_nsec) {
+        /* For what is left: due later, or due now and over @max */
+        null_arm(nq);
     }
     return n;
 }
 
 static void null_wait(PfbdQueue *q)
 {
+    NullQueue *nq = (NullQueue *)q;
+    struct timespec ts;
+    uint64_t due;
+
     null_flush(q);
+    if (nq->completion_nsec && nq->sent) {
+        due = nq->reqs[nq->head].due_ns;
+        ts.tv_sec = due / NULL_NSEC_PER_SEC;
+        ts.tv_nsec = due % NULL_NSEC_PER_SEC;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts,
+                               NULL) == EINTR) {
+            /* sleep on */
+        }
+    }
 }
 
 const PfbdEngine pfbd_engine_null = {

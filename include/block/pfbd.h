@@ -79,9 +79,11 @@ typedef void PfbdCompletionFunc(void *opaque, int ret);
  *   "rbd:POOL/[NS/]IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]..."
  *                a Ceph RBD image through librbd (when built with it);
  *                a snapshot opens read-only; KEY=VALUE are Ceph options;
- *   "null:SIZE"  a volume that completes every request at once without
- *                moving data (reads are not zeroed); SIZE takes K/M/G/T
- *                suffixes (powers of 1024), e.g. "null:1G";
+ *   "null:SIZE[:completion_nsec=N]"
+ *                a volume that completes every request without moving data
+ *                (reads are not zeroed), at once or N nanoseconds after
+ *                the flush that sent it; SIZE takes K/M/G/T suffixes
+ *                (powers of 1024), e.g. "null:1G";
  *   "NAME"       a bare name (letters, digits, '.', '_', '-'; not starting
  *                with '.') resolved as the file @opts->pool_dir/NAME, or
  *                $PFBD_POOL_DIR/NAME, or /var/lib/pfbd/NAME.

@@ -413,6 +413,75 @@ static void test_null_completes_at_flush(void)
     close_volume(&tv);
 }
 
+#define NULL_DELAY_NS (50 * 1000 * 1000)
+
+/*
+ * completion_nsec=N: requests stay in flight N ns after the flush that
+ * sent them, then the fd becomes readable; reap clears it.
+ */
+static void test_null_completion_nsec(void)
+{
+    TestVolume tv = { 0 };
+    Completion c[3] = { { 0 } };
+    struct pollfd pfd;
+    gint64 sent_us;
+    int i;
+
+    open_spec(&tv, "null:1M:completion_nsec=50000000", false, 3);
+    g_assert_cmpuint(tv.info.size, ==, MiB);
+    pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                    complete_cb, &c[i]), ==, 0);
+    }
+    sent_us = g_get_monotonic_time();
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 3);
+    /* In flight until the delay has passed */
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 0);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 3);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+
+    /* Then the fd says so, and stays readable while some are left */
+    g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
+    g_assert_cmpint(g_get_monotonic_time() - sent_us, >=,
+                    NULL_DELAY_NS / 1000);
+    g_assert_true(pfbd_queue_completions_ready(tv.q));
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 2), ==, 2);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 1);
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 1);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+
+    /* Drain waits for the delay */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c[0]), ==, 0);
+    sent_us = g_get_monotonic_time();
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(g_get_monotonic_time() - sent_us, >=,
+                    NULL_DELAY_NS / 1000);
+    g_assert_cmpint(c[0].count, ==, 2);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+    close_volume(&tv);
+}
+
+static void test_null_bad_options(void)
+{
+    static const char *const specs[] = {
+        "null:1M:", "null:1M:completion_nsec=", "null:1M:completion_nsec=x",
+        "null:1M:completion_nsec=60000000001", "null:1M:completion_nsec=1:",
+        "null:1M:delay=1", "null::completion_nsec=1",
+    };
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(specs); i++) {
+        check_open_fails(specs[i], NULL, -EINVAL, specs[i]);
+    }
+}
+
 /* ---- file engine: opening ---- */
 
 static void test_file_open_info(void)
@@ -1770,6 +1839,8 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/null/completes-at-flush",
                     test_null_completes_at_flush);
     g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
+    g_test_add_func("/pfbd/null/completion-nsec", test_null_completion_nsec);
+    g_test_add_func("/pfbd/null/bad-options", test_null_bad_options);
     g_test_add_func("/pfbd/queue/zero-depth", test_queue_zero_depth);
 
     g_test_add_func("/pfbd/file/open-info", test_file_open_info);
