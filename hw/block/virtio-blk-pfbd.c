@@ -599,6 +599,17 @@ static void virtio_blk_pfbd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
         return;
     }
 
+    if (s->ioeventfd_stopping) {
+        /*
+         * virtio_bus_cleanup_host_notifier() runs us, in the main loop, for
+         * a kick that came after the queue was drained: a vCPU kicks
+         * through KVM's ioeventfd without the BQL, at any moment of the
+         * stop.  Requests taken now would be in flight when the stop
+         * returns, in a thread that does not own the queue.  Leave them in
+         * the ring: a reset drops them, a restart kicks the queue.
+         */
+        return;
+    }
     virtio_blk_pfbd_handle_vq(&s->queues[virtio_get_queue_index(vq)]);
 }
 

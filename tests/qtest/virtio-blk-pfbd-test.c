@@ -22,7 +22,9 @@
  */
 
 #include "qemu/osdep.h"
+#include <sys/syscall.h>
 #include "libqtest.h"
+#include "qemu/atomic.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qobject/qdict.h"
@@ -30,6 +32,7 @@
 #include "qobject/qnum.h"
 #include "standard-headers/linux/virtio_blk.h"
 #include "standard-headers/linux/virtio_config.h"
+#include "standard-headers/linux/virtio_pci.h"
 #include "standard-headers/linux/virtio_ring.h"
 #include "libqos/libqos-pc.h"
 #include "libqos/virtio.h"
@@ -77,16 +80,15 @@ static char *image_create(uint64_t size)
  * The device is set up with @nvqs virtqueues (the driver's side), without
  * EVENT_IDX and INDIRECT_DESC.
  */
-static Pfbd *pfbd_start(uint64_t size, const char *extra, const char *props,
-                        unsigned int nvqs)
+static Pfbd *pfbd_start_volume(const char *volume, const char *extra,
+                               const char *props, unsigned int nvqs)
 {
     Pfbd *p = g_new0(Pfbd, 1);
 
-    p->image = image_create(size);
     p->qs = qtest_pc_boot("-nodefaults %s -device '{\"driver\": "
                           "\"virtio-blk-pfbd-pci\", \"id\": \"drv0\", "
-                          "\"addr\": \"%x.0\", \"volume\": \"file:%s\"%s}'",
-                          extra, PCI_SLOT, p->image, props);
+                          "\"addr\": \"%x.0\", \"volume\": \"%s\"%s}'",
+                          extra, PCI_SLOT, volume, props);
     p->qts = p->qs->qts;
     p->pdev = virtio_pci_new(p->qs->pcibus,
                              &(QPCIAddress) {
@@ -97,6 +99,24 @@ static Pfbd *pfbd_start(uint64_t size, const char *extra, const char *props,
     g_assert_cmphex(p->dev->device_type, ==, VIRTIO_ID_BLOCK);
     qvirtio_pci_device_enable(p->pdev);
     p->nvqs = nvqs;
+    return p;
+}
+
+/*
+ * Start QEMU with a virtio-blk-pfbd device "drv0" in slot 4 whose volume
+ * is a fresh file of @size bytes.  @props are more JSON members for the
+ * device ("" or ", \"key\": value, ..."), @extra more command line.
+ * The device is set up with @nvqs virtqueues (the driver's side), without
+ * EVENT_IDX and INDIRECT_DESC.
+ */
+static Pfbd *pfbd_start(uint64_t size, const char *extra, const char *props,
+                        unsigned int nvqs)
+{
+    g_autofree char *image = image_create(size);
+    g_autofree char *volume = g_strdup_printf("file:%s", image);
+    Pfbd *p = pfbd_start_volume(volume, extra, props, nvqs);
+
+    p->image = g_steal_pointer(&image);
     return p;
 }
 
@@ -153,8 +173,10 @@ static void pfbd_stop(Pfbd *p)
     qvirtio_pci_device_disable(p->pdev);
     qos_object_destroy((QOSGraphObject *)p->pdev);
     qtest_shutdown(p->qs);
-    unlink(p->image);
-    g_free(p->image);
+    if (p->image) {
+        unlink(p->image);
+        g_free(p->image);
+    }
     g_free(p);
 }
 
@@ -305,6 +327,25 @@ static bool all_zero(const uint8_t *buf, size_t len)
         }
     }
     return true;
+}
+
+/* The line @field ("VmRSS:", ...) of /proc/@pid/status, in KiB */
+static long proc_status_kib(pid_t pid, const char *field)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
+    g_autofree char *text = NULL;
+    const char *p, *end;
+    long kib;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    p = strstr(text, field);
+    g_assert_nonnull(p);
+    p += strlen(field);
+    while (*p == ' ' || *p == '\t') {
+        p++;
+    }
+    g_assert_cmpint(qemu_strtol(p, &end, 10, &kib), ==, 0);
+    return kib;
 }
 
 /* Request types */
@@ -867,20 +908,6 @@ static void test_fixed_buffers(void)
     pfbd_stop(p);
 }
 
-/* VmPin of QEMU's process (pages io_uring holds pinned), in KiB */
-static uint64_t qemu_vm_pin_kb(QTestState *qts)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/status",
-                                            (int)qtest_pid(qts));
-    g_autofree char *status = NULL;
-    const char *line;
-
-    g_assert(g_file_get_contents(path, &status, NULL, NULL));
-    line = strstr(status, "VmPin:");
-    g_assert_nonnull(line);
-    return g_ascii_strtoull(line + strlen("VmPin:"), NULL, 10);
-}
-
 /*
  * fixed-buffers=on and a registered RAM block that goes away (the memory
  * backend of an unplugged ivshmem device): the device unregisters the
@@ -895,7 +922,7 @@ static void test_fixed_buffers_ram_removed(void)
     QDict *rsp;
 
     /* The boot RAM and mb1 are pinned */
-    g_assert_cmpuint(qemu_vm_pin_kb(p->qts), >=, 4096);
+    g_assert_cmpuint(proc_status_kib(qtest_pid(p->qts), "VmPin:"), >=, 4096);
     qtest_qmp_device_add(p->qts, "ivshmem-plain", "iv1",
                          "{'addr': %s, 'memdev': 'mb1'}",
                          stringify(PCI_SLOT_HP));
@@ -904,7 +931,7 @@ static void test_fixed_buffers_ram_removed(void)
                     "{ 'id': 'mb1' } }");
     g_assert(qdict_haskey(rsp, "return"));
     qobject_unref(rsp);
-    g_assert_cmpuint(qemu_vm_pin_kb(p->qts), ==, 0);
+    g_assert_cmpuint(proc_status_kib(qtest_pid(p->qts), "VmPin:"), ==, 0);
 
     pfbd_check_round_trip(p, 40, 17, wbuf);
     g_assert(!pfbd_broken(p));
@@ -954,11 +981,11 @@ static void test_hotplugged_ram(void)
 
 /* Multi-queue */
 
-static QDict *pfbd_stats(Pfbd *p)
+/* The statistics of the device whose virtio backend is at @path */
+static QDict *stats_at(QTestState *qts, const char *path)
 {
-    QDict *rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
-                           "{ 'path': %s, 'property': 'stats' } }",
-                           STATS_PATH);
+    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
+                           "{ 'path': %s, 'property': 'stats' } }", path);
     QDict *ret;
 
     g_assert(qdict_haskey(rsp, "return"));
@@ -966,6 +993,11 @@ static QDict *pfbd_stats(Pfbd *p)
     qobject_ref(ret);
     qobject_unref(rsp);
     return ret;
+}
+
+static QDict *pfbd_stats(Pfbd *p)
+{
+    return stats_at(p->qts, STATS_PATH);
 }
 
 static QDict *stats_queue(QDict *stats, unsigned int i)
@@ -981,6 +1013,32 @@ static QDict *stats_queue(QDict *stats, unsigned int i)
         }
     }
     g_assert_not_reached();
+}
+
+static int64_t queue_in_flight(QTestState *qts, const char *path,
+                               unsigned int i)
+{
+    QDict *stats = stats_at(qts, path);
+    int64_t n = qdict_get_int(stats_queue(stats, i), "in-flight");
+
+    qobject_unref(stats);
+    return n;
+}
+
+/*
+ * Wait until virtqueue @i of the device at @path has at least @n requests
+ * in flight in its engine: what a test of an event "with requests in
+ * flight" must see right before the event.
+ */
+static void wait_in_flight(QTestState *qts, const char *path, unsigned int i,
+                           int64_t n)
+{
+    gint64 start = g_get_monotonic_time();
+
+    while (queue_in_flight(qts, path, i) < n) {
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(1000);
+    }
 }
 
 static int64_t iothread_thread_id(Pfbd *p, const char *id)
@@ -1254,25 +1312,6 @@ static int fd_count(pid_t pid)
     return n;
 }
 
-/* Resident set size of @pid in KiB */
-static long rss_kib(pid_t pid)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
-    g_autofree char *text = NULL;
-    const char *p, *end;
-    long kib;
-
-    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
-    p = strstr(text, "VmRSS:");
-    g_assert_nonnull(p);
-    p += strlen("VmRSS:");
-    while (*p == ' ' || *p == '\t') {
-        p++;
-    }
-    g_assert_cmpint(qemu_strtol(p, &end, 10, &kib), ==, 0);
-    return kib;
-}
-
 static void hotplug_pfbd(QTestState *qts, const char *volume)
 {
     g_autofree char *addr = g_strdup_printf("%x.0", PCI_SLOT_HP);
@@ -1348,19 +1387,218 @@ static void test_hotplug_cycles(void)
             /* After one cycle: whatever QEMU allocates once is there */
             fds_before = fd_count(pid);
         } else if (i == 1) {
-            rss_before = rss_kib(pid);
+            rss_before = proc_status_kib(pid, "VmRSS:");
         }
     }
     g_assert_cmpint(fd_count(pid), ==, fds_before);
     g_test_message("RSS after cycle 2: %ld KiB, after cycle 20: %ld KiB",
-                   rss_before, rss_kib(pid));
+                   rss_before, proc_status_kib(pid, "VmRSS:"));
     if (strstr(getenv("ASAN_OPTIONS") ?: "", "detect_leaks=1")) {
         /* ASan's quarantine keeps freed memory; LSan checks leaks instead */
         g_test_message("ASan build: RSS not compared, LeakSanitizer checks");
     } else {
-        g_assert_cmpint(rss_kib(pid) - rss_before, <, 4096);
+        g_assert_cmpint(proc_status_kib(pid, "VmRSS:") - rss_before, <, 4096);
     }
     pfbd_stop(p);
+}
+
+/*
+ * A hostile guest's kick storm: one vCPU publishes requests and kicks in a
+ * loop while another resets the device or the VM stops.  Under KVM a kick
+ * is a write to the queue's ioeventfd that needs no BQL, so it can land
+ * between any two steps of the device's stop.  The test plays that vCPU
+ * from a thread of its own: guest RAM is a shared file it maps, and it
+ * writes QEMU's eventfds directly (pidfd_getfd()).
+ */
+
+#define STORM_RAM_SIZE      (256 * 1024 * 1024)
+#define STORM_CHAINS        16
+#define STORM_MAX_EVENTFDS  64
+
+typedef struct Kicker {
+    uint8_t *ram;               /* guest RAM: low RAM at its own offset */
+    uint64_t avail, used;       /* the ring's guest addresses */
+    uint16_t size;
+    uint16_t idx;               /* the avail index published last */
+    uint32_t heads[STORM_CHAINS];
+    int efds[STORM_MAX_EVENTFDS];
+    unsigned int nefds;
+    bool stop;
+    GThread *thread;
+} Kicker;
+
+/* Add the eventfds that QEMU has open to the set @fds */
+static void qemu_eventfds(pid_t pid, GHashTable *fds)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fdinfo", (int)pid);
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    g_assert_nonnull(d);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        g_autofree char *info = NULL;
+
+        if (g_file_get_contents(path, &info, NULL, NULL) &&
+            strstr(info, "eventfd-count:")) {
+            g_hash_table_add(fds, GINT_TO_POINTER(atoi(name)));
+        }
+    }
+    g_dir_close(d);
+}
+
+static gpointer kicker_run(gpointer opaque)
+{
+    Kicker *k = opaque;
+    uint16_t *avail_idx = (uint16_t *)(k->ram + k->avail + 2);
+    uint16_t *ring = (uint16_t *)(k->ram + k->avail + 4);
+    uint16_t *used_idx = (uint16_t *)(k->ram + k->used + 2);
+    uint64_t one = 1;
+    unsigned int i;
+
+    while (!qatomic_read(&k->stop)) {
+        uint16_t used = le16_to_cpu(qatomic_read(used_idx));
+
+        /* At most a ring's worth outstanding, as a driver may */
+        if ((uint16_t)(k->idx - used) < k->size) {
+            ring[k->idx % k->size] =
+                cpu_to_le16(k->heads[k->idx % STORM_CHAINS]);
+            k->idx++;
+            smp_wmb(); /* the ring entry before the index, as a driver */
+            qatomic_set(avail_idx, cpu_to_le16(k->idx));
+        }
+        for (i = 0; i < k->nefds; i++) {
+            g_assert_cmpint(write(k->efds[i], &one, sizeof(one)), ==,
+                            sizeof(one));
+        }
+        /* Leave the CPU to QEMU now and then: these machines are small */
+        g_usleep(10);
+    }
+    return NULL;
+}
+
+/*
+ * Start kicking queue 0 of @p, whose driver was set up after QEMU had the
+ * eventfds in @before: the new ones are the queue's notifiers.
+ */
+static void kicker_start(Kicker *k, Pfbd *p, GHashTable *before)
+{
+    g_autoptr(GHashTable) now = g_hash_table_new(NULL, NULL);
+    pid_t pid = qtest_pid(p->qts);
+    int pidfd = syscall(SYS_pidfd_open, pid, 0);
+    QVirtQueue *vq = p->vq[0];
+    GHashTableIter iter;
+    gpointer key;
+    unsigned int i;
+
+    g_assert_cmpint(pidfd, >=, 0);
+    k->avail = vq->avail;
+    k->used = vq->used;
+    k->size = vq->size;
+    k->idx = qtest_readw(p->qts, vq->avail + 2);
+    k->stop = false;
+    k->nefds = 0;
+
+    /* Flushes: a header and a status byte each */
+    for (i = 0; i < STORM_CHAINS; i++) {
+        PfbdReq r = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
+
+        pfbd_req_add(p, vq, &r, false);
+        k->heads[i] = r.head;
+    }
+
+    qemu_eventfds(pid, now);
+    g_hash_table_iter_init(&iter, now);
+    while (g_hash_table_iter_next(&iter, &key, NULL)) {
+        if (!g_hash_table_contains(before, key)) {
+            g_assert_cmpuint(k->nefds, <, STORM_MAX_EVENTFDS);
+            k->efds[k->nefds] = syscall(SYS_pidfd_getfd, pidfd,
+                                        GPOINTER_TO_INT(key), 0);
+            g_assert_cmpint(k->efds[k->nefds], >=, 0);
+            k->nefds++;
+        }
+    }
+    close(pidfd);
+    /* The host notifier, the guest notifier */
+    g_assert_cmpuint(k->nefds, >=, 2);
+    k->thread = g_thread_new("kicker", kicker_run, k);
+}
+
+static void kicker_stop(Kicker *k)
+{
+    unsigned int i;
+
+    qatomic_set(&k->stop, true);
+    g_thread_join(k->thread);
+    for (i = 0; i < k->nefds; i++) {
+        close(k->efds[i]);
+    }
+}
+
+static void kick_storm(bool reset)
+{
+    g_autofree char *mem_path = g_strdup_printf("/dev/shm/qtest-pfbd-%d",
+                                                (int)getpid());
+    g_autofree char *extra = g_strdup_printf(
+        "-object iothread,id=io0 -m 256M -machine memory-backend=mem "
+        "-object memory-backend-file,id=mem,size=256M,mem-path=%s,share=on",
+        mem_path);
+    Pfbd *p = pfbd_start_volume("null:16M:completion_nsec=20000000", extra,
+                                ", \"iothread\": \"io0\"", 1);
+    int fd = open(mem_path, O_RDWR);
+    Kicker k = { 0 };
+    unsigned int round;
+
+    g_assert_cmpint(fd, >=, 0);
+    k.ram = mmap(NULL, STORM_RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 fd, 0);
+    g_assert(k.ram != MAP_FAILED);
+    close(fd);
+    unlink(mem_path);
+
+    for (round = 0; round < 3; round++) {
+        g_autoptr(GHashTable) before = g_hash_table_new(NULL, NULL);
+
+        /* Stopped, the device has no notifier: the new ones are its own */
+        qvirtio_reset(p->dev);
+        qemu_eventfds(qtest_pid(p->qts), before);
+        pfbd_driver_ok(p, 0);
+        kicker_start(&k, p, before);
+        wait_in_flight(p->qts, STATS_PATH, 0, 1);
+
+        if (reset) {
+            qvirtio_reset(p->dev);
+        } else {
+            qtest_qmp_assert_success(p->qts, "{ 'execute': 'stop' }");
+        }
+        /* Nothing in flight, whatever the kicks did meanwhile */
+        g_assert_cmpint(queue_in_flight(p->qts, STATS_PATH, 0), ==, 0);
+        kicker_stop(&k);
+
+        if (!reset) {
+            /* Every request published is served once the VM runs again */
+            gint64 start = g_get_monotonic_time();
+
+            qtest_qmp_assert_success(p->qts, "{ 'execute': 'cont' }");
+            while (qtest_readw(p->qts, p->vq[0]->used + 2) != k.idx) {
+                g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+                g_usleep(1000);
+            }
+            g_assert(!pfbd_broken(p));
+        }
+    }
+    munmap(k.ram, STORM_RAM_SIZE);
+    pfbd_stop(p);
+}
+
+static void test_kick_storm_reset(void)
+{
+    kick_storm(true);
+}
+
+static void test_kick_storm_stop(void)
+{
+    kick_storm(false);
 }
 
 int main(int argc, char **argv)
@@ -1404,6 +1642,10 @@ int main(int argc, char **argv)
                    test_stop_cont_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/hotplug-cycles",
                    test_hotplug_cycles);
+    qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-reset",
+                   test_kick_storm_reset);
+    qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-stop",
+                   test_kick_storm_stop);
 
     return g_test_run();
 }
