@@ -324,7 +324,6 @@ static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
     } else {
         virtio_blk_pfbd_data_iov(req, req->elem.in_sg, req->elem.in_num,
                                  0, 1, &iov, &cnt);
-        req->in_len = iov_size(req->elem.in_sg, req->elem.in_num);
     }
     bytes = iov_size(iov, cnt);
     req->bytes = bytes;
@@ -355,7 +354,6 @@ static void virtio_blk_pfbd_handle_get_id(VirtIOBlockPfbdReq *req)
     /* NUL-terminated only when shorter than the 20-byte field */
     size = MIN(strlen(serial) + 1, MIN(avail, VIRTIO_BLK_ID_BYTES));
     iov_from_buf(req->elem.in_sg, req->elem.in_num, 0, serial, size);
-    req->in_len = size + 1;
     virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
 }
 
@@ -428,9 +426,21 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
     VirtIODevice *vdev = VIRTIO_DEVICE(s);
     VirtQueueElement *elem = &req->elem;
     struct virtio_blk_pfbd_outhdr hdr;
+    size_t in_len;
 
     if (elem->out_num < 1 || elem->in_num < 1) {
         virtio_error(vdev, "virtio-blk-pfbd missing headers");
+        return false;
+    }
+    /*
+     * Like stock virtio-blk, the used length is all the driver gave us to
+     * write: virtqueue_fill() marks that much dirty for migration, and the
+     * status byte is its last byte.  It is 32 bits wide.
+     */
+    in_len = iov_size(elem->in_sg, elem->in_num);
+    if (in_len > UINT32_MAX) {
+        virtio_error(vdev, "virtio-blk-pfbd request has more than 4 GiB of "
+                     "buffers to write");
         return false;
     }
     if (iov_to_buf(elem->out_sg, elem->out_num, 0, &hdr, sizeof(hdr)) !=
@@ -446,7 +456,7 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
     /* The status byte is the last byte the driver gave us */
     req->status = (uint8_t *)elem->in_sg[elem->in_num - 1].iov_base +
                   elem->in_sg[elem->in_num - 1].iov_len - 1;
-    req->in_len = 1;
+    req->in_len = in_len;
     req->type = virtio_ldl_p(vdev, &hdr.type);
     req->sector = virtio_ldq_p(vdev, &hdr.sector);
 

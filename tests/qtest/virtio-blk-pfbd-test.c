@@ -456,6 +456,51 @@ static void test_get_id(void)
     pfbd_stop(p);
 }
 
+/*
+ * The used length covers every byte the driver gave the device to write,
+ * the status byte included, wherever it lies: virtqueue_fill() marks
+ * exactly that many bytes dirty for migration.
+ */
+static void test_used_len(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "", ", \"serial\": \"pfbd-disk-7\"", 1);
+    struct virtio_blk_outhdr hdr = { 0 };
+    uint64_t addr = guest_alloc(&p->qs->alloc, 1024);
+    uint32_t head, len;
+    char id[VIRTIO_BLK_ID_BYTES];
+
+    /* GET_ID into 512 bytes, then the status byte */
+    hdr.type = cpu_to_le32(VIRTIO_BLK_T_GET_ID);
+    qtest_memwrite(p->qts, addr, &hdr, sizeof(hdr));
+    qtest_memset(p->qts, addr + 16, 0xff, 512 + 1);
+    head = qvirtqueue_add(p->qts, p->vq[0], addr, 16, false, true);
+    qvirtqueue_add(p->qts, p->vq[0], addr + 16, 512, true, true);
+    qvirtqueue_add(p->qts, p->vq[0], addr + 16 + 512, 1, true, false);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    qvirtio_wait_used_elem(p->qts, p->dev, p->vq[0], head, &len,
+                           TIMEOUT_US);
+    g_assert_cmpuint(len, ==, 512 + 1);
+    g_assert_cmpint(qtest_readb(p->qts, addr + 16 + 512), ==,
+                    VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, addr + 16, id, sizeof(id));
+    g_assert_cmpstr(id, ==, "pfbd-disk-7");
+
+    /* FLUSH whose status byte ends a 16-byte buffer */
+    hdr.type = cpu_to_le32(VIRTIO_BLK_T_FLUSH);
+    qtest_memwrite(p->qts, addr, &hdr, sizeof(hdr));
+    qtest_memset(p->qts, addr + 16, 0xff, 16);
+    head = qvirtqueue_add(p->qts, p->vq[0], addr, 16, false, true);
+    qvirtqueue_add(p->qts, p->vq[0], addr + 16, 16, true, false);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    qvirtio_wait_used_elem(p->qts, p->dev, p->vq[0], head, &len,
+                           TIMEOUT_US);
+    g_assert_cmpuint(len, ==, 16);
+    g_assert_cmpint(qtest_readb(p->qts, addr + 16 + 15), ==,
+                    VIRTIO_BLK_S_OK);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_discard(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
@@ -632,6 +677,28 @@ static void test_zero_length(void)
 
 /* Malformed descriptor chains: virtio_error, QEMU keeps running */
 
+/*
+ * Add a READ of sector 0 whose data is @nseg descriptors of @seglen bytes,
+ * all at guest address @buf
+ */
+static uint32_t add_aliased_read(Pfbd *p, QVirtQueue *vq, uint64_t hdr_addr,
+                                 uint64_t buf, unsigned int nseg,
+                                 uint32_t seglen)
+{
+    struct virtio_blk_outhdr hdr = { .type = cpu_to_le32(VIRTIO_BLK_T_IN) };
+    uint32_t head;
+    unsigned int i;
+
+    qtest_memwrite(p->qts, hdr_addr, &hdr, sizeof(hdr));
+    qtest_writeb(p->qts, hdr_addr + 16, 0xff);
+    head = qvirtqueue_add(p->qts, vq, hdr_addr, 16, false, true);
+    for (i = 0; i < nseg; i++) {
+        qvirtqueue_add(p->qts, vq, buf, seglen, true, true);
+    }
+    qvirtqueue_add(p->qts, vq, hdr_addr + 16, 1, true, false);
+    return head;
+}
+
 static void assert_broken_and_alive(Pfbd *p, QVirtQueue *vq)
 {
     gint64 start = g_get_monotonic_time();
@@ -655,6 +722,22 @@ static void assert_recovers(Pfbd *p)
     g_assert(!pfbd_broken(p));
     g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 0, buf, 512), ==,
                     VIRTIO_BLK_S_OK);
+}
+
+/*
+ * More than 4 GiB of buffers for the device to write: the used length,
+ * 32 bits, cannot say how much was written, so the chain is malformed
+ */
+static void test_huge_in_buffers(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 3G", "", 1);
+    uint64_t hdr = guest_alloc(&p->qs->alloc, 64);
+    uint32_t head;
+
+    head = add_aliased_read(p, p->vq[0], hdr, 1 << 20, 2, 0x80000000u);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    assert_broken_and_alive(p, p->vq[0]);
+    pfbd_stop(p);
 }
 
 static void test_short_header(void)
@@ -1610,6 +1693,7 @@ int main(int argc, char **argv)
                    test_merged_descriptors);
     qtest_add_func("/virtio-blk-pfbd/req/flush", test_flush);
     qtest_add_func("/virtio-blk-pfbd/req/get-id", test_get_id);
+    qtest_add_func("/virtio-blk-pfbd/req/used-len", test_used_len);
     qtest_add_func("/virtio-blk-pfbd/req/discard", test_discard);
     qtest_add_func("/virtio-blk-pfbd/req/write-zeroes", test_write_zeroes);
     qtest_add_func("/virtio-blk-pfbd/req/discard-write-zeroes-off",
@@ -1628,6 +1712,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/bad/huge-in-buffers",
+                   test_huge_in_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-ram-removed",
                    test_fixed_buffers_ram_removed);

@@ -137,7 +137,7 @@ typedef struct VirtIOBlockPfbdReq {
     VirtQueueElement elem;
     VirtIOBlockPfbdQueue *q;
     uint8_t *status;                /* the guest's status byte */
-    size_t in_len;                  /* bytes written to the guest */
+    uint32_t in_len;                /* used length: all of in_sg */
     struct iovec *iov_copy;         /* data iovec when it had to be trimmed */
     uint64_t sector;
     uint64_t bytes;                 /* data bytes of a read or write */
