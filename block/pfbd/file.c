@@ -58,6 +58,7 @@ typedef struct FileReq {
     struct iovec *iov_rest;     /* what is left after a short transfer */
     int iovcnt_rest;
     void *bounce;               /* aligned copy of the data, or NULL */
+    uint64_t bounce_len;        /* counted in base.bounce_bytes */
     struct iovec bounce_iov;
     const struct iovec *caller_iov; /* where a bounced read goes */
     int caller_iovcnt;
@@ -609,6 +610,9 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
 
 static void file_req_release(FileQueue *fq, FileReq *req)
 {
+    if (req->bounce) {
+        pfbd_bounce_put(&fq->base, req->bounce_len);
+    }
     free(req->bounce);
     free(req->iov_rest);
     req->bounce = NULL;
@@ -759,12 +763,18 @@ static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
         (iovcnt > IOV_MAX || !pfbd_iov_is_aligned(iov, iovcnt, mem_align))) {
+        ret = pfbd_bounce_get(q, len);
+        if (ret < 0) {
+            goto fail;
+        }
         if ((size_t)len != len ||
             posix_memalign(&req->bounce, file_max_u32(mem_align, 64), len)) {
+            pfbd_bounce_put(q, len);
             req->bounce = NULL;
             ret = -ENOMEM;
             goto fail;
         }
+        req->bounce_len = len;
         if (op == PFBD_OP_READ) {
             /*
              * Cheap next to the copy out, and tools like memcheck cannot

@@ -14,6 +14,7 @@
 #ifndef BLOCK_PFBD_INT_H
 #define BLOCK_PFBD_INT_H
 
+#include <errno.h>
 #include <stdarg.h>
 #include "block/pfbd.h"
 
@@ -29,7 +30,31 @@ struct PfbdQueue {
     PfbdVolume *vol;
     unsigned depth;
     unsigned inflight;      /* submitted, callback not run yet */
+    uint64_t bounce_limit;  /* pfbd_queue_set_bounce_limit(), 0: none */
+    uint64_t bounce_bytes;  /* bounce buffers of the requests in flight */
 };
+
+/*
+ * pfbd_bounce_get: account for a bounce buffer of @len bytes for a request
+ * of @q.  Returns 0, or -EAGAIN if it would go over the queue's limit
+ * while other requests hold bounce buffers.  pfbd_bounce_put() gives it
+ * back.
+ */
+static inline int pfbd_bounce_get(PfbdQueue *q, uint64_t len)
+{
+    if (q->bounce_limit && q->bounce_bytes &&
+        (q->bounce_bytes >= q->bounce_limit ||
+         len > q->bounce_limit - q->bounce_bytes)) {
+        return -EAGAIN;
+    }
+    q->bounce_bytes += len;
+    return 0;
+}
+
+static inline void pfbd_bounce_put(PfbdQueue *q, uint64_t len)
+{
+    q->bounce_bytes -= len;
+}
 
 /*
  * The operations of one engine.  pfbd.c has already validated every

@@ -259,6 +259,8 @@ int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     q->vol = vol;
     q->depth = depth;
     q->inflight = 0;
+    q->bounce_limit = 0;
+    q->bounce_bytes = 0;
     vol->nqueues++;
     *qp = q;
     return 0;
@@ -382,6 +384,11 @@ int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     }
     q->inflight++;
     return 0;
+}
+
+void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes)
+{
+    q->bounce_limit = bytes;
 }
 
 int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,

@@ -171,6 +171,19 @@ int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
                                unsigned n);
 
 /**
+ * pfbd_queue_set_bounce_limit: bound the bounce buffers of @q
+ *
+ * An engine that copies buffers it cannot use in place (file: misaligned
+ * for O_DIRECT) holds at most @bytes of such copies for the requests of
+ * @q in flight at once: pfbd_submit() of a request that would need more
+ * returns -EAGAIN until requests holding copies complete.  A request is
+ * always taken while no copy is held, so one larger than @bytes still
+ * goes through.  0, the default, means no limit.  Call it from the
+ * queue's thread, or before the queue's first request.
+ */
+void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes);
+
+/**
  * pfbd_submit: queue one request on @q
  *
  * @op:     the operation
@@ -192,7 +205,9 @@ int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
  *   -ERANGE   the range goes beyond the end of the volume
  *   -EROFS    write, discard or write-zeroes on a read-only volume
  *   -ENOTSUP  the engine does not support @op
- *   -EAGAIN   @depth requests are already in flight
+ *   -EAGAIN   no room: @depth requests are already in flight, or the
+ *             bounce buffer would go over pfbd_queue_set_bounce_limit();
+ *             submit again after a completion
  *   -ENOMEM   out of memory (bounce buffer)
  */
 int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,

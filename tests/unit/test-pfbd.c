@@ -686,6 +686,57 @@ static void test_file_misaligned_buffers(void)
     close_volume(&tv);
 }
 
+/*
+ * pfbd_queue_set_bounce_limit(): misaligned requests over the limit wait
+ * (-EAGAIN) while others hold bounce buffers; aligned ones never do; one
+ * request larger than the limit goes through when none is held.
+ */
+static void test_file_bounce_limit(void)
+{
+    TestVolume tv = { 0 };
+    char *mnt = mount_fs("tmpfs", "size=4m");
+    uint8_t *mem = alloc_aligned(3 * 8192 + 4096);
+    struct iovec odd[3], big, aligned = { mem, 4096 };
+    Completion c[5] = { { 0 } };
+    int i;
+
+    /* tmpfs takes O_DIRECT: misaligned buffers are bounced */
+    open_file(&tv, mnt, MiB, false, 8);
+    g_assert_cmpuint(tv.info.mem_align, >, 1);
+    pfbd_queue_set_bounce_limit(tv.q, 8192);
+    for (i = 0; i < 3; i++) {
+        odd[i] = (struct iovec) { mem + 1 + i * 4096, 4096 };
+    }
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &odd[0], 1, 4096, 0,
+                                complete_cb, &c[0]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 4096, &odd[1], 1, 4096,
+                                0, complete_cb, &c[1]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 8192, &odd[2], 1, 4096,
+                                0, complete_cb, &c[2]), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 8192, &aligned, 1, 4096,
+                                0, complete_cb, &c[3]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[0].count + c[1].count + c[3].count, ==, 3);
+    g_assert_cmpint(c[2].count, ==, 0);
+
+    /* Nothing held: a request of three times the limit is taken */
+    big = (struct iovec) { mem + 1, 3 * 8192 };
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &big, 1, 3 * 8192, 0,
+                                complete_cb, &c[4]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 8192, &odd[2], 1, 4096,
+                                0, complete_cb, &c[2]), ==, -EAGAIN);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[4].count, ==, 1);
+    g_assert_cmpint(c[4].ret, ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 8192, &odd[2], 1, 4096,
+                                0, complete_cb, &c[2]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[2].count, ==, 1);
+    free(mem);
+    close_volume(&tv);
+    unmount_fs(mnt);
+}
+
 /* More iovecs than one readv/writev takes */
 static void test_file_many_iovecs(void)
 {
@@ -1860,6 +1911,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/write-zeroes", test_file_write_zeroes);
     g_test_add_func("/pfbd/file/write-zeroes-unmap",
                     test_file_write_zeroes_unmap);
+    g_test_add_func("/pfbd/file/bounce-limit", test_file_bounce_limit);
     g_test_add_func("/pfbd/file/misaligned-buffers",
                     test_file_misaligned_buffers);
     g_test_add_func("/pfbd/file/many-iovecs", test_file_many_iovecs);
