@@ -17,6 +17,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/iov.h"
+#include "qemu/units.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
@@ -45,6 +46,14 @@
 
 /* Largest request, in sectors, whose byte count fits an int */
 #define VIRTIO_BLK_PFBD_MAX_SECTORS (INT32_MAX >> SECTOR_BITS)
+
+/*
+ * The largest segment the driver may use (VIRTIO_BLK_F_SIZE_MAX): with
+ * seg_max it bounds the data of one request, and so what one request may
+ * make the engine bounce (docs/user-guide.rst, "Limits").  Linux's own
+ * default segment size.
+ */
+#define VIRTIO_BLK_PFBD_SIZE_MAX (64 * KiB)
 
 struct virtio_blk_pfbd_outhdr {
     uint32_t type;
@@ -200,6 +209,10 @@ static void virtio_blk_pfbd_error_event(VirtIOBlockPfbd *s,
     }
 }
 
+/*
+ * The engine's answer to @req: 0, or a negative errno that rerror/werror
+ * decides about (a failed disk, a full file system, a lost cluster)
+ */
 static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
 {
     VirtIOBlockPfbdReq *req = opaque;
@@ -213,9 +226,6 @@ static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
                                        req->sector, ret);
         if (ret == -ENOTSUP) {
             status = VIRTIO_BLK_S_UNSUPP;
-        } else if (ret == -EINVAL || ret == -ERANGE || ret == -EROFS) {
-            /* libpfbd refused the request itself: the guest's error */
-            status = VIRTIO_BLK_S_IOERR;
         } else {
             /* Flush, discard and write-zeroes count as writes */
             is_read = req->op == PFBD_OP_READ;
@@ -237,15 +247,79 @@ static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
 }
 
 /*
- * Hand @req to the engine.  Errors the engine reports at once complete the
- * request here.
+ * pfbd_submit() of @req, whose operation is set.  Returns false if the
+ * engine queue has no room for it now (-EAGAIN); other errors complete
+ * the request.
+ */
+static bool virtio_blk_pfbd_send(VirtIOBlockPfbdReq *req)
+{
+    VirtIOBlockPfbdQueue *q = req->q;
+    int ret;
+
+    ret = pfbd_submit(q->pq, req->op, req->sector << SECTOR_BITS, req->iov,
+                      req->iovcnt, req->len, req->flags,
+                      virtio_blk_pfbd_engine_cb, req);
+    switch (ret) {
+    case 0:
+        break;
+    case -EAGAIN:
+        if (pfbd_queue_inflight(q->pq)) {
+            return false;       /* a completion will make room */
+        }
+        /* No room with nothing in flight: none will come */
+        virtio_blk_pfbd_engine_cb(req, ret);
+        break;
+    case -ENOTSUP:
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
+        break;
+    case -EINVAL:
+    case -ERANGE:
+    case -EROFS:
+        /* libpfbd refused the request itself: the guest's error */
+        trace_virtio_blk_pfbd_io_error(q->s, q->index, req, req->type,
+                                       req->sector, ret);
+        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
+        break;
+    default:
+        /* The host's (out of memory...): rerror/werror decides */
+        virtio_blk_pfbd_engine_cb(req, ret);
+        break;
+    }
+    return true;
+}
+
+/*
+ * Send the requests that waited for room in the engine queue, oldest
+ * first.  Returns how many were sent.
+ */
+static unsigned int virtio_blk_pfbd_send_waiting(VirtIOBlockPfbdQueue *q)
+{
+    VirtIOBlockPfbdReq *req;
+    unsigned int n = 0;
+
+    while ((req = QSIMPLEQ_FIRST(&q->waiting))) {
+        if (!virtio_blk_pfbd_send(req)) {
+            break;
+        }
+        QSIMPLEQ_REMOVE_HEAD(&q->waiting, next_waiting);
+        n++;
+    }
+    if (n) {
+        trace_virtio_blk_pfbd_send_waiting(q->s, q->index, n);
+    }
+    return n;
+}
+
+/*
+ * Hand @req to the engine, or queue it behind others that wait for room
+ * (the driver may size its ring above the engine queue's depth, and
+ * bounce buffers are bounded): back-pressure, not an error.
  */
 static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
                                    const struct iovec *iov, int iovcnt,
                                    uint64_t bytes, unsigned flags)
 {
     VirtIOBlockPfbdQueue *q = req->q;
-    int ret;
 
     req->op = op;
     req->iov = iov;
@@ -254,10 +328,9 @@ static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
     req->flags = flags;
     trace_virtio_blk_pfbd_req(q->s, q->index, req, req->type, req->sector,
                               bytes);
-    ret = pfbd_submit(q->pq, op, req->sector << SECTOR_BITS, iov, iovcnt,
-                      bytes, flags, virtio_blk_pfbd_engine_cb, req);
-    if (ret < 0) {
-        virtio_blk_pfbd_engine_cb(req, ret);
+    if (!QSIMPLEQ_EMPTY(&q->waiting) || !virtio_blk_pfbd_send(req)) {
+        trace_virtio_blk_pfbd_wait_room(q->s, q->index, req);
+        QSIMPLEQ_INSERT_TAIL(&q->waiting, req, next_waiting);
     }
 }
 
@@ -328,7 +401,8 @@ static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
     bytes = iov_size(iov, cnt);
     req->bytes = bytes;
 
-    if (!virtio_blk_pfbd_sect_range_ok(s, req->sector, bytes) ||
+    if (bytes > s->max_request_bytes ||
+        !virtio_blk_pfbd_sect_range_ok(s, req->sector, bytes) ||
         (is_write && s->info.read_only)) {
         virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
         return;
@@ -485,8 +559,14 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
     return true;
 }
 
-/* Context: the virtqueue's AioContext */
-static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
+/*
+ * Complete what the engine has completed, then give the room it made to
+ * the requests waiting for it.  Returns true if requests were sent to the
+ * engine queue, which then needs a flush.
+ *
+ * Context: the virtqueue's AioContext
+ */
+static bool virtio_blk_pfbd_complete_ready(VirtIOBlockPfbdQueue *q)
 {
     int n;
 
@@ -494,30 +574,56 @@ static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
     RCU_READ_LOCK_GUARD();
     virtio_blk_pfbd_clock(q);
     n = pfbd_queue_reap(q->pq, 0);
-
-    if (n > 0) {
-        trace_virtio_blk_pfbd_reap(q->s, q->index, n);
-        virtio_blk_pfbd_notify(q);
+    if (n <= 0) {
+        return false;
     }
+    trace_virtio_blk_pfbd_reap(q->s, q->index, n);
+    return !QSIMPLEQ_EMPTY(&q->waiting) && virtio_blk_pfbd_send_waiting(q);
 }
 
 /*
  * Send the queued requests to the engine.  Engines may complete requests
  * during the submit (null always; io_uring on a page cache hit) without
- * making the completion fd readable: take those now.  The fd is
- * level-triggered and the reap clears it, so no wakeup is left behind.
+ * making the completion fd readable: take those now, and send what their
+ * room lets through.  The fd is level-triggered and the reap clears it, so
+ * no wakeup is left behind.
  */
 static void virtio_blk_pfbd_flush(VirtIOBlockPfbdQueue *q)
 {
-    int ret = pfbd_queue_flush(q->pq);
+    int ret;
 
-    trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
-    if (ret > 0) {
-        virtio_blk_pfbd_stat_add(&q->stats.submits, 1);
+    do {
+        ret = pfbd_queue_flush(q->pq);
+        trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
+        if (ret > 0) {
+            virtio_blk_pfbd_stat_add(&q->stats.submits, 1);
+        }
+    } while (pfbd_queue_completions_ready(q->pq) &&
+             virtio_blk_pfbd_complete_ready(q));
+}
+
+/* Context: the virtqueue's AioContext */
+static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
+{
+    if (virtio_blk_pfbd_complete_ready(q)) {
+        virtio_blk_pfbd_flush(q);
     }
-    if (pfbd_queue_completions_ready(q->pq)) {
-        virtio_blk_pfbd_reap(q);
-    }
+    virtio_blk_pfbd_notify(q);
+}
+
+/*
+ * Wait for every request of @q: those in the engine and those waiting for
+ * room in it (virtio_blk_pfbd_send() takes or fails at least one of these
+ * when nothing is in flight).
+ *
+ * Context: the virtqueue's AioContext
+ */
+static void virtio_blk_pfbd_drain(VirtIOBlockPfbdQueue *q)
+{
+    do {
+        pfbd_queue_drain(q->pq);
+    } while (virtio_blk_pfbd_send_waiting(q));
+    assert(QSIMPLEQ_EMPTY(&q->waiting));
 }
 
 static void virtio_blk_pfbd_completion_read(EventNotifier *e)
@@ -747,8 +853,8 @@ static void virtio_blk_pfbd_update_config(VirtIODevice *vdev, uint8_t *config)
 
     memset(&blkcfg, 0, sizeof(blkcfg));
     virtio_stq_p(vdev, &blkcfg.capacity, qatomic_read(&s->capacity));
-    virtio_stl_p(vdev, &blkcfg.seg_max,
-                 conf->seg_max_adjust ? conf->queue_size - 2 : 128 - 2);
+    virtio_stl_p(vdev, &blkcfg.seg_max, s->seg_max);
+    virtio_stl_p(vdev, &blkcfg.size_max, VIRTIO_BLK_PFBD_SIZE_MAX);
     virtio_stl_p(vdev, &blkcfg.blk_size, blk_size);
     blkcfg.physical_block_exp = ctz32(conf->physical_block_size / blk_size);
     blkcfg.wce = s->writeback;
@@ -786,6 +892,7 @@ static uint64_t virtio_blk_pfbd_get_features(VirtIODevice *vdev,
 
     features |= s->host_features;
     virtio_add_feature(&features, VIRTIO_BLK_F_SEG_MAX);
+    virtio_add_feature(&features, VIRTIO_BLK_F_SIZE_MAX);
     virtio_add_feature(&features, VIRTIO_BLK_F_TOPOLOGY);
     virtio_add_feature(&features, VIRTIO_BLK_F_BLK_SIZE);
     virtio_add_feature(&features, VIRTIO_BLK_F_FLUSH);
@@ -905,7 +1012,7 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
 
     trace_virtio_blk_pfbd_drain(q->s, q->index, pfbd_queue_inflight(q->pq));
     virtio_blk_pfbd_clock(q);
-    pfbd_queue_drain(q->pq);
+    virtio_blk_pfbd_drain(q);
     virtio_blk_pfbd_notify(q);
 
     aio_set_event_notifier(q->ctx, &q->completion, NULL, NULL, NULL);
@@ -1158,12 +1265,15 @@ static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
         q->vq = virtio_get_queue(vdev, i);
         q->ctx = s->vq_aio_context[i];
         q->iothread_name = virtio_blk_pfbd_iothread_name(s, q->ctx);
+        QSIMPLEQ_INIT(&q->waiting);
         ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot create engine queue %u "
                              "of volume '%s'", i, s->conf.volume);
             return false;
         }
+        /* One request's worth of bounce buffers per queue, at most */
+        pfbd_queue_set_bounce_limit(q->pq, s->max_request_bytes);
         event_notifier_init_fd(&q->completion, pfbd_queue_get_fd(q->pq));
     }
     return true;
@@ -1339,6 +1449,8 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
     }
 
     s->writeback = true;
+    s->seg_max = s->conf.seg_max_adjust ? s->conf.queue_size - 2 : 128 - 2;
+    s->max_request_bytes = (uint64_t)s->seg_max * VIRTIO_BLK_PFBD_SIZE_MAX;
     s->config_size = virtio_get_config_size(&virtio_blk_cfg_size_params,
                                             s->host_features);
     virtio_init(vdev, VIRTIO_ID_BLOCK, s->config_size);

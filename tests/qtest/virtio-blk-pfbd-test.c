@@ -348,6 +348,12 @@ static long proc_status_kib(pid_t pid, const char *field)
     return kib;
 }
 
+/* Peak resident set size of QEMU in KiB */
+static long hwm_kib(Pfbd *p)
+{
+    return proc_status_kib(qtest_pid(p->qts), "VmHWM:");
+}
+
 /* Request types */
 
 static void test_write_read(void)
@@ -697,6 +703,142 @@ static uint32_t add_aliased_read(Pfbd *p, QVirtQueue *vq, uint64_t hdr_addr,
     }
     qvirtqueue_add(p->qts, vq, hdr_addr + 16, 1, true, false);
     return head;
+}
+
+/* The most data one request may carry: seg_max segments of size_max */
+static uint64_t max_request_bytes(Pfbd *p, uint64_t features)
+{
+    uint32_t seg_max = qvirtio_config_readl(p->dev,
+                            offsetof(struct virtio_blk_config, seg_max));
+    uint32_t size_max = qvirtio_config_readl(p->dev,
+                            offsetof(struct virtio_blk_config, size_max));
+
+    g_assert(features & (1ull << VIRTIO_BLK_F_SIZE_MAX));
+    g_assert(features & (1ull << VIRTIO_BLK_F_SEG_MAX));
+    g_assert_cmpuint(size_max, >=, 4096);
+    return (uint64_t)seg_max * size_max;
+}
+
+/*
+ * A READ larger than the device advertises (seg_max x size_max) gets
+ * VIRTIO_BLK_S_IOERR without QEMU allocating for it: here 63 descriptors
+ * of 64 MiB on one misaligned guest buffer, almost 4 GiB that the file
+ * engine would bounce whole.
+ */
+static void test_huge_request(void)
+{
+    Pfbd *p = pfbd_start(8ull << 30, "-m 512M", "", 1);
+    uint64_t features = pfbd_driver_ok(p, 0);
+    uint64_t max = max_request_bytes(p, features);
+    uint64_t hdr = guest_alloc(&p->qs->alloc, 64);
+    uint64_t buf = guest_alloc(&p->qs->alloc, 65 << 20);
+    long hwm = hwm_kib(p);
+    uint32_t head;
+
+    g_assert_cmpuint(max, <, 64ull << 20);
+    /* Just over the limit, and far over it */
+    head = add_aliased_read(p, p->vq[0], hdr, buf + 1, 2, max / 2 + 512);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    qvirtio_wait_used_elem(p->qts, p->dev, p->vq[0], head, NULL, TIMEOUT_US);
+    g_assert_cmpint(qtest_readb(p->qts, hdr + 16), ==, VIRTIO_BLK_S_IOERR);
+
+    head = add_aliased_read(p, p->vq[0], hdr, buf + 1, 63, 64 << 20);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    qvirtio_wait_used_elem(p->qts, p->dev, p->vq[0], head, NULL, TIMEOUT_US);
+    g_assert_cmpint(qtest_readb(p->qts, hdr + 16), ==, VIRTIO_BLK_S_IOERR);
+    g_assert(!pfbd_broken(p));
+    g_test_message("VmHWM %ld -> %ld KiB", hwm, hwm_kib(p));
+    g_assert_cmpint(hwm_kib(p) - hwm, <, 64 * 1024);
+
+    /* The largest request it takes works, bounced */
+    head = add_aliased_read(p, p->vq[0], hdr, buf + 1, 1, max);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], head);
+    qvirtio_wait_used_elem(p->qts, p->dev, p->vq[0], head, NULL, TIMEOUT_US);
+    g_assert_cmpint(qtest_readb(p->qts, hdr + 16), ==, VIRTIO_BLK_S_OK);
+    pfbd_stop(p);
+}
+
+/*
+ * 32 of the largest requests, misaligned so that the file engine bounces
+ * them, in one kick: they all complete, and the bounce buffers QEMU holds
+ * at once stay within the per-queue bound (documented in the user guide)
+ * instead of growing with the queue depth.
+ */
+static void test_bounce_bound(void)
+{
+    enum { N = 32 };
+    Pfbd *p = pfbd_start(64 << 20, "-m 512M", "", 1);
+    uint64_t features = pfbd_driver_ok(p, 0);
+    uint64_t max = max_request_bytes(p, features);
+    uint64_t hdrs = guest_alloc(&p->qs->alloc, N * 64);
+    uint64_t buf = guest_alloc(&p->qs->alloc, max + 4096);
+    long hwm = hwm_kib(p);
+    uint32_t heads[N];
+    unsigned int i;
+
+    for (i = 0; i < N; i++) {
+        heads[i] = add_aliased_read(p, p->vq[0], hdrs + 64 * i, buf + 1, 1,
+                                    max);
+        if (i < N - 1) {
+            qtest_writew(p->qts, p->vq[0]->avail + 4 +
+                         2 * (i % p->vq[0]->size), heads[i]);
+        }
+    }
+    qtest_writew(p->qts, p->vq[0]->avail + 2, N - 1);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], heads[N - 1]);
+    pfbd_wait_used(p, p->vq[0], NULL, N);
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(qtest_readb(p->qts, hdrs + 64 * i + 16), ==,
+                        VIRTIO_BLK_S_OK);
+    }
+    g_test_message("%d reads of %" PRIu64 " bytes: VmHWM %ld -> %ld KiB",
+                   N, max, hwm, hwm_kib(p));
+    /* Two of them at most, where all would take N * max */
+    g_assert_cmpint(hwm_kib(p) - hwm, <,
+                    (long)(2 * max / 1024 + 16 * 1024));
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
+/*
+ * The driver may size a virtqueue up to 1024 entries, above the device's
+ * queue-size and so above the engine queue's depth: the requests over the
+ * depth wait for room (back-pressure), they do not fail.
+ */
+static void test_ring_above_depth(void)
+{
+    enum { N = 64 };
+    Pfbd *p = pfbd_start_volume("null:16M:completion_nsec=20000000", "",
+                                ", \"queue-size\": 16", 1);
+    g_autofree PfbdReq *r = g_new(PfbdReq, N);
+    uint64_t features;
+    unsigned int i;
+
+    qvirtio_start_device(p->dev);
+    features = qvirtio_get_features(p->dev) &
+               ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                 (1ull << VIRTIO_RING_F_INDIRECT_DESC));
+    qvirtio_set_features(p->dev, features);
+    qpci_io_writew(p->pdev->pdev, p->pdev->bar, p->pdev->common_cfg_offset +
+                   offsetof(struct virtio_pci_common_cfg, queue_select), 0);
+    qpci_io_writew(p->pdev->pdev, p->pdev->bar, p->pdev->common_cfg_offset +
+                   offsetof(struct virtio_pci_common_cfg, queue_size),
+                   4 * N);
+    p->vq[0] = qvirtqueue_setup(p->dev, &p->qs->alloc, 0);
+    g_assert_cmpuint(p->vq[0]->size, ==, 4 * N);
+    qvirtio_set_driver_ok(p->dev);
+
+    for (i = 0; i < N; i++) {
+        r[i] = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
+        pfbd_req_add(p, p->vq[0], &r[i], false);
+    }
+    pfbd_kick_many(p, p->vq[0], r, N);
+    pfbd_wait_used(p, p->vq[0], NULL, N);
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(pfbd_req_status(p, &r[i]), ==, VIRTIO_BLK_S_OK);
+    }
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
 }
 
 static void assert_broken_and_alive(Pfbd *p, QVirtQueue *vq)
@@ -1694,6 +1836,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/req/flush", test_flush);
     qtest_add_func("/virtio-blk-pfbd/req/get-id", test_get_id);
     qtest_add_func("/virtio-blk-pfbd/req/used-len", test_used_len);
+    qtest_add_func("/virtio-blk-pfbd/req/ring-above-depth",
+                   test_ring_above_depth);
     qtest_add_func("/virtio-blk-pfbd/req/discard", test_discard);
     qtest_add_func("/virtio-blk-pfbd/req/write-zeroes", test_write_zeroes);
     qtest_add_func("/virtio-blk-pfbd/req/discard-write-zeroes-off",
@@ -1712,8 +1856,10 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/bad/huge-request", test_huge_request);
     qtest_add_func("/virtio-blk-pfbd/bad/huge-in-buffers",
                    test_huge_in_buffers);
+    qtest_add_func("/virtio-blk-pfbd/mem/bounce-bound", test_bounce_bound);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-ram-removed",
                    test_fixed_buffers_ram_removed);

@@ -14,6 +14,7 @@
 #include "exec/ramlist.h"
 #include "system/iothread.h"
 #include "qemu/event_notifier.h"
+#include "qemu/queue.h"
 #include "qom/object.h"
 #include "qapi/qapi-types-virtio.h"
 #include "qapi/qapi-types-block-core.h"
@@ -97,6 +98,11 @@ typedef struct VirtIOBlockPfbdQueue {
      * queue runs, the main loop while it is stopped.
      */
     struct VirtIOBlockPfbdReq *parked;
+    /*
+     * Requests waiting for room in the engine queue (pfbd_submit()'s
+     * -EAGAIN), oldest first; at most the ring's size
+     */
+    QSIMPLEQ_HEAD(, VirtIOBlockPfbdReq) waiting;
     char *iothread_name;            /* for the stats; "main-loop" if none */
     VirtIOBlockPfbdQueueStats stats;
 } VirtIOBlockPfbdQueue;
@@ -110,6 +116,8 @@ struct VirtIOBlockPfbd {
     PfbdVolumeInfo info;
     uint64_t capacity;              /* in 512-byte sectors */
     unsigned int sector_mask;       /* logical block size in sectors - 1 */
+    uint32_t seg_max;               /* data segments per request */
+    uint64_t max_request_bytes;     /* seg_max x size_max */
     bool writeback;                 /* guest-visible write cache enabled */
 
     uint64_t host_features;
@@ -150,6 +158,7 @@ typedef struct VirtIOBlockPfbdReq {
     uint64_t len;
     unsigned int flags;
     struct VirtIOBlockPfbdReq *next_parked;
+    QSIMPLEQ_ENTRY(VirtIOBlockPfbdReq) next_waiting;
 } VirtIOBlockPfbdReq;
 
 #endif
