@@ -221,21 +221,33 @@ static void pfbd_req_add(Pfbd *p, QVirtQueue *vq, PfbdReq *r, bool data_in)
 }
 
 /*
- * Make @n chains available at once and notify the device once
+ * Make the @n chains @heads available at once and notify the device once
  * (qvirtqueue_kick() publishes one chain per call).
  */
-static void pfbd_kick_many(Pfbd *p, QVirtQueue *vq, const PfbdReq *r,
-                           unsigned int n)
+static void kick_heads(QTestState *qts, QVirtioDevice *dev, QVirtQueue *vq,
+                       const uint32_t *heads, unsigned int n)
 {
-    uint16_t idx = qtest_readw(p->qts, vq->avail + 2);
+    uint16_t idx = qtest_readw(qts, vq->avail + 2);
     unsigned int i;
 
     for (i = 0; i + 1 < n; i++) {
-        qtest_writew(p->qts, vq->avail + 4 + 2 * ((idx + i) % vq->size),
-                     r[i].head);
+        qtest_writew(qts, vq->avail + 4 + 2 * ((idx + i) % vq->size),
+                     heads[i]);
     }
-    qtest_writew(p->qts, vq->avail + 2, idx + n - 1);
-    qvirtqueue_kick(p->qts, p->dev, vq, r[n - 1].head);
+    qtest_writew(qts, vq->avail + 2, idx + n - 1);
+    qvirtqueue_kick(qts, dev, vq, heads[n - 1]);
+}
+
+static void pfbd_kick_many(Pfbd *p, QVirtQueue *vq, const PfbdReq *r,
+                           unsigned int n)
+{
+    g_autofree uint32_t *heads = g_new(uint32_t, n);
+    unsigned int i;
+
+    for (i = 0; i < n; i++) {
+        heads[i] = r[i].head;
+    }
+    kick_heads(p->qts, p->dev, vq, heads, n);
 }
 
 /* Wait until @n requests of @vq are used; returns their heads in order */
@@ -779,13 +791,8 @@ static void test_bounce_bound(void)
     for (i = 0; i < N; i++) {
         heads[i] = add_aliased_read(p, p->vq[0], hdrs + 64 * i, buf + 1, 1,
                                     max);
-        if (i < N - 1) {
-            qtest_writew(p->qts, p->vq[0]->avail + 4 +
-                         2 * (i % p->vq[0]->size), heads[i]);
-        }
     }
-    qtest_writew(p->qts, p->vq[0]->avail + 2, N - 1);
-    qvirtqueue_kick(p->qts, p->dev, p->vq[0], heads[N - 1]);
+    kick_heads(p->qts, p->dev, p->vq[0], heads, N);
     pfbd_wait_used(p, p->vq[0], NULL, N);
     for (i = 0; i < N; i++) {
         g_assert_cmpint(qtest_readb(p->qts, hdrs + 64 * i + 16), ==,
@@ -1455,6 +1462,12 @@ static void test_stats(void)
 
 /* Lifecycle with requests in flight */
 
+/*
+ * A null volume whose requests stay in flight for half a second: long
+ * enough to see them in the statistics on a loaded machine
+ */
+#define SLOW_VOLUME "null:16M:completion_nsec=500000000"
+
 /* Queue @n writes of @len bytes on virtqueue @q with one kick */
 static void queue_writes(Pfbd *p, unsigned int q, unsigned int n, size_t len)
 {
@@ -1473,15 +1486,19 @@ static void queue_writes(Pfbd *p, unsigned int q, unsigned int n, size_t len)
 
 static void test_reset_inflight(void)
 {
-    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-object iothread,id=io0",
-                         ", \"num-queues\": 2, \"iothread\": \"io0\"", 2);
-    uint8_t wbuf[4096], rbuf[4096];
+    Pfbd *p = pfbd_start_volume(SLOW_VOLUME, "-object iothread,id=io0",
+                                ", \"num-queues\": 2, "
+                                "\"iothread\": \"io0\"", 2);
+    uint8_t wbuf[4096];
     QDict *stats;
     unsigned int round;
 
+    pfbd_driver_ok(p, 0);
     for (round = 0; round < 5; round++) {
         queue_writes(p, 0, 80, 65536);
         queue_writes(p, 1, 80, 4096);
+        wait_in_flight(p->qts, STATS_PATH, 0, 80);
+        wait_in_flight(p->qts, STATS_PATH, 1, 80);
         /* Reset returns after every request in flight has completed */
         qvirtio_reset(p->dev);
         stats = pfbd_stats(p);
@@ -1492,25 +1509,29 @@ static void test_reset_inflight(void)
         qobject_unref(stats);
         pfbd_assert_alive(p);
 
+        /* The new rings work, and start empty */
         pfbd_driver_ok(p, 0);
         fill_pattern(wbuf, sizeof(wbuf), round);
         g_assert_cmpint(pfbd_do_req(p, 1, VIRTIO_BLK_T_OUT, 4000, wbuf,
                                     sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
-        g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 4000, rbuf,
-                                    sizeof(rbuf)), ==, VIRTIO_BLK_S_OK);
-        g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+        g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 4000, wbuf,
+                                    sizeof(wbuf)), ==, VIRTIO_BLK_S_OK);
+        g_assert_cmpint(qtest_readw(p->qts, p->vq[0]->used + 2), ==, 1);
+        g_assert_cmpint(qtest_readw(p->qts, p->vq[1]->used + 2), ==, 1);
     }
     pfbd_stop(p);
 }
 
 static void test_stop_cont_inflight(void)
 {
-    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-object iothread,id=io0",
-                         ", \"iothread\": \"io0\"", 1);
+    Pfbd *p = pfbd_start_volume(SLOW_VOLUME, "-object iothread,id=io0",
+                                ", \"iothread\": \"io0\"", 1);
     uint32_t heads[64];
     QDict *stats;
 
+    pfbd_driver_ok(p, 0);
     queue_writes(p, 0, 64, 65536);
+    wait_in_flight(p->qts, STATS_PATH, 0, 64);
     qtest_qmp_assert_success(p->qts, "{ 'execute': 'stop' }");
     /* Stopped: nothing is left in flight */
     stats = pfbd_stats(p);
@@ -1560,7 +1581,6 @@ static void test_hotplug_cycles(void)
     Pfbd *p = pfbd_setup(VOLUME_SIZE,
                          "-object iothread,id=io0 -object iothread,id=io1",
                          "", 1);
-    g_autofree char *vol = g_strdup_printf("file:%s", p->image);
     pid_t pid = qtest_pid(p->qts);
     int fds_before = -1;
     long rss_before = -1;
@@ -1570,10 +1590,10 @@ static void test_hotplug_cycles(void)
         QVirtioPCIDevice *hp;
         QVirtQueue *vq;
         uint64_t addr;
-        uint32_t head = 0;
+        uint32_t heads[32];
         unsigned int j;
 
-        hotplug_pfbd(p->qts, vol);
+        hotplug_pfbd(p->qts, SLOW_VOLUME);
         hp = virtio_pci_new(p->qs->pcibus, &(QPCIAddress) {
                                 .devfn = QPCI_DEVFN(PCI_SLOT_HP, 0) });
         g_assert_nonnull(hp);
@@ -1596,11 +1616,13 @@ static void test_hotplug_cycles(void)
             };
 
             qtest_memwrite(p->qts, a, &hdr, sizeof(hdr));
-            head = qvirtqueue_add(p->qts, vq, a, 16, false, true);
+            heads[j] = qvirtqueue_add(p->qts, vq, a, 16, false, true);
             qvirtqueue_add(p->qts, vq, a + 16, 65536, true, true);
             qvirtqueue_add(p->qts, vq, a + 16 + 65536, 1, true, false);
         }
-        qvirtqueue_kick(p->qts, &hp->vdev, vq, head);
+        kick_heads(p->qts, &hp->vdev, vq, heads, 32);
+        wait_in_flight(p->qts, "/machine/peripheral/drv1/virtio-backend", 0,
+                       32);
 
         qpci_unplug_acpi_device_test(p->qts, "drv1", PCI_SLOT_HP);
         g_free(vq);
