@@ -794,26 +794,31 @@ static void virtio_blk_pfbd_vm_state_change(void *opaque, bool running,
 }
 
 /*
- * Give the parked requests back to the virtqueues unanswered (reset,
+ * Give the parked requests of @q back to its virtqueue unanswered (reset,
  * unplug).
  *
- * Context: BQL held, the queues stopped
+ * Context: BQL held, the queue stopped
  */
-static void virtio_blk_pfbd_drop_parked(VirtIOBlockPfbd *s)
+static void virtio_blk_pfbd_drop_queue_parked(VirtIOBlockPfbdQueue *q)
 {
     VirtIOBlockPfbdReq *req;
+
+    while ((req = q->parked)) {
+        q->parked = req->next_parked;
+        qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight - 1);
+        virtqueue_detach_element(q->vq, &req->elem, 0);
+        g_free(req->iov_copy);
+        g_free(req);
+    }
+}
+
+/* Context: BQL held, the queues stopped */
+static void virtio_blk_pfbd_drop_parked(VirtIOBlockPfbd *s)
+{
     unsigned int i;
 
     for (i = 0; s->queues && i < s->conf.num_queues; i++) {
-        VirtIOBlockPfbdQueue *q = &s->queues[i];
-
-        while ((req = q->parked)) {
-            q->parked = req->next_parked;
-            qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight - 1);
-            virtqueue_detach_element(q->vq, &req->elem, 0);
-            g_free(req->iov_copy);
-            g_free(req);
-        }
+        virtio_blk_pfbd_drop_queue_parked(&s->queues[i]);
     }
 }
 
@@ -1016,6 +1021,36 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
     virtio_blk_pfbd_notify(q);
 
     aio_set_event_notifier(q->ctx, &q->completion, NULL, NULL, NULL);
+}
+
+/*
+ * The driver resets one virtqueue (virtio-pci's queue_reset), from a vCPU
+ * while the queue's IOThread may be serving it: stop serving it and wait
+ * for its requests before the virtio core empties it (and its map cache).
+ *
+ * Context: BQL held
+ */
+static void virtio_blk_pfbd_queue_reset(VirtIODevice *vdev, uint32_t index)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+    VirtIOBlockPfbdQueue *q = &s->queues[index];
+
+    if (!s->ioeventfd_started) {
+        return;
+    }
+    trace_virtio_blk_pfbd_queue_reset(s, index);
+    aio_wait_bh_oneshot(q->ctx, virtio_blk_pfbd_stop_vq_bh, q);
+    virtio_blk_pfbd_drop_queue_parked(q);
+}
+
+/* The driver enables a virtqueue again after its reset.  Context: BQL held */
+static void virtio_blk_pfbd_queue_enable(VirtIODevice *vdev, uint32_t index)
+{
+    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
+
+    if (s->ioeventfd_started && !s->ioeventfd_stopping) {
+        virtio_blk_pfbd_attach_queue(&s->queues[index]);
+    }
 }
 
 /* Context: BQL held */
@@ -1845,6 +1880,8 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
     vdc->vmsd = &vmstate_virtio_blk_pfbd_device;
     vdc->start_ioeventfd = virtio_blk_pfbd_start_ioeventfd;
     vdc->stop_ioeventfd = virtio_blk_pfbd_stop_ioeventfd;
+    vdc->queue_reset = virtio_blk_pfbd_queue_reset;
+    vdc->queue_enable = virtio_blk_pfbd_queue_enable;
 
     object_class_property_add(klass, "volume-size", "uint64",
                               virtio_blk_pfbd_get_volume_size,

@@ -185,6 +185,13 @@ static bool pfbd_broken(Pfbd *p)
     return p->dev->bus->get_status(p->dev) & VIRTIO_CONFIG_S_NEEDS_RESET;
 }
 
+/* Write @val to the virtio-pci common configuration field at @offset */
+static void pfbd_common_writew(Pfbd *p, size_t offset, uint16_t val)
+{
+    qpci_io_writew(p->pdev->pdev, p->pdev->bar,
+                   p->pdev->common_cfg_offset + offset, val);
+}
+
 /*
  * Lay out a request: a 16-byte header, @len data bytes (@data, or a
  * 0x5a filler for reads) and a status byte preset to 0xff.
@@ -826,11 +833,8 @@ static void test_ring_above_depth(void)
                ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_RING_F_EVENT_IDX) |
                  (1ull << VIRTIO_RING_F_INDIRECT_DESC));
     qvirtio_set_features(p->dev, features);
-    qpci_io_writew(p->pdev->pdev, p->pdev->bar, p->pdev->common_cfg_offset +
-                   offsetof(struct virtio_pci_common_cfg, queue_select), 0);
-    qpci_io_writew(p->pdev->pdev, p->pdev->bar, p->pdev->common_cfg_offset +
-                   offsetof(struct virtio_pci_common_cfg, queue_size),
-                   4 * N);
+    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
+    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SIZE, 4 * N);
     p->vq[0] = qvirtqueue_setup(p->dev, &p->qs->alloc, 0);
     g_assert_cmpuint(p->vq[0]->size, ==, 4 * N);
     qvirtio_set_driver_ok(p->dev);
@@ -1782,7 +1786,13 @@ static void kicker_stop(Kicker *k)
     }
 }
 
-static void kick_storm(bool reset)
+typedef enum StormEvent {
+    STORM_RESET,        /* device reset */
+    STORM_STOP,         /* VM stop, then cont */
+    STORM_QUEUE_RESET,  /* virtio-pci queue_reset of the queue */
+} StormEvent;
+
+static void kick_storm(StormEvent event)
 {
     g_autofree char *mem_path = g_strdup_printf("/dev/shm/qtest-pfbd-%d",
                                                 (int)getpid());
@@ -1813,16 +1823,30 @@ static void kick_storm(bool reset)
         kicker_start(&k, p, before);
         wait_in_flight(p->qts, STATS_PATH, 0, 1);
 
-        if (reset) {
+        switch (event) {
+        case STORM_RESET:
             qvirtio_reset(p->dev);
-        } else {
+            break;
+        case STORM_STOP:
             qtest_qmp_assert_success(p->qts, "{ 'execute': 'stop' }");
+            break;
+        case STORM_QUEUE_RESET:
+            pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
+            pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_RESET, 1);
+            break;
         }
         /* Nothing in flight, whatever the kicks did meanwhile */
         g_assert_cmpint(queue_in_flight(p->qts, STATS_PATH, 0), ==, 0);
         kicker_stop(&k);
 
-        if (!reset) {
+        if (event == STORM_QUEUE_RESET) {
+            /* The queue set up again works */
+            qvirtqueue_cleanup(p->dev->bus, p->vq[0], &p->qs->alloc);
+            p->vq[0] = qvirtqueue_setup(p->dev, &p->qs->alloc, 0);
+            g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0),
+                            ==, VIRTIO_BLK_S_OK);
+            g_assert(!pfbd_broken(p));
+        } else if (event == STORM_STOP) {
             /* Every request published is served once the VM runs again */
             gint64 start = g_get_monotonic_time();
 
@@ -1840,12 +1864,17 @@ static void kick_storm(bool reset)
 
 static void test_kick_storm_reset(void)
 {
-    kick_storm(true);
+    kick_storm(STORM_RESET);
 }
 
 static void test_kick_storm_stop(void)
 {
-    kick_storm(false);
+    kick_storm(STORM_STOP);
+}
+
+static void test_kick_storm_queue_reset(void)
+{
+    kick_storm(STORM_QUEUE_RESET);
 }
 
 int main(int argc, char **argv)
@@ -1900,6 +1929,8 @@ int main(int argc, char **argv)
                    test_kick_storm_reset);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-stop",
                    test_kick_storm_stop);
+    qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-queue-reset",
+                   test_kick_storm_queue_reset);
 
     return g_test_run();
 }
