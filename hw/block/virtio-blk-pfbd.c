@@ -33,6 +33,7 @@
 #include "hw/virtio/virtio-access.h"
 #include "hw/virtio/iothread-vq-mapping.h"
 #include "exec/memory.h"
+#include "exec/address-spaces.h"
 #include "exec/ramblock.h"
 #include "system/hostmem.h"
 #include "migration/postcopy-ram.h"
@@ -1024,6 +1025,62 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
 }
 
 /*
+ * Release the queue's map cache entries of an older memory map.
+ *
+ * Context: BH in the virtqueue's AioContext
+ */
+static void virtio_blk_pfbd_map_flush_bh(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+
+    virtqueue_map_cache_flush(q->vq);
+    qatomic_dec(&q->s->map_flushes);
+    aio_wait_kick();
+}
+
+/*
+ * The memory map changed.  A queue's map cache holds the memory map it
+ * translated with, and its RAM, until the queue pops again: on an idle
+ * queue, RAM that left the map (an unplugged DIMM, a device's BAR) would
+ * stay allocated.  Have the thread that owns each queue's cache drop what
+ * is stale.
+ *
+ * Context: BQL held, at the end of a memory transaction
+ */
+static void virtio_blk_pfbd_map_commit(MemoryListener *listener)
+{
+    VirtIOBlockPfbd *s = container_of(listener, VirtIOBlockPfbd,
+                                      map_listener);
+    unsigned int i;
+
+    if (s->ioeventfd_stopping) {
+        return;     /* the queues go idle; reset or restart follows */
+    }
+    for (i = 0; i < s->conf.num_queues; i++) {
+        VirtIOBlockPfbdQueue *q = &s->queues[i];
+
+        if (s->ioeventfd_started) {
+            qatomic_inc(&s->map_flushes);
+            aio_bh_schedule_oneshot(q->ctx, virtio_blk_pfbd_map_flush_bh, q);
+        } else {
+            /* Stopped: the BQL owns the queues */
+            virtqueue_map_cache_flush(q->vq);
+        }
+    }
+}
+
+/*
+ * Wait for the map cache flushes under way: after this, the BQL may touch
+ * the queues' caches (a reset empties them).
+ *
+ * Context: BQL held
+ */
+static void virtio_blk_pfbd_wait_map_flushes(VirtIOBlockPfbd *s)
+{
+    AIO_WAIT_WHILE_UNLOCKED(NULL, qatomic_read(&s->map_flushes) > 0);
+}
+
+/*
  * The driver resets one virtqueue (virtio-pci's queue_reset), from a vCPU
  * while the queue's IOThread may be serving it: stop serving it and wait
  * for its requests before the virtio core empties it (and its map cache).
@@ -1040,6 +1097,7 @@ static void virtio_blk_pfbd_queue_reset(VirtIODevice *vdev, uint32_t index)
     }
     trace_virtio_blk_pfbd_queue_reset(s, index);
     aio_wait_bh_oneshot(q->ctx, virtio_blk_pfbd_stop_vq_bh, q);
+    virtio_blk_pfbd_wait_map_flushes(s);
     virtio_blk_pfbd_drop_queue_parked(q);
 }
 
@@ -1085,6 +1143,7 @@ static void virtio_blk_pfbd_stop_ioeventfd(VirtIODevice *vdev)
     s->ioeventfd_started = false;
 
     k->set_guest_notifiers(qbus->parent, nvqs, false);
+    virtio_blk_pfbd_wait_map_flushes(s);
     s->ioeventfd_stopping = false;
 }
 
@@ -1513,6 +1572,12 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
     /* After virtio_init(): runs after the core has restarted the queues */
     s->change = qdev_add_vm_change_state_handler(
         dev, virtio_blk_pfbd_vm_state_change, s);
+    /* The map cache works on address_space_memory only */
+    s->map_listener = (MemoryListener) {
+        .name = "virtio-blk-pfbd",
+        .commit = virtio_blk_pfbd_map_commit,
+    };
+    memory_listener_register(&s->map_listener, &address_space_memory);
     return;
 
 fail:
@@ -1530,6 +1595,10 @@ static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
     unsigned int i;
 
     assert(!s->ioeventfd_started);
+    if (s->map_listener.commit) {
+        memory_listener_unregister(&s->map_listener);
+        s->map_listener.commit = NULL;
+    }
     if (s->change) {
         qemu_del_vm_change_state_handler(s->change);
         s->change = NULL;

@@ -1174,6 +1174,65 @@ static void test_fixed_buffers_ram_removed(void)
     pfbd_stop(p);
 }
 
+/* Whether QEMU has a mapping of the file @path */
+static bool qemu_maps_file(Pfbd *p, const char *path)
+{
+    g_autofree char *maps = g_strdup_printf("/proc/%d/maps",
+                                            (int)qtest_pid(p->qts));
+    g_autofree char *text = NULL;
+
+    g_assert_true(g_file_get_contents(maps, &text, NULL, NULL));
+    return strstr(text, path) != NULL;
+}
+
+/*
+ * RAM that leaves the memory map is freed although the queue that last
+ * used it stays idle: here the shared memory of an ivshmem device, the
+ * data buffer of a write through the queue's map cache, then unplugged
+ * and its memory backend deleted.
+ */
+static void test_unplugged_ram_freed(void)
+{
+    g_autofree char *shm = g_strdup_printf("/dev/shm/qtest-pfbd-iv-%d",
+                                           (int)getpid());
+    g_autofree char *extra = g_strdup_printf(
+        "-object iothread,id=io0 -object memory-backend-file,id=mb1,"
+        "size=1M,mem-path=%s,share=on", shm);
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, extra, ", \"iothread\": \"io0\"", 1);
+    gint64 start;
+    uint8_t wbuf[4096];
+    QPCIDevice *iv;
+    QPCIBar bar;
+    QDict *rsp;
+
+    unlink(shm);
+    qtest_qmp_device_add(p->qts, "ivshmem-plain", "iv1",
+                         "{'addr': %s, 'memdev': 'mb1'}",
+                         stringify(PCI_SLOT_HP));
+    iv = qpci_device_find(p->qs->pcibus, QPCI_DEVFN(PCI_SLOT_HP, 0));
+    g_assert_nonnull(iv);
+    bar = qpci_iomap(iv, 2, NULL);
+    qpci_device_enable(iv);
+    fill_pattern(wbuf, sizeof(wbuf), 23);
+    pfbd_write_from(p, 16, bar.addr, wbuf, sizeof(wbuf));
+
+    qpci_unplug_acpi_device_test(p->qts, "iv1", PCI_SLOT_HP);
+    g_free(iv);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-del', 'arguments': "
+                    "{ 'id': 'mb1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+
+    /* RCU frees the RAM block some time after its last reference goes */
+    start = g_get_monotonic_time();
+    while (qemu_maps_file(p, shm)) {
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(10000);
+    }
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_hotplugged_ram(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G", "", 1);
@@ -1670,6 +1729,7 @@ typedef struct Kicker {
     uint8_t *ram;               /* guest RAM: low RAM at its own offset */
     uint64_t avail, used;       /* the ring's guest addresses */
     uint16_t size;
+    uint16_t max_outstanding;   /* published and not used; 0: size */
     uint16_t idx;               /* the avail index published last */
     uint32_t heads[STORM_CHAINS];
     int efds[STORM_MAX_EVENTFDS];
@@ -1711,7 +1771,8 @@ static gpointer kicker_run(gpointer opaque)
         uint16_t used = le16_to_cpu(qatomic_read(used_idx));
 
         /* At most a ring's worth outstanding, as a driver may */
-        if ((uint16_t)(k->idx - used) < k->size) {
+        if ((uint16_t)(k->idx - used) <
+            (k->max_outstanding ? k->max_outstanding : k->size)) {
             ring[k->idx % k->size] =
                 cpu_to_le16(k->heads[k->idx % STORM_CHAINS]);
             k->idx++;
@@ -1730,9 +1791,10 @@ static gpointer kicker_run(gpointer opaque)
 
 /*
  * Start kicking queue 0 of @p, whose driver was set up after QEMU had the
- * eventfds in @before: the new ones are the queue's notifiers.
+ * eventfds in @before: the new ones are the queue's notifiers.  It
+ * publishes the chain @chain over and over, or flushes if @chain is -1.
  */
-static void kicker_start(Kicker *k, Pfbd *p, GHashTable *before)
+static void kicker_start(Kicker *k, Pfbd *p, GHashTable *before, int chain)
 {
     g_autoptr(GHashTable) now = g_hash_table_new(NULL, NULL);
     pid_t pid = qtest_pid(p->qts);
@@ -1752,8 +1814,13 @@ static void kicker_start(Kicker *k, Pfbd *p, GHashTable *before)
 
     /* Flushes: a header and a status byte each */
     for (i = 0; i < STORM_CHAINS; i++) {
-        PfbdReq r = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
+        PfbdReq r;
 
+        if (chain >= 0) {
+            k->heads[i] = chain;
+            continue;
+        }
+        r = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
         pfbd_req_add(p, vq, &r, false);
         k->heads[i] = r.head;
     }
@@ -1792,7 +1859,11 @@ typedef enum StormEvent {
     STORM_QUEUE_RESET,  /* virtio-pci queue_reset of the queue */
 } StormEvent;
 
-static void kick_storm(StormEvent event)
+/*
+ * Start QEMU with @volume on an IOThread (more device properties in
+ * @props) and guest RAM that @k maps
+ */
+static Pfbd *kicker_boot(Kicker *k, const char *volume, const char *props)
 {
     g_autofree char *mem_path = g_strdup_printf("/dev/shm/qtest-pfbd-%d",
                                                 (int)getpid());
@@ -1800,18 +1871,25 @@ static void kick_storm(StormEvent event)
         "-object iothread,id=io0 -m 256M -machine memory-backend=mem "
         "-object memory-backend-file,id=mem,size=256M,mem-path=%s,share=on",
         mem_path);
-    Pfbd *p = pfbd_start_volume("null:16M:completion_nsec=20000000", extra,
-                                ", \"iothread\": \"io0\"", 1);
+    g_autofree char *all_props = g_strdup_printf(", \"iothread\": \"io0\"%s",
+                                                 props);
+    Pfbd *p = pfbd_start_volume(volume, extra, all_props, 1);
     int fd = open(mem_path, O_RDWR);
-    Kicker k = { 0 };
-    unsigned int round;
 
     g_assert_cmpint(fd, >=, 0);
-    k.ram = mmap(NULL, STORM_RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
-                 fd, 0);
-    g_assert(k.ram != MAP_FAILED);
+    k->ram = mmap(NULL, STORM_RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                  fd, 0);
+    g_assert(k->ram != MAP_FAILED);
     close(fd);
     unlink(mem_path);
+    return p;
+}
+
+static void kick_storm(StormEvent event)
+{
+    Kicker k = { 0 };
+    Pfbd *p = kicker_boot(&k, "null:16M:completion_nsec=20000000", "");
+    unsigned int round;
 
     for (round = 0; round < 3; round++) {
         g_autoptr(GHashTable) before = g_hash_table_new(NULL, NULL);
@@ -1820,7 +1898,7 @@ static void kick_storm(StormEvent event)
         qvirtio_reset(p->dev);
         qemu_eventfds(qtest_pid(p->qts), before);
         pfbd_driver_ok(p, 0);
-        kicker_start(&k, p, before);
+        kicker_start(&k, p, before, -1);
         wait_in_flight(p->qts, STATS_PATH, 0, 1);
 
         switch (event) {
@@ -1858,6 +1936,59 @@ static void kick_storm(StormEvent event)
             g_assert(!pfbd_broken(p));
         }
     }
+    munmap(k.ram, STORM_RAM_SIZE);
+    pfbd_stop(p);
+}
+
+/*
+ * The memory map changes while the IOThread maps an element's buffers:
+ * another vCPU toggles the PAM segment at 0xC0000 between PCI (buffers
+ * there are mapped outside the virtqueue's map cache, bounced by
+ * address_space_map()) and RAM (they go through the cache).  A request of
+ * 128 buffers in that segment is published and kicked over and over while
+ * the test toggles: when the segment turns to RAM in the middle of an
+ * element, the map cache entry made for its later buffers also covers the
+ * earlier ones, which were bounced.  QEMU must go on serving.
+ */
+static void test_pam_toggle(void)
+{
+    enum { NBUF = 128, TOGGLES = 3000 };
+    Kicker k = { .max_outstanding = 1 };
+    Pfbd *p = kicker_boot(&k, "null:16M", ", \"queue-size\": 1024");
+    QPCIDevice *host = qpci_device_find(p->qs->pcibus, 0);
+    g_autoptr(GHashTable) before = g_hash_table_new(NULL, NULL);
+    uint64_t status = guest_alloc(&p->qs->alloc, 64);
+    uint32_t head = 0;
+    uint16_t used;
+    unsigned int i;
+
+    g_assert_nonnull(host);
+    /* 0xC0000-0xC3FFF as RAM, zeroed: each 16 bytes read as a header */
+    qpci_config_writeb(host, 0x5a, 0x33);
+    qtest_memset(p->qts, 0xc0000, 0, 16 * NBUF);
+
+    qemu_eventfds(qtest_pid(p->qts), before);
+    pfbd_driver_ok(p, 0);
+    for (i = 0; i < NBUF; i++) {
+        uint32_t d = qvirtqueue_add(p->qts, p->vq[0], 0xc0000 + 16 * i, 16,
+                                    false, true);
+
+        head = i ? head : d;
+    }
+    qvirtqueue_add(p->qts, p->vq[0], status, 1, true, false);
+    kicker_start(&k, p, before, head);
+
+    for (i = 0; i < TOGGLES; i++) {
+        qpci_config_writeb(host, 0x5a, 0x00);    /* PCI */
+        qpci_config_writeb(host, 0x5a, 0x33);    /* RAM */
+    }
+    used = qtest_readw(p->qts, p->vq[0]->used + 2);
+    kicker_stop(&k);
+    g_test_message("%u requests served while toggling", used);
+    g_assert_cmpuint(used, >, 0);
+    g_assert(!pfbd_broken(p));
+    pfbd_assert_alive(p);
+    g_free(host);
     munmap(k.ram, STORM_RAM_SIZE);
     pfbd_stop(p);
 }
@@ -1931,6 +2062,9 @@ int main(int argc, char **argv)
                    test_kick_storm_stop);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-queue-reset",
                    test_kick_storm_queue_reset);
+    qtest_add_func("/virtio-blk-pfbd/mem/pam-toggle", test_pam_toggle);
+    qtest_add_func("/virtio-blk-pfbd/mem/unplugged-ram-freed",
+                   test_unplugged_ram_freed);
 
     return g_test_run();
 }

@@ -127,6 +127,8 @@ struct VirtIOBlockPfbd {
     VirtIOBlockPfbdQueue *queues;
 
     VMChangeStateEntry *change;     /* resends parked requests on cont */
+    MemoryListener map_listener;    /* flushes the queues' map caches */
+    unsigned int map_flushes;       /* flush BHs scheduled, not yet run */
 
     /* fixed-buffers=on: guest RAM registered with the engine queues */
     struct iovec *ram;
