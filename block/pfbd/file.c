@@ -40,6 +40,7 @@ typedef struct FileVolume {
     PfbdVolume base;
     int fd;
     bool is_blkdev;
+    bool any_thread;            /* PfbdOpenOptions.any_thread */
     /* Set once the filesystem answered -EOPNOTSUPP; any queue's thread */
     bool no_zero_range;
     bool no_punch_hole;
@@ -217,6 +218,7 @@ static int file_volume_open(const char *spec, const char *path,
         goto fail;
     }
     fv->base.info.size = size;
+    fv->any_thread = opts && opts->any_thread;
     fv->base.info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
                          PFBD_CAP_WRITE_ZEROES;
     *volp = &fv->base;
@@ -246,19 +248,24 @@ static int file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 /*
  * Set up @ring for @fq: @depth entries, the volume's fd registered, its fd
  * watched by the queue's epoll fd.  A single-issuer ring starts disabled:
- * file_ring_bind() enables it in the thread that uses it.
+ * file_ring_bind() enables it in the thread that uses it.  A queue that
+ * may change threads with requests in flight (any_thread) gets a plain
+ * ring, as block/io_uring.c uses: with COOP_TASKRUN its completions would
+ * wait for the thread that submitted them to enter the kernel.
  */
 static int file_ring_init(FileQueue *fq, unsigned depth,
                           struct io_uring *ring)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
     struct epoll_event ev = { .events = EPOLLIN };
-    int ret;
+    int ret = -EINVAL;
 
-    ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
-                              IORING_SETUP_COOP_TASKRUN |
-                              IORING_SETUP_TASKRUN_FLAG |
-                              IORING_SETUP_R_DISABLED);
+    if (!fv->any_thread) {
+        ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
+                                  IORING_SETUP_COOP_TASKRUN |
+                                  IORING_SETUP_TASKRUN_FLAG |
+                                  IORING_SETUP_R_DISABLED);
+    }
     fq->single_issuer = ret == 0;
     if (ret == -EINVAL) {
         ret = io_uring_queue_init(depth, ring, 0);

@@ -1270,7 +1270,16 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
 static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
 {
     VirtIOBlockPfbdConf *conf = &s->conf;
-    PfbdOpenOptions opts = { .read_only = conf->read_only };
+    PfbdOpenOptions opts = {
+        .read_only = conf->read_only,
+        /*
+         * Without IOThreads the queues are served by the main loop, which
+         * any thread holding the BQL runs (a vCPU resetting the device,
+         * the RCU thread in a RAM block notifier, aio_wait): their engine
+         * queues change threads with requests in flight.
+         */
+        .any_thread = !conf->iothread && !conf->iothread_vq_mapping_list,
+    };
     char *msg = NULL;
     int ret;
 

@@ -16,7 +16,9 @@
  * belongs to one thread at a time: pfbd_submit(), pfbd_queue_flush(),
  * pfbd_queue_reap() and pfbd_queue_drain() must be called from that thread,
  * and completion callbacks run only inside pfbd_queue_reap() or
- * pfbd_queue_drain(), in that thread.
+ * pfbd_queue_drain(), in that thread.  A queue may move to another thread
+ * while no request is in flight, or at any time on a volume opened with
+ * PfbdOpenOptions.any_thread.
  *
  * Errors are negative errno values, like liburing.
  */
@@ -51,6 +53,15 @@ typedef enum PfbdOp {
 typedef struct PfbdOpenOptions {
     bool read_only;         /* open without write access */
     const char *pool_dir;   /* directory for bare volume names, or NULL */
+    /*
+     * Each queue may move between threads, with requests in flight: the
+     * caller still serializes the calls on a queue, but not from one
+     * thread (a QEMU main loop, which any thread holding the BQL may
+     * run).  Without it a queue may only move while idle, and engines
+     * may bind it to its thread (file: a single-issuer io_uring whose
+     * completions wait for that thread).
+     */
+    bool any_thread;
 } PfbdOpenOptions;
 
 typedef struct PfbdVolumeInfo {

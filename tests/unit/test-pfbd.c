@@ -20,6 +20,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -735,6 +736,75 @@ static void test_file_bounce_limit(void)
     free(mem);
     close_volume(&tv);
     unmount_fs(mnt);
+}
+
+typedef struct OtherThread {
+    PfbdQueue *q;
+    void *buf;
+    Completion c;
+    int ret;
+} OtherThread;
+
+/* Submit a read on the queue in another thread, then drain there */
+static void *other_thread_read(void *opaque)
+{
+    OtherThread *t = opaque;
+    struct iovec iov = { t->buf, 4096 };
+
+    t->ret = pfbd_submit(t->q, PFBD_OP_READ, 8192, &iov, 1, 4096, 0,
+                         complete_cb, &t->c);
+    if (t->ret == 0) {
+        pfbd_queue_drain(t->q);
+    }
+    return NULL;
+}
+
+/*
+ * A queue with requests in flight taken over by another thread: refused
+ * (-EEXIST) by default, where the file engine binds the queue's ring to
+ * its thread; served with PfbdOpenOptions.any_thread, as a QEMU main loop
+ * needs, where any thread holding the BQL may run the queue.
+ */
+static void test_file_any_thread(void)
+{
+    char *path = make_file(NULL, MiB);
+    char *spec = g_strdup_printf("file:%s", path);
+    uint8_t *buf = alloc_aligned(2 * 4096);
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        PfbdOpenOptions opts = { .any_thread = i == 1 };
+        struct iovec iov = { buf, 4096 };
+        OtherThread t = { .buf = buf + 4096 };
+        Completion c = { 0 };
+        PfbdVolume *vol;
+        pthread_t th;
+
+        g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, NULL), ==, 0);
+        g_assert_cmpint(pfbd_queue_new(vol, 4, &t.q), ==, 0);
+        g_assert_cmpint(pfbd_submit(t.q, PFBD_OP_READ, 0, &iov, 1, 4096, 0,
+                                    complete_cb, &c), ==, 0);
+        g_assert_cmpint(pfbd_queue_flush(t.q), ==, 1);
+        g_assert_cmpint(pthread_create(&th, NULL, other_thread_read, &t),
+                        ==, 0);
+        g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+        if (opts.any_thread) {
+            g_assert_cmpint(t.ret, ==, 0);
+            g_assert_cmpint(t.c.count, ==, 1);
+            g_assert_cmpint(c.count, ==, 1);
+        } else {
+            g_assert_cmpint(t.ret, ==, -EEXIST);
+            pfbd_queue_drain(t.q);
+            g_assert_cmpint(c.count, ==, 1);
+        }
+        g_assert_cmpuint(pfbd_queue_inflight(t.q), ==, 0);
+        pfbd_queue_free(t.q);
+        pfbd_volume_close(vol);
+    }
+    free(buf);
+    unlink(path);
+    g_free(path);
+    g_free(spec);
 }
 
 /* More iovecs than one readv/writev takes */
@@ -1912,6 +1982,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/write-zeroes-unmap",
                     test_file_write_zeroes_unmap);
     g_test_add_func("/pfbd/file/bounce-limit", test_file_bounce_limit);
+    g_test_add_func("/pfbd/file/any-thread", test_file_any_thread);
     g_test_add_func("/pfbd/file/misaligned-buffers",
                     test_file_misaligned_buffers);
     g_test_add_func("/pfbd/file/many-iovecs", test_file_many_iovecs);
