@@ -9,6 +9,10 @@
  * overhead of everything above the engine.  A request is queued on submit,
  * becomes complete at the next flush, and its callback runs at reap.
  *
+ * With "flush_eagain=N" the first N flushes that have requests to send
+ * fail with -EAGAIN and keep them queued, as io_uring_submit() may: fault
+ * injection for tests of the callers' retry.
+ *
  * With "completion_nsec=N" (like Linux null_blk's parameter) a request
  * completes N nanoseconds after the flush that sent it: a device with a
  * fixed latency, for benchmarks, and requests that stay in flight long
@@ -17,6 +21,7 @@
  */
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,6 +37,7 @@
 typedef struct NullVolume {
     PfbdVolume base;
     uint64_t completion_nsec;
+    uint64_t flush_eagain;
 } NullVolume;
 
 typedef struct NullReq {
@@ -44,6 +50,7 @@ typedef struct NullQueue {
     PfbdQueue base;
     int tfd;            /* timerfd: the oldest request sent is due */
     uint64_t completion_nsec;
+    uint64_t flush_eagain;  /* flushes left to fail */
     NullReq *reqs;      /* a ring of base.depth requests */
     unsigned head;      /* the oldest request */
     unsigned count;     /* requests in the ring */
@@ -106,39 +113,67 @@ static int null_parse_size(const char *arg, uint64_t *sizep)
     return 0;
 }
 
-/* Parse the ":completion_nsec=N" options after the size */
-static int null_parse_options(const char *spec, const char *opts,
-                              uint64_t *completion_nsec, char **errmsg)
-{
-    static const char key[] = "completion_nsec=";
-    const char *p = opts;
-    uint64_t n = 0;
+/* The options after the size: KEY=N[:KEY=N]... */
+typedef struct NullOptions {
+    uint64_t completion_nsec;
+    uint64_t flush_eagain;
+} NullOptions;
 
-    if (strncmp(p, key, strlen(key)) != 0) {
-        pfbd_set_error(errmsg, "volume spec '%s': unknown option '%s' "
-                       "(known: completion_nsec=N)", spec, opts);
-        return -EINVAL;
-    }
-    p += strlen(key);
-    if (!(*p >= '0' && *p <= '9')) {
-        goto bad;
-    }
-    for (; *p >= '0' && *p <= '9'; p++) {
-        n = n * 10 + (*p - '0');
-        if (n > NULL_MAX_COMPLETION_NSEC) {
+static const struct {
+    const char *key;
+    size_t offset;
+    uint64_t max;
+} null_options[] = {
+    { "completion_nsec", offsetof(NullOptions, completion_nsec),
+      NULL_MAX_COMPLETION_NSEC },
+    { "flush_eagain", offsetof(NullOptions, flush_eagain), 1000000 },
+};
+
+static int null_parse_options(const char *spec, const char *opts,
+                              NullOptions *no, char **errmsg)
+{
+    const char *p = opts;
+    uint64_t n;
+    size_t i, len;
+
+    for (;;) {
+        for (i = 0; i < sizeof(null_options) / sizeof(null_options[0]); i++) {
+            len = strlen(null_options[i].key);
+            if (!strncmp(p, null_options[i].key, len) && p[len] == '=') {
+                break;
+            }
+        }
+        if (i == sizeof(null_options) / sizeof(null_options[0])) {
+            pfbd_set_error(errmsg, "volume spec '%s': unknown option '%s' "
+                           "(known: completion_nsec=N, flush_eagain=N)",
+                           spec, p);
+            return -EINVAL;
+        }
+        p += len + 1;
+        n = 0;
+        if (!(*p >= '0' && *p <= '9')) {
             goto bad;
         }
+        for (; *p >= '0' && *p <= '9'; p++) {
+            n = n * 10 + (*p - '0');
+            if (n > null_options[i].max) {
+                goto bad;
+            }
+        }
+        *(uint64_t *)((char *)no + null_options[i].offset) = n;
+        if (!*p) {
+            return 0;
+        }
+        if (*p != ':') {
+            goto bad;
+        }
+        p++;
     }
-    if (*p) {
-        goto bad;
-    }
-    *completion_nsec = n;
-    return 0;
 
 bad:
-    pfbd_set_error(errmsg, "volume spec '%s': completion_nsec must be a "
-                   "number of nanoseconds from 0 to %llu", spec,
-                   (unsigned long long)NULL_MAX_COMPLETION_NSEC);
+    pfbd_set_error(errmsg, "volume spec '%s': %s must be a number from 0 to "
+                   "%llu", spec, null_options[i].key,
+                   (unsigned long long)null_options[i].max);
     return -EINVAL;
 }
 
@@ -148,13 +183,14 @@ static int null_volume_open(const char *spec, const char *arg,
 {
     NullVolume *nv;
     PfbdVolume *vol;
-    uint64_t size, completion_nsec = 0;
+    NullOptions no = { 0 };
+    uint64_t size;
     const char *colon = strchr(arg, ':');
     char *size_arg;
     int ret;
 
     if (colon) {
-        ret = null_parse_options(spec, colon + 1, &completion_nsec, errmsg);
+        ret = null_parse_options(spec, colon + 1, &no, errmsg);
         if (ret < 0) {
             return ret;
         }
@@ -185,7 +221,8 @@ static int null_volume_open(const char *spec, const char *arg,
         pfbd_set_error(errmsg, "volume spec '%s': out of memory", spec);
         return -ENOMEM;
     }
-    nv->completion_nsec = completion_nsec;
+    nv->completion_nsec = no.completion_nsec;
+    nv->flush_eagain = no.flush_eagain;
     vol = &nv->base;
     vol->info.size = size;
     vol->info.block_size = NULL_BLOCK_SIZE;
@@ -215,6 +252,7 @@ static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         return -ENOMEM;
     }
     nq->completion_nsec = ((NullVolume *)vol)->completion_nsec;
+    nq->flush_eagain = ((NullVolume *)vol)->flush_eagain;
     nq->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (nq->tfd < 0) {
         int ret = -errno;
@@ -278,6 +316,11 @@ static int null_flush(PfbdQueue *q)
 
     if (!sent) {
         return 0;
+    }
+    if (nq->flush_eagain) {
+        /* Fault injection: as io_uring_submit() may fail, keep them */
+        nq->flush_eagain--;
+        return -EAGAIN;
     }
     if (!nq->completion_nsec) {
         /*

@@ -598,9 +598,30 @@ static void virtio_blk_pfbd_flush(VirtIOBlockPfbdQueue *q)
         trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
         if (ret > 0) {
             virtio_blk_pfbd_stat_add(&q->stats.submits, 1);
+        } else if (ret < 0) {
+            /*
+             * The engine could not send (io_uring_submit(): -EAGAIN,
+             * -EBUSY); the requests stay queued.  The guest may not kick
+             * again before they complete: try again shortly.
+             */
+            timer_mod(q->retry_timer,
+                      qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + 1);
         }
     } while (pfbd_queue_completions_ready(q->pq) &&
              virtio_blk_pfbd_complete_ready(q));
+}
+
+/*
+ * Send what a failed engine submit left queued.
+ *
+ * Context: timer in the virtqueue's AioContext
+ */
+static void virtio_blk_pfbd_retry_flush(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+
+    virtio_blk_pfbd_flush(q);
+    virtio_blk_pfbd_notify(q);
 }
 
 /* Context: the virtqueue's AioContext */
@@ -1020,6 +1041,7 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
     virtio_blk_pfbd_clock(q);
     virtio_blk_pfbd_drain(q);
     virtio_blk_pfbd_notify(q);
+    timer_del(q->retry_timer);
 
     aio_set_event_notifier(q->ctx, &q->completion, NULL, NULL, NULL);
 }
@@ -1369,6 +1391,8 @@ static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
         q->ctx = s->vq_aio_context[i];
         q->iothread_name = virtio_blk_pfbd_iothread_name(s, q->ctx);
         QSIMPLEQ_INIT(&q->waiting);
+        q->retry_timer = aio_timer_new(q->ctx, QEMU_CLOCK_REALTIME, SCALE_MS,
+                                       virtio_blk_pfbd_retry_flush, q);
         ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot create engine queue %u "
@@ -1391,6 +1415,9 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
     }
     for (i = 0; i < s->conf.num_queues; i++) {
         pfbd_queue_free(s->queues[i].pq);
+        if (s->queues[i].retry_timer) {
+            timer_free(s->queues[i].retry_timer);
+        }
         g_free(s->queues[i].iothread_name);
     }
     g_free(s->queues);

@@ -526,6 +526,24 @@ static void test_used_len(void)
     pfbd_stop(p);
 }
 
+/*
+ * The engine fails to send (io_uring_submit()'s -EAGAIN or -EBUSY, here
+ * the null engine's fault injection, three times): the requests are sent
+ * again without waiting for another kick, and complete.
+ */
+static void test_submit_retry(void)
+{
+    Pfbd *p = pfbd_start_volume("null:16M:flush_eagain=3",
+                                "-object iothread,id=io0",
+                                ", \"iothread\": \"io0\"", 1);
+
+    pfbd_driver_ok(p, 0);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0), ==,
+                    VIRTIO_BLK_S_OK);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_discard(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
@@ -2020,6 +2038,7 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/req/used-len", test_used_len);
     qtest_add_func("/virtio-blk-pfbd/req/ring-above-depth",
                    test_ring_above_depth);
+    qtest_add_func("/virtio-blk-pfbd/req/submit-retry", test_submit_retry);
     qtest_add_func("/virtio-blk-pfbd/req/discard", test_discard);
     qtest_add_func("/virtio-blk-pfbd/req/write-zeroes", test_write_zeroes);
     qtest_add_func("/virtio-blk-pfbd/req/discard-write-zeroes-off",

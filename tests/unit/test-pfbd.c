@@ -469,12 +469,32 @@ static void test_null_completion_nsec(void)
     close_volume(&tv);
 }
 
+/* flush_eagain=N: the first N flushes fail and keep the requests */
+static void test_null_flush_eagain(void)
+{
+    TestVolume tv = { 0 };
+    Completion c = { 0 };
+
+    open_spec(&tv, "null:1M:flush_eagain=2:completion_nsec=0", false, 2);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0,
+                                complete_cb, &c), ==, 0);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, -EAGAIN);
+    g_assert_false(pfbd_queue_completions_ready(tv.q));
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 1);
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 1);
+    g_assert_cmpint(c.count, ==, 1);
+    close_volume(&tv);
+}
+
 static void test_null_bad_options(void)
 {
     static const char *const specs[] = {
         "null:1M:", "null:1M:completion_nsec=", "null:1M:completion_nsec=x",
         "null:1M:completion_nsec=60000000001", "null:1M:completion_nsec=1:",
         "null:1M:delay=1", "null::completion_nsec=1",
+        "null:1M:flush_eagain=1000001", "null:1M:flush_eagain=1x",
     };
     size_t i;
 
@@ -1961,6 +1981,7 @@ int main(int argc, char **argv)
                     test_null_completes_at_flush);
     g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
     g_test_add_func("/pfbd/null/completion-nsec", test_null_completion_nsec);
+    g_test_add_func("/pfbd/null/flush-eagain", test_null_flush_eagain);
     g_test_add_func("/pfbd/null/bad-options", test_null_bad_options);
     g_test_add_func("/pfbd/queue/zero-depth", test_queue_zero_depth);
 

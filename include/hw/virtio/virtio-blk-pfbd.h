@@ -15,6 +15,7 @@
 #include "system/iothread.h"
 #include "qemu/event_notifier.h"
 #include "qemu/queue.h"
+#include "qemu/timer.h"
 #include "qom/object.h"
 #include "qapi/qapi-types-virtio.h"
 #include "qapi/qapi-types-block-core.h"
@@ -89,6 +90,7 @@ typedef struct VirtIOBlockPfbdQueue {
     AioContext *ctx;
     PfbdQueue *pq;                  /* the engine's queue */
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
+    QEMUTimer *retry_timer;         /* sends again after a failed submit */
     unsigned int index;
     unsigned int used_pending;      /* filled in the used ring, not flushed */
     int64_t now_ns;                 /* get_clock() once per handler run */
