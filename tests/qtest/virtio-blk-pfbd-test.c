@@ -14,11 +14,11 @@
  * Upstream's tests/qtest/virtio-blk-test.c runs against virtio-blk-pfbd
  * too, through the libqos node "virtio-blk-pfbd-pci"
  * (tests/qtest/libqos/virtio-blk-pfbd.c), from qos-test: "basic",
- * "indirect", "idx" and "nxvirtq".  These upstream tests do not apply:
- *   - "config", "resize" and "msix" resize the -drive behind the device
- *     with block_resize; virtio-blk-pfbd has no BlockBackend to resize;
- *   - "hotplug" plugs a stock virtio-blk-pci with a -drive; hot-plug of
- *     virtio-blk-pfbd is tested here (test_hotplug_cycles, test_unplug_*).
+ * "indirect", "config", "resize", "msix", "idx" and "nxvirtq" (those that
+ * resize the disk resize the node's volume and set the device's
+ * volume-size).  Only "hotplug", which plugs a stock virtio-blk-pci with a
+ * -drive, does not apply; hot-plug of virtio-blk-pfbd is tested here
+ * (test_hotplug_cycles).
  */
 
 #include "qemu/osdep.h"

@@ -21,6 +21,7 @@
 #include "standard-headers/linux/virtio_blk.h"
 #include "qgraph.h"
 #include "virtio-blk.h"
+#include "virtio-blk-pfbd.h"
 
 #define PCI_SLOT                0x04
 #define PCI_FN                  0x00
@@ -63,6 +64,24 @@ static void *virtio_blk_pfbd_pci_create(void *pci_bus,
     obj->get_driver = qvirtio_blk_pfbd_pci_get_driver;
 
     return obj;
+}
+
+void qvirtio_blk_pfbd_resize(QTestState *qts, int64_t size)
+{
+    g_assert_nonnull(pfbd_qos_volume);
+    g_assert_cmpint(truncate(pfbd_qos_volume, size), ==, 0);
+    qtest_qmp_assert_success(qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/machine/peripheral/drv0/"
+                             "virtio-backend', 'property': 'volume-size', "
+                             "'value': 0 } }");
+}
+
+void qvirtio_blk_pfbd_reset_volume(void)
+{
+    if (pfbd_qos_volume && truncate(pfbd_qos_volume,
+                                    PFBD_QOS_VOLUME_SIZE) < 0) {
+        /* QEMU will refuse the device and name the culprit */
+    }
 }
 
 static void pfbd_qos_volume_remove(void)
