@@ -47,6 +47,23 @@ def in_flight(vm):
     return [q["in-flight"] for q in stats["queues"]]
 
 
+def wait_in_flight(vm, what, timeout=TIMEOUT):
+    """Wait until the device's statistics show requests in flight, so that
+    the event that follows (stop, reset, migration) meets I/O under way.
+    Returns False instead if the job printed ALL-OK (its I/O is over)."""
+    deadline = time.monotonic() + timeout
+    while sum(in_flight(vm)) == 0:
+        if "ALL-OK" in vm.console():
+            return False
+        if vm.proc.poll() is not None or time.monotonic() > deadline:
+            vm.kill()
+            res = vm.wait(check=False)
+            raise GuestError(res.describe("%s: no request was ever in "
+                                          "flight" % what), res)
+        time.sleep(0.01)
+    return True
+
+
 def test_stop_cont_during_fio(guest, image):
     """QMP stop/cont over and over while fio verify runs on 2 queues on 2
     IOThreads: at each stop nothing is in flight, and the data verifies."""
@@ -63,18 +80,14 @@ echo ALL-OK
                      timeout=TIMEOUT, qmp=True)
     try:
         wait_for(vm, "FIO-START", "stop/cont")
-        time.sleep(1)
         stops = 0
-        while vm.proc.poll() is None and stops < 20 and \
-                "ALL-OK" not in vm.console():
+        while stops < 20 and wait_in_flight(vm, "stop/cont"):
             vm.qmp("stop")
             assert vm.qmp("query-status")["status"] == "paused"
             assert in_flight(vm) == [0, 0]
             stops += 1
-            time.sleep(0.2)
             vm.qmp("cont")
             assert vm.qmp("query-status")["status"] == "running"
-            time.sleep(0.5)
         assert stops >= 3, vm.console()[-2000:]
         finish(vm, "fio verify across %d stop/cont" % stops)
     finally:
@@ -104,7 +117,7 @@ fio --filename=/dev/vda --direct=1 --eta=never --ioengine=io_uring \\
                      timeout=TIMEOUT, qmp=True, reboot=True)
     try:
         wait_for(vm, "FIO-START", "system_reset")
-        time.sleep(2)
+        assert wait_in_flight(vm, "system_reset")
         vm.qmp("system_reset")
         wait_for(vm, "SECOND-BOOT", "the guest after system_reset")
         # the second job ends with a power-off
@@ -205,7 +218,7 @@ def migrate_and_finish(guest, volume, tmp_path, to_file, **props):
     dst = None
     try:
         wait_for(src, "FIO-START", "migration source")
-        time.sleep(1.5)
+        assert wait_in_flight(src, "migration source")
         if to_file:
             uri = "file:" + str(tmp_path / "vm.state")
             src.qmp("stop")
