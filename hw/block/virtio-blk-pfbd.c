@@ -51,8 +51,8 @@
 /*
  * The largest segment the driver may use (VIRTIO_BLK_F_SIZE_MAX): with
  * seg_max it bounds the data of one request, and so what one request may
- * make the engine bounce (docs/user-guide.rst, "Limits").  Linux's own
- * default segment size.
+ * make the engine bounce (docs/user-guide.rst, "What a guest can make
+ * QEMU allocate").  Linux's own default segment size.
  */
 #define VIRTIO_BLK_PFBD_SIZE_MAX (64 * KiB)
 
