@@ -10,8 +10,9 @@
  * becomes complete at the next flush, and its callback runs at reap.
  *
  * With "flush_eagain=N" the first N flushes that have requests to send
- * fail with -EAGAIN and keep them queued, as io_uring_submit() may: fault
- * injection for tests of the callers' retry.
+ * fail with -EAGAIN and keep them queued, as io_uring_submit() may; with
+ * "complete_errno=N" every request completes with -N: fault injection
+ * for tests of the callers' retry and error handling.
  *
  * With "completion_nsec=N" (like Linux null_blk's parameter) a request
  * completes N nanoseconds after the flush that sent it: a device with a
@@ -38,6 +39,7 @@ typedef struct NullVolume {
     PfbdVolume base;
     uint64_t completion_nsec;
     uint64_t flush_eagain;
+    int complete_errno;
 } NullVolume;
 
 typedef struct NullReq {
@@ -51,6 +53,7 @@ typedef struct NullQueue {
     int tfd;            /* timerfd: the oldest request sent is due */
     uint64_t completion_nsec;
     uint64_t flush_eagain;  /* flushes left to fail */
+    int complete_errno;     /* every request fails with it, or 0 */
     NullReq *reqs;      /* a ring of base.depth requests */
     unsigned head;      /* the oldest request */
     unsigned count;     /* requests in the ring */
@@ -117,6 +120,7 @@ static int null_parse_size(const char *arg, uint64_t *sizep)
 typedef struct NullOptions {
     uint64_t completion_nsec;
     uint64_t flush_eagain;
+    uint64_t complete_errno;
 } NullOptions;
 
 static const struct {
@@ -127,6 +131,7 @@ static const struct {
     { "completion_nsec", offsetof(NullOptions, completion_nsec),
       NULL_MAX_COMPLETION_NSEC },
     { "flush_eagain", offsetof(NullOptions, flush_eagain), 1000000 },
+    { "complete_errno", offsetof(NullOptions, complete_errno), 4095 },
 };
 
 static int null_parse_options(const char *spec, const char *opts,
@@ -145,7 +150,8 @@ static int null_parse_options(const char *spec, const char *opts,
         }
         if (i == sizeof(null_options) / sizeof(null_options[0])) {
             pfbd_set_error(errmsg, "volume spec '%s': unknown option '%s' "
-                           "(known: completion_nsec=N, flush_eagain=N)",
+                           "(known: completion_nsec=N, flush_eagain=N, "
+                           "complete_errno=N)",
                            spec, p);
             return -EINVAL;
         }
@@ -223,6 +229,7 @@ static int null_volume_open(const char *spec, const char *arg,
     }
     nv->completion_nsec = no.completion_nsec;
     nv->flush_eagain = no.flush_eagain;
+    nv->complete_errno = no.complete_errno;
     vol = &nv->base;
     vol->info.size = size;
     vol->info.block_size = NULL_BLOCK_SIZE;
@@ -253,6 +260,7 @@ static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     }
     nq->completion_nsec = ((NullVolume *)vol)->completion_nsec;
     nq->flush_eagain = ((NullVolume *)vol)->flush_eagain;
+    nq->complete_errno = ((NullVolume *)vol)->complete_errno;
     nq->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (nq->tfd < 0) {
         int ret = -errno;
@@ -376,7 +384,7 @@ static int null_reap(PfbdQueue *q, unsigned max)
         nq->count--;
         nq->sent--;
         n++;
-        pfbd_complete(q, req.cb, req.opaque, 0);
+        pfbd_complete(q, req.cb, req.opaque, -nq->complete_errno);
     }
     if (nq->completion_nsec) {
         /* For what is left: due later, or due now and over @max */

@@ -90,7 +90,7 @@ typedef void PfbdCompletionFunc(void *opaque, int ret);
  *   "rbd:POOL/[NS/]IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]..."
  *                a Ceph RBD image through librbd (when built with it);
  *                a snapshot opens read-only; KEY=VALUE are Ceph options;
- *   "null:SIZE[:completion_nsec=N][:flush_eagain=N]"
+ *   "null:SIZE[:completion_nsec=N][:flush_eagain=N][:complete_errno=N]"
  *                a volume that completes every request without moving data
  *                (reads are not zeroed), at once or N nanoseconds after
  *                the flush that sent it; SIZE takes K/M/G/T suffixes

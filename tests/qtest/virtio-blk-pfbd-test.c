@@ -373,6 +373,66 @@ static long hwm_kib(Pfbd *p)
     return proc_status_kib(qtest_pid(p->qts), "VmHWM:");
 }
 
+/* The statistics of the device whose virtio backend is at @path */
+static QDict *stats_at(QTestState *qts, const char *path)
+{
+    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
+                           "{ 'path': %s, 'property': 'stats' } }", path);
+    QDict *ret;
+
+    g_assert(qdict_haskey(rsp, "return"));
+    ret = qdict_get_qdict(rsp, "return");
+    qobject_ref(ret);
+    qobject_unref(rsp);
+    return ret;
+}
+
+static QDict *pfbd_stats(Pfbd *p)
+{
+    return stats_at(p->qts, STATS_PATH);
+}
+
+static QDict *stats_queue(QDict *stats, unsigned int i)
+{
+    QList *queues = qdict_get_qlist(stats, "queues");
+    QListEntry *e;
+
+    QLIST_FOREACH_ENTRY(queues, e) {
+        QDict *q = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (qdict_get_int(q, "index") == i) {
+            return q;
+        }
+    }
+    g_assert_not_reached();
+}
+
+static int64_t queue_in_flight(QTestState *qts, const char *path,
+                               unsigned int i)
+{
+    QDict *stats = stats_at(qts, path);
+    int64_t n = qdict_get_int(stats_queue(stats, i), "in-flight");
+
+    qobject_unref(stats);
+    return n;
+}
+
+/*
+ * Wait until virtqueue @i of the device at @path has at least @n requests
+ * in flight in its engine: what a test of an event "with requests in
+ * flight" must see right before the event.
+ */
+static void wait_in_flight(QTestState *qts, const char *path, unsigned int i,
+                           int64_t n)
+{
+    gint64 start = g_get_monotonic_time();
+
+    while (queue_in_flight(qts, path, i) < n) {
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(1000);
+    }
+}
+
 /* Request types */
 
 static void test_write_read(void)
@@ -541,6 +601,57 @@ static void test_submit_retry(void)
     g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0), ==,
                     VIRTIO_BLK_S_OK);
     g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
+/* The run state of QEMU ("running", "paused", "io-error"...) */
+static char *pfbd_run_state(Pfbd *p)
+{
+    QDict *rsp = qtest_qmp(p->qts, "{ 'execute': 'query-status' }");
+    char *state = g_strdup(qdict_get_str(qdict_get_qdict(rsp, "return"),
+                                         "status"));
+
+    qobject_unref(rsp);
+    return state;
+}
+
+/*
+ * An error the engine reports when a request completes goes through
+ * rerror/werror, whatever its errno: a kernel's -EINVAL (an O_DIRECT
+ * limit it did not advertise) is the host's, not the guest's.  The null
+ * engine completes every request with -EINVAL here: with rerror=report a
+ * read gets VIRTIO_BLK_S_IOERR, with werror=stop a write stops the VM
+ * (io-error) and stays in flight.
+ */
+static void test_completion_error_policy(void)
+{
+    Pfbd *p = pfbd_start_volume("null:16M:complete_errno=22", "",
+                                ", \"rerror\": \"report\", "
+                                "\"werror\": \"stop\"", 1);
+    gint64 start = g_get_monotonic_time();
+    uint8_t buf[512] = { 0 };
+    PfbdReq r;
+
+    pfbd_driver_ok(p, 0);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 0, buf, sizeof(buf)),
+                    ==, VIRTIO_BLK_S_IOERR);
+
+    r = pfbd_req_prepare(p, VIRTIO_BLK_T_OUT, 0, buf, sizeof(buf));
+    pfbd_req_add(p, p->vq[0], &r, false);
+    qvirtqueue_kick(p->qts, p->dev, p->vq[0], r.head);
+    for (;;) {
+        g_autofree char *state = pfbd_run_state(p);
+
+        if (!strcmp(state, "io-error")) {
+            break;
+        }
+        /* Completed instead (the old -EINVAL path): fail, not wait */
+        g_assert_cmpint(pfbd_req_status(p, &r), ==, 0xff);
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(1000);
+    }
+    g_assert_cmpint(queue_in_flight(p->qts, STATS_PATH, 0), ==, 1);
+    g_assert_cmpint(pfbd_req_status(p, &r), ==, 0xff);
     pfbd_stop(p);
 }
 
@@ -1312,66 +1423,6 @@ static void test_hotplugged_ram(void)
 
 /* Multi-queue */
 
-/* The statistics of the device whose virtio backend is at @path */
-static QDict *stats_at(QTestState *qts, const char *path)
-{
-    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
-                           "{ 'path': %s, 'property': 'stats' } }", path);
-    QDict *ret;
-
-    g_assert(qdict_haskey(rsp, "return"));
-    ret = qdict_get_qdict(rsp, "return");
-    qobject_ref(ret);
-    qobject_unref(rsp);
-    return ret;
-}
-
-static QDict *pfbd_stats(Pfbd *p)
-{
-    return stats_at(p->qts, STATS_PATH);
-}
-
-static QDict *stats_queue(QDict *stats, unsigned int i)
-{
-    QList *queues = qdict_get_qlist(stats, "queues");
-    QListEntry *e;
-
-    QLIST_FOREACH_ENTRY(queues, e) {
-        QDict *q = qobject_to(QDict, qlist_entry_obj(e));
-
-        if (qdict_get_int(q, "index") == i) {
-            return q;
-        }
-    }
-    g_assert_not_reached();
-}
-
-static int64_t queue_in_flight(QTestState *qts, const char *path,
-                               unsigned int i)
-{
-    QDict *stats = stats_at(qts, path);
-    int64_t n = qdict_get_int(stats_queue(stats, i), "in-flight");
-
-    qobject_unref(stats);
-    return n;
-}
-
-/*
- * Wait until virtqueue @i of the device at @path has at least @n requests
- * in flight in its engine: what a test of an event "with requests in
- * flight" must see right before the event.
- */
-static void wait_in_flight(QTestState *qts, const char *path, unsigned int i,
-                           int64_t n)
-{
-    gint64 start = g_get_monotonic_time();
-
-    while (queue_in_flight(qts, path, i) < n) {
-        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
-        g_usleep(1000);
-    }
-}
-
 static int64_t iothread_thread_id(Pfbd *p, const char *id)
 {
     QDict *rsp = qtest_qmp(p->qts, "{ 'execute': 'query-iothreads' }");
@@ -2057,6 +2108,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/req/ring-above-depth",
                    test_ring_above_depth);
     qtest_add_func("/virtio-blk-pfbd/req/submit-retry", test_submit_retry);
+    qtest_add_func("/virtio-blk-pfbd/req/completion-error-policy",
+                   test_completion_error_policy);
     qtest_add_func("/virtio-blk-pfbd/req/discard", test_discard);
     qtest_add_func("/virtio-blk-pfbd/req/write-zeroes", test_write_zeroes);
     qtest_add_func("/virtio-blk-pfbd/req/discard-write-zeroes-off",

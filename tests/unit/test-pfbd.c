@@ -469,6 +469,17 @@ static void test_null_completion_nsec(void)
     close_volume(&tv);
 }
 
+/* complete_errno=N: every request completes with -N */
+static void test_null_complete_errno(void)
+{
+    TestVolume tv = { 0 };
+
+    open_spec(&tv, "null:1M:complete_errno=22", false, 2);
+    g_assert_cmpint(do_req(tv.q, PFBD_OP_FLUSH, 0, NULL, 0, 0, 0), ==,
+                    -EINVAL);
+    close_volume(&tv);
+}
+
 /* flush_eagain=N: the first N flushes fail and keep the requests */
 static void test_null_flush_eagain(void)
 {
@@ -495,6 +506,7 @@ static void test_null_bad_options(void)
         "null:1M:completion_nsec=60000000001", "null:1M:completion_nsec=1:",
         "null:1M:delay=1", "null::completion_nsec=1",
         "null:1M:flush_eagain=1000001", "null:1M:flush_eagain=1x",
+        "null:1M:complete_errno=4096",
     };
     size_t i;
 
@@ -1982,6 +1994,7 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
     g_test_add_func("/pfbd/null/completion-nsec", test_null_completion_nsec);
     g_test_add_func("/pfbd/null/flush-eagain", test_null_flush_eagain);
+    g_test_add_func("/pfbd/null/complete-errno", test_null_complete_errno);
     g_test_add_func("/pfbd/null/bad-options", test_null_bad_options);
     g_test_add_func("/pfbd/queue/zero-depth", test_queue_zero_depth);
 
