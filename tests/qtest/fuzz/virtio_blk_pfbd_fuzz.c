@@ -13,17 +13,25 @@
  * generic fuzzer, which rarely builds a usable virtqueue, every input
  * reaches the device's request path.  The device runs on the libqos node
  * virtio-blk-pfbd-pci (a file volume) with two queues in the main loop.
+ *
+ * Lifecycle events interleave with the requests, as a guest's other vCPUs
+ * and the management make them: after a request the input may reset the
+ * device, reset one virtqueue (virtio-pci's queue_reset), stop and resume
+ * the VM, or change the memory map (a PAM segment of the low 1 MiB, where
+ * requests may lie, turned to PCI and back to RAM).
  */
 
 #include "qemu/osdep.h"
 
 #include "qemu/bswap.h"
 #include "qemu/rcu.h"
+#include "system/runstate.h"
 #include "tests/qtest/libqtest.h"
 #include "tests/qtest/libqos/virtio-blk.h"
 #include "tests/qtest/libqos/virtio.h"
 #include "tests/qtest/libqos/virtio-pci.h"
 #include "standard-headers/linux/virtio_blk.h"
+#include "standard-headers/linux/virtio_pci.h"
 #include "standard-headers/linux/virtio_ring.h"
 #include "fuzz.h"
 #include "qos_fuzz.h"
@@ -36,7 +44,7 @@ typedef struct QEMU_PACKED PfbdFuzzReq {
     uint8_t type;       /* index into pfbd_fuzz_types, or raw when >= */
     uint8_t layout;     /* how the request is split into descriptors */
     uint8_t queue;
-    uint8_t kick;
+    uint8_t kick;       /* bit 0: kick now; bits 1-3: PfbdFuzzEvent after */
     uint16_t sectors;   /* data length in sectors (or payload count) */
     uint16_t tail;      /* bytes of data beyond the sectors (misaligned) */
     uint64_t sector;
@@ -48,6 +56,15 @@ static const uint32_t pfbd_fuzz_types[] = {
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES,
 };
+
+/* What may happen after a request (PfbdFuzzReq.kick bits 1-3) */
+typedef enum PfbdFuzzEvent {
+    PFBD_FUZZ_EV_NONE,
+    PFBD_FUZZ_EV_RESET,         /* device reset, then set up again */
+    PFBD_FUZZ_EV_QUEUE_RESET,   /* the request's queue reset and set up */
+    PFBD_FUZZ_EV_STOP_CONT,     /* VM stop, then cont */
+    PFBD_FUZZ_EV_PAM,           /* 0xC0000-0xC3FFF to PCI and back to RAM */
+} PfbdFuzzEvent;
 
 static QVirtQueue *pfbd_fuzz_vq[PFBD_FUZZ_QUEUES];
 
@@ -156,6 +173,57 @@ static uint32_t pfbd_fuzz_add(QTestState *s, const PfbdFuzzReq *r,
     return head;
 }
 
+/* Set virtqueue @i of @dev up again after a queue reset */
+static void pfbd_fuzz_queue_reset(QVirtioDevice *dev, int i)
+{
+    QVirtioPCIDevice *pdev = container_of(dev, QVirtioPCIDevice, vdev);
+
+    qpci_io_writew(pdev->pdev, pdev->bar, pdev->common_cfg_offset +
+                   VIRTIO_PCI_COMMON_Q_SELECT, i);
+    qpci_io_writew(pdev->pdev, pdev->bar, pdev->common_cfg_offset +
+                   VIRTIO_PCI_COMMON_Q_RESET, 1);
+    qvirtqueue_cleanup(dev->bus, pfbd_fuzz_vq[i], fuzz_qos_alloc);
+    pfbd_fuzz_vq[i] = qvirtqueue_setup(dev, fuzz_qos_alloc, i);
+}
+
+/*
+ * Run @ev; returns false if the device's queues were set up again (what
+ * was added to them is gone)
+ */
+static bool pfbd_fuzz_event(QTestState *s, QVirtioDevice *dev,
+                            PfbdFuzzEvent ev, int queue, uint64_t mask)
+{
+    int i;
+
+    switch (ev) {
+    case PFBD_FUZZ_EV_RESET:
+        qvirtio_reset(dev);
+        for (i = 0; i < PFBD_FUZZ_QUEUES; i++) {
+            qvirtqueue_cleanup(dev->bus, pfbd_fuzz_vq[i], fuzz_qos_alloc);
+        }
+        pfbd_fuzz_setup(dev, mask);
+        return false;
+    case PFBD_FUZZ_EV_QUEUE_RESET:
+        /* pfbd_fuzz_setup() keeps VIRTIO_F_VERSION_1: the modern layout */
+        pfbd_fuzz_queue_reset(dev, queue);
+        return false;
+    case PFBD_FUZZ_EV_STOP_CONT:
+        /* What QMP stop and cont do (the fuzzer has no QMP monitor) */
+        vm_stop(RUN_STATE_PAUSED);
+        vm_start();
+        break;
+    case PFBD_FUZZ_EV_PAM:
+        /* i440FX PAM1: the low nibble of config byte 0x5a */
+        qtest_outl(s, 0xcf8, 0x80000058);
+        qtest_outb(s, 0xcfe, 0x00);
+        qtest_outb(s, 0xcfe, 0x33);
+        break;
+    default:
+        break;
+    }
+    return true;
+}
+
 static void pfbd_fuzz(QTestState *s, const unsigned char *data, size_t size)
 {
     QVirtioBlkPCI *blk = fuzz_qos_obj;
@@ -196,6 +264,11 @@ static void pfbd_fuzz(QTestState *s, const unsigned char *data, size_t size)
         if (r.kick & 1) {
             qvirtqueue_kick(s, dev, vq, head[i]);
             pending[i] = false;
+            flush_events(s);
+        }
+        if (!pfbd_fuzz_event(s, dev, (r.kick >> 1) & 7, i, mask)) {
+            /* Queues set up again: nothing of theirs is pending */
+            memset(pending, 0, sizeof(pending));
             flush_events(s);
         }
     }
