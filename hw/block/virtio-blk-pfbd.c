@@ -1112,11 +1112,13 @@ static void virtio_blk_pfbd_wait_map_flushes(VirtIOBlockPfbd *s)
 static void virtio_blk_pfbd_queue_reset(VirtIODevice *vdev, uint32_t index)
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
-    VirtIOBlockPfbdQueue *q = &s->queues[index];
+    VirtIOBlockPfbdQueue *q;
 
-    if (!s->ioeventfd_started) {
+    /* virtio-pci passes on any queue_select below VIRTIO_QUEUE_MAX */
+    if (!s->ioeventfd_started || index >= s->conf.num_queues) {
         return;
     }
+    q = &s->queues[index];
     trace_virtio_blk_pfbd_queue_reset(s, index);
     aio_wait_bh_oneshot(q->ctx, virtio_blk_pfbd_stop_vq_bh, q);
     virtio_blk_pfbd_wait_map_flushes(s);
@@ -1128,7 +1130,8 @@ static void virtio_blk_pfbd_queue_enable(VirtIODevice *vdev, uint32_t index)
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(vdev);
 
-    if (s->ioeventfd_started && !s->ioeventfd_stopping) {
+    if (s->ioeventfd_started && !s->ioeventfd_stopping &&
+        index < s->conf.num_queues) {
         virtio_blk_pfbd_attach_queue(&s->queues[index]);
     }
 }

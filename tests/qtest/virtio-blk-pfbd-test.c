@@ -1040,6 +1040,31 @@ static void test_huge_in_buffers(void)
     pfbd_stop(p);
 }
 
+/*
+ * The driver selects a virtqueue the device does not have and resets or
+ * enables it: virtio-pci passes any index below VIRTIO_QUEUE_MAX on to the
+ * device's hooks.  Found by generic-fuzz (a heap-buffer-overflow in
+ * virtio_blk_pfbd_attach_queue()).
+ */
+static void test_queue_reset_enable_out_of_range(void)
+{
+    static const uint16_t bad[] = { 1, 7, 1023 };
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-object iothread,id=io0",
+                         ", \"iothread\": \"io0\"", 1);
+    unsigned int i;
+
+    for (i = 0; i < ARRAY_SIZE(bad); i++) {
+        pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, bad[i]);
+        pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_RESET, 1);
+        pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_ENABLE, 1);
+    }
+    pfbd_assert_alive(p);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0), ==,
+                    VIRTIO_BLK_S_OK);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
 static void test_short_header(void)
 {
     Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
@@ -2119,6 +2144,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/req/misaligned", test_misaligned);
     qtest_add_func("/virtio-blk-pfbd/req/read-only", test_read_only);
     qtest_add_func("/virtio-blk-pfbd/req/zero-length", test_zero_length);
+    qtest_add_func("/virtio-blk-pfbd/bad/queue-reset-enable-out-of-range",
+                   test_queue_reset_enable_out_of_range);
     qtest_add_func("/virtio-blk-pfbd/bad/short-header", test_short_header);
     qtest_add_func("/virtio-blk-pfbd/bad/missing-status",
                    test_missing_status);
