@@ -39,7 +39,7 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	LSAN_OPTIONS=suppressions=$(abspath tests/lsan-suppressions.txt):print_suppressions=0
 
-# The clang + libFuzzer + ASan build of `make fuzz`
+# The clang + libFuzzer + ASan + UBSan build of `make fuzz`
 FUZZ_BUILD ?= $(BUILD)/fuzz
 FUZZ_TIME ?= 600
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # run-fuzz.sh QEMU_BUILD_DIR [SECONDS [TARGET...]]: fuzz virtio-blk-pfbd
-# with libFuzzer + ASan (the build of `make fuzz`), SECONDS per target
+# with libFuzzer + ASan + UBSan (the build of `make fuzz`), SECONDS per target
 # (default 600).  Targets (default: both):
 #
 #   virtio-blk-pfbd-fuzz  tests/qtest/fuzz/virtio_blk_pfbd_fuzz.c: shaped
