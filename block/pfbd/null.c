@@ -35,11 +35,16 @@
 /* The longest completion_nsec: one minute */
 #define NULL_MAX_COMPLETION_NSEC (60 * NULL_NSEC_PER_SEC)
 
-typedef struct NullVolume {
-    PfbdVolume base;
+/* The options after the size: KEY=N[:KEY=N]... */
+typedef struct NullOptions {
     uint64_t completion_nsec;
     uint64_t flush_eagain;
-    int complete_errno;
+    uint64_t complete_errno;
+} NullOptions;
+
+typedef struct NullVolume {
+    PfbdVolume base;
+    NullOptions opts;   /* each queue starts with them */
 } NullVolume;
 
 typedef struct NullReq {
@@ -115,13 +120,6 @@ static int null_parse_size(const char *arg, uint64_t *sizep)
     *sizep = size << shift;
     return 0;
 }
-
-/* The options after the size: KEY=N[:KEY=N]... */
-typedef struct NullOptions {
-    uint64_t completion_nsec;
-    uint64_t flush_eagain;
-    uint64_t complete_errno;
-} NullOptions;
 
 static const struct {
     const char *key;
@@ -227,9 +225,7 @@ static int null_volume_open(const char *spec, const char *arg,
         pfbd_set_error(errmsg, "volume spec '%s': out of memory", spec);
         return -ENOMEM;
     }
-    nv->completion_nsec = no.completion_nsec;
-    nv->flush_eagain = no.flush_eagain;
-    nv->complete_errno = no.complete_errno;
+    nv->opts = no;
     vol = &nv->base;
     vol->info.size = size;
     vol->info.block_size = NULL_BLOCK_SIZE;
@@ -258,9 +254,9 @@ static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         free(nq);
         return -ENOMEM;
     }
-    nq->completion_nsec = ((NullVolume *)vol)->completion_nsec;
-    nq->flush_eagain = ((NullVolume *)vol)->flush_eagain;
-    nq->complete_errno = ((NullVolume *)vol)->complete_errno;
+    nq->completion_nsec = ((NullVolume *)vol)->opts.completion_nsec;
+    nq->flush_eagain = ((NullVolume *)vol)->opts.flush_eagain;
+    nq->complete_errno = ((NullVolume *)vol)->opts.complete_errno;
     nq->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (nq->tfd < 0) {
         int ret = -errno;
