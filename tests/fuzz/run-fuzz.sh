@@ -11,8 +11,13 @@
 #                         and guest memory: config space, status, resets,
 #                         ioeventfd start and stop.
 #
-# Each target keeps its corpus, crash reproducers (crash-*) and log under
-# QEMU_BUILD_DIR/../fuzz-run/TARGET.  Exit status 1 if any crashed.
+# Both run in one process each, with ASan's and libFuzzer's leak checks
+# and libFuzzer's RSS limit (2 GiB).  Each target keeps its corpus and log
+# under QEMU_BUILD_DIR/../fuzz-run/TARGET, and this run's reproducers
+# (crash-*, leak-*, oom-*, timeout-*, slow-unit-*) in a new directory
+# fuzz-run/TARGET/artifacts/DATE.  Exit status 0 only if no target found
+# anything; otherwise 1, with each reproducer's path and the command that
+# replays it.
 #
 # A crash, once fixed, becomes a case of tests/qtest/virtio-blk-pfbd-
 # test.c (the generic fuzzer's reproducers convert with
@@ -28,49 +33,51 @@ if [ ${#targets[@]} = 0 ]; then
     targets=(virtio-blk-pfbd-fuzz generic-fuzz)
 fi
 runs=$(dirname "$qb")/fuzz-run
+stamp=$(date +%Y%m%d-%H%M%S)
 
-vol_dir=/dev/shm
-[ -w "$vol_dir" ] || vol_dir=$runs
+# generic-fuzz's volume: kept, for replaying what it found
 mkdir -p "$runs"
-vol=$vol_dir/pfbd-fuzz-$$.img
+vol=$runs/volume.img
 truncate -s 16M "$vol"
-trap 'rm -f "$vol"' EXIT
 
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 status=0
 for t in "${targets[@]}"; do
     run=$runs/$t
-    mkdir -p "$run/corpus" "$run/artifacts"
+    art=$run/artifacts/$stamp
+    mkdir -p "$run/corpus" "$art"
+    fuzz_env=()
     if [ "$t" = generic-fuzz ]; then
-        export QEMU_FUZZ_ARGS="-machine q35 -device virtio-blk-pfbd,volume=file:$vol,num-queues=2,serial=fuzz"
-        export QEMU_FUZZ_OBJECTS="virtio* pfbd*"
-        echo "run-fuzz: QEMU_FUZZ_ARGS=$QEMU_FUZZ_ARGS"
+        fuzz_env=("QEMU_FUZZ_ARGS=-machine q35 -device virtio-blk-pfbd,volume=file:$vol,num-queues=2,serial=fuzz"
+                  "QEMU_FUZZ_OBJECTS=virtio* pfbd*")
+        echo "run-fuzz: ${fuzz_env[*]}"
     fi
-    # The device target's process grows by some 40 KiB an input in the
-    # fuzzing harness (the device's own RSS stays flat over millions of
-    # requests in tests/bench/pfbd-rig), so it runs in libFuzzer's fork
-    # mode: a child that reaches the RSS limit is replaced, not reported.
-    extra=()
-    if [ "$t" = virtio-blk-pfbd-fuzz ]; then
-        extra=(-fork=1 -ignore_ooms=1 -rss_limit_mb=2048)
-    fi
-    echo "run-fuzz: $t for ${secs}s ${extra[*]}"
+    echo "run-fuzz: $t for ${secs}s"
     rc=0
-    "$qb/qemu-fuzz-x86_64" --fuzz-target="$t" "${extra[@]}" \
+    env "${fuzz_env[@]}" "$qb/qemu-fuzz-x86_64" --fuzz-target="$t" \
+        -rss_limit_mb=2048 -detect_leaks=1 \
         -max_total_time="$secs" -print_final_stats=1 \
-        -artifact_prefix="$run/artifacts/" "$run/corpus" \
+        -artifact_prefix="$art/" "$run/corpus" \
         >"$run/fuzz.log" 2>&1 || rc=$?
-    unset QEMU_FUZZ_ARGS QEMU_FUZZ_OBJECTS
 
-    grep -E '^stat::|^#[0-9]+.*DONE|SUMMARY|ERROR' "$run/fuzz.log" |
-        tail -n 20 || true
-    crashes=$(find "$run/artifacts" -type f | wc -l)
-    echo "run-fuzz: $t: exit status $rc, $crashes crash reproducer(s) in $run/artifacts"
-    echo "run-fuzz: $t: corpus $(find "$run/corpus" -type f | wc -l) inputs, log $run/fuzz.log"
-    if [ "$rc" != 0 ] || [ "$crashes" != 0 ]; then
+    grep -E '^stat::(number_of_executed_units|peak_rss_mb|new_units)|SUMMARY|ERROR' \
+        "$run/fuzz.log" | tail -n 20 || true
+    echo "run-fuzz: $t: exit status $rc; corpus $(find "$run/corpus" -type f | wc -l) inputs; log $run/fuzz.log"
+    found=$(find "$art" -type f | sort)
+    if [ -n "$found" ]; then
+        echo "run-fuzz: $t FOUND; replay one with:"
+        echo "  $(printf '%q ' env "${fuzz_env[@]}" \
+            "$qb/qemu-fuzz-x86_64" --fuzz-target="$t")FILE"
+        echo "$found" | sed 's/^/  /'
         status=1
+    elif [ "$rc" != 0 ]; then
+        echo "run-fuzz: $t FAILED with no reproducer; see the log"
+        status=1
+    else
+        rmdir "$art"
+        echo "run-fuzz: $t: nothing found"
     fi
 done
 exit $status
