@@ -46,3 +46,13 @@ bench: build guest bench-deps $(BENCH_RIG)
 bench-rbd: build bench-deps $(BENCH_RIG)
 	BENCH_COMMAND='make bench-rbd$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
 	$(PYTHON) tests/bench/bench_rbd.py --build $(BUILD) $(BENCH_ARGS)
+
+# make bench-reset: what a device reset costs the host (a guest resetting
+# in a loop), tests/bench/reset-cost.sh; prints it (docs/benchmarks.md has
+# a run).  Needs root and perf.
+.PHONY: bench-reset
+bench-reset: build
+	@command -v perf >/dev/null || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y \
+		--no-install-recommends linux-perf; }
+	bash tests/bench/reset-cost.sh $(BUILD)/qemu-build $(RESET_CYCLES)

@@ -37,6 +37,7 @@ import json
 import shutil
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -1218,19 +1219,22 @@ SECTION_BEGIN = "<!-- section %s: written by %s -->"
 SECTION_END = "<!-- end of section %s -->"
 
 
-def keep_section(path, md, name="rbd"):
-    """The section @name of the old @path (another script's), to append to
-    the new text @md; '' if there is none."""
+def keep_section(path, md):
+    """The sections of the old @path that other scripts wrote (rbd,
+    reset, ...), to append to the new text @md; '' if there are none."""
     try:
         with open(path) as f:
             old = f.read()
     except OSError:
         return ""
-    b = old.find(SECTION_BEGIN.split("%s")[0] + name + ":")
-    e = old.find(SECTION_END % name)
-    if b < 0 or e < 0 or (SECTION_END % name) in md:
-        return ""
-    return "\n" + old[b:e + len(SECTION_END % name)] + "\n"
+    kept = ""
+    prefix = SECTION_BEGIN.split("%s")[0]
+    for m in re.finditer(re.escape(prefix) + r"(\w+):", old):
+        end = SECTION_END % m.group(1)
+        e = old.find(end, m.start())
+        if e >= 0 and end not in md:
+            kept += "\n" + old[m.start():e + len(end)] + "\n"
+    return kept
 
 
 def put_section(path, name, script, text):

@@ -2120,6 +2120,71 @@ static void test_kick_storm_queue_reset(void)
     kick_storm(STORM_QUEUE_RESET);
 }
 
+/* CPU time QEMU has used so far, user and system, in clock ticks */
+static void proc_cpu_ticks(pid_t pid, uint64_t *user, uint64_t *sys)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+    g_autofree char *text = NULL;
+    const char *p;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    /* Fields 14 and 15 (utime, stime) follow the ")" of the name */
+    p = strrchr(text, ')');
+    g_assert_nonnull(p);
+    g_assert_cmpint(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u "
+                           "%*u %*u %" SCNu64 " %" SCNu64, user, sys), ==, 2);
+}
+
+/*
+ * Benchmark (gtester -m perf): the host CPU time of a device reset and
+ * set-up, as a guest that resets in a loop costs.  PFBD_PERF_VOLUME
+ * picks the volume (default: a file), PFBD_PERF_CYCLES the cycles (1000).
+ * Each cycle also writes a block (so the queues are in use) and reads it
+ * back.
+ */
+static void test_perf_reset_cycles(void)
+{
+    const char *volume = g_getenv("PFBD_PERF_VOLUME");
+    const char *cycles_env = g_getenv("PFBD_PERF_CYCLES");
+    unsigned int cycles = cycles_env ? atoi(cycles_env) : 1000;
+    static const char *const modes[] = { "main loop", "iothread" };
+    long ticks = sysconf(_SC_CLK_TCK);
+    unsigned int m, i;
+
+    for (m = 0; m < ARRAY_SIZE(modes); m++) {
+        const char *props = m ? ", \"num-queues\": 2, \"iothread\": \"io0\""
+                              : ", \"num-queues\": 2";
+        Pfbd *p = volume ?
+            pfbd_start_volume(volume, "-object iothread,id=io0", props, 2) :
+            pfbd_start(VOLUME_SIZE, "-object iothread,id=io0", props, 2);
+        uint64_t u0, s0, u1, s1;
+        uint8_t buf[4096];
+        gint64 t0;
+
+        pfbd_driver_ok(p, 0);
+        proc_cpu_ticks(qtest_pid(p->qts), &u0, &s0);
+        t0 = g_get_monotonic_time();
+        for (i = 0; i < cycles; i++) {
+            qvirtio_reset(p->dev);
+            pfbd_driver_ok(p, 0);
+            fill_pattern(buf, sizeof(buf), i);
+            g_assert_cmpint(pfbd_do_req(p, i % 2, VIRTIO_BLK_T_OUT, 8, buf,
+                                        sizeof(buf)), ==, VIRTIO_BLK_S_OK);
+            g_assert_cmpint(pfbd_do_req(p, (i + 1) % 2, VIRTIO_BLK_T_IN, 8,
+                                        buf, sizeof(buf)), ==,
+                            VIRTIO_BLK_S_OK);
+        }
+        proc_cpu_ticks(qtest_pid(p->qts), &u1, &s1);
+        g_test_message("reset-cycles %s, %s: %u cycles in %.1f s; QEMU "
+                       "CPU per cycle: user %.3f ms, system %.3f ms",
+                       volume ? volume : "file", modes[m], cycles,
+                       (g_get_monotonic_time() - t0) / 1e6,
+                       (u1 - u0) * 1000.0 / ticks / cycles,
+                       (s1 - s0) * 1000.0 / ticks / cycles);
+        pfbd_stop(p);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -2182,6 +2247,11 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/mem/pam-toggle", test_pam_toggle);
     qtest_add_func("/virtio-blk-pfbd/mem/unplugged-ram-freed",
                    test_unplugged_ram_freed);
+
+    if (g_test_perf()) {
+        qtest_add_func("/virtio-blk-pfbd/perf/reset-cycles",
+                       test_perf_reset_cycles);
+    }
 
     return g_test_run();
 }
