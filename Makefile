@@ -7,6 +7,9 @@
 #   make check   every test (unit, qtest, sanitizers, functional guest tests)
 #   make fuzz    build the libFuzzer targets and fuzz the device
 #                (FUZZ_TIME seconds per target, default 600)
+#   make install, make uninstall
+#                the emulator as pfbd-qemu-system-x86_64, pfbd-stat and
+#                the docs, under $(DESTDIR)$(PREFIX) (default /usr/local)
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -43,8 +46,11 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 FUZZ_BUILD ?= $(BUILD)/fuzz
 FUZZ_TIME ?= 600
 
+PREFIX ?= /usr/local
+
 .PHONY: all build deps config run check check-unit check-qtest \
-	check-sanitizers check-functional fuzz guest clean distclean
+	check-sanitizers check-functional fuzz guest clean distclean \
+	install uninstall
 
 all: build
 
@@ -101,6 +107,12 @@ fuzz:
 check-functional: build guest
 	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
 		$(PYTEST) -v -rs tests/functional
+
+install: build
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' bash scripts/install.sh install $(QB)
+
+uninstall:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' bash scripts/install.sh uninstall $(QB)
 
 check: check-unit check-qtest check-sanitizers check-functional
 

@@ -1,0 +1,116 @@
+"""make install and make uninstall (scripts/install.sh), into a DESTDIR:
+the installed emulator keeps clear of Debian's QEMU, finds its firmware
+without -L, runs the device, and uninstall leaves nothing behind."""
+
+import json
+import os
+import subprocess
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+INSTALL = os.path.join(REPO_DIR, "scripts", "install.sh")
+
+
+def qemu_build_dir():
+    qemu = os.environ.get("PFBD_QEMU",
+                          os.path.join(REPO_DIR, "build",
+                                       "qemu-system-x86_64"))
+    return os.path.dirname(os.path.realpath(qemu))
+
+
+def install_sh(action, destdir, prefix):
+    env = dict(os.environ, DESTDIR=str(destdir), PREFIX=prefix)
+    r = subprocess.run(["bash", INSTALL, action, qemu_build_dir()],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, "install.sh %s failed:\n%s%s" % (
+        action, r.stdout, r.stderr)
+    return r.stdout
+
+
+def files_under(root):
+    found = []
+    for d, _, names in os.walk(root):
+        found += [os.path.relpath(os.path.join(d, n), root) for n in names]
+    return sorted(found)
+
+
+def qmp_session(qemu, args, commands, timeout=120):
+    """Start @qemu with a QMP monitor on stdio, send @commands (then quit);
+    returns the replies to @commands"""
+    lines = [{"execute": "qmp_capabilities"}] + commands + \
+        [{"execute": "quit"}]
+    r = subprocess.run([qemu, "-nodefaults", "-display", "none",
+                        "-qmp", "stdio"] + args,
+                       input="".join(json.dumps(c) + "\n" for c in lines),
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, "%s exited with %d:\n%s" % (
+        qemu, r.returncode, r.stderr)
+    replies = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+    replies = [x for x in replies if "return" in x or "error" in x]
+    # qmp_capabilities, the commands, quit
+    assert len(replies) == len(commands) + 2, r.stdout
+    return replies[1:-1]
+
+
+def test_install_run_uninstall(tmp_path):
+    dest = tmp_path / "root"
+    out = install_sh("install", dest, "/usr")
+    assert "bin/pfbd-qemu-system-x86_64" in out
+    usr = dest / "usr"
+    qemu = str(usr / "bin" / "pfbd-qemu-system-x86_64")
+
+    # Next to Debian's QEMU: nothing of its names
+    installed = files_under(dest)
+    assert "usr/bin/qemu-system-x86_64" not in installed
+    assert not [f for f in installed if f.startswith("usr/share/qemu/")]
+    for f in ["usr/bin/pfbd-qemu-system-x86_64", "usr/bin/pfbd-stat",
+              "usr/share/doc/pfbd-qemu/user-guide.rst",
+              "usr/share/doc/pfbd-qemu/COPYING",
+              "usr/share/pfbd-qemu/installed-files"]:
+        assert f in installed
+    with open(usr / "share" / "pfbd-qemu" / "installed-files") as f:
+        assert sorted(f.read().split()) == sorted(
+            os.path.relpath(x, "usr") for x in installed)
+
+    # Its data directory relative to where it lies, Debian's firmware
+    r = subprocess.run([qemu, "-L", "help"], capture_output=True,
+                       text=True, timeout=60)
+    dirs = [os.path.normpath(d) for d in r.stdout.split()]
+    assert str(usr / "share" / "pfbd-qemu") in dirs, r.stdout
+    assert "/usr/share/seabios" in dirs, r.stdout
+
+    r = subprocess.run([qemu, "-device", "virtio-blk-pfbd,help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "volume=" in r.stdout and "iothread-vq-mapping=" in r.stdout
+
+    # A q35 machine loads its BIOS at start: without -L, from seabios
+    replies = qmp_session(qemu, [
+        "-machine", "q35", "-accel", "qtest",
+        "-device", "virtio-blk-pfbd,id=d0,volume=null:16M"], [
+        {"execute": "qom-get",
+         "arguments": {"path": "/machine/peripheral/d0/virtio-backend",
+                       "property": "volume-size"}}])
+    assert replies[0]["return"] == 16 << 20
+
+    # pfbd-stat runs from where it was installed
+    r = subprocess.run([str(usr / "bin" / "pfbd-stat"), "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr
+
+    install_sh("uninstall", dest, "/usr")
+    assert files_under(dest) == []
+    # Only our own directories went: the rest of the tree stays
+    assert (usr / "bin").is_dir() and (usr / "share" / "doc").is_dir()
+    assert not (usr / "share" / "pfbd-qemu").exists()
+
+
+def test_uninstall_keeps_other_files(tmp_path):
+    dest = tmp_path / "root"
+    other = dest / "usr" / "local" / "bin" / "qemu-system-x86_64"
+    other.parent.mkdir(parents=True)
+    other.write_text("not ours\n")
+    install_sh("install", dest, "/usr/local")
+    install_sh("uninstall", dest, "/usr/local")
+    assert files_under(dest) == ["usr/local/bin/qemu-system-x86_64"]
+    assert other.read_text() == "not ours\n"
