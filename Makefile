@@ -10,6 +10,7 @@
 #   make install, make uninstall
 #                the emulator as pfbd-qemu-system-x86_64, pfbd-stat and
 #                the docs, under $(DESTDIR)$(PREFIX) (default /usr/local)
+#   make deb     the Debian package pfbd-qemu, in build/deb
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -50,7 +51,7 @@ PREFIX ?= /usr/local
 
 .PHONY: all build deps config run check check-unit check-qtest \
 	check-sanitizers check-functional fuzz guest clean distclean \
-	install uninstall
+	install uninstall deb check-deb
 
 all: build
 
@@ -114,7 +115,25 @@ install: build
 uninstall:
 	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' bash scripts/install.sh uninstall $(QB)
 
-check: check-unit check-qtest check-sanitizers check-functional
+# The Debian package, with Debian's tools (debian/rules calls make build
+# and make install), into $(BUILD)/deb; lintian must find no error
+DEB_VERSION = $(shell dpkg-parsechangelog -S Version)
+
+deb: build
+	@mkdir -p $(BUILD)/deb
+	rm -f $(BUILD)/deb/pfbd-qemu_*
+	dpkg-buildpackage -b -us -uc \
+		--buildinfo-option=-u$(BUILD)/deb --changes-option=-u$(BUILD)/deb \
+		--buildinfo-file=$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION)_amd64.buildinfo \
+		--changes-file=$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION)_amd64.changes
+	lintian --fail-on error \
+		$(BUILD)/deb/pfbd-qemu_*.changes
+
+# The package installed with apt-get into a fresh Debian root (mmdebstrap)
+check-deb: deb
+	bash tests/deb/test-deb.sh $(firstword $(wildcard $(BUILD)/deb/pfbd-qemu_*.deb))
+
+check: check-unit check-qtest check-sanitizers check-functional check-deb
 
 # make bench: the benchmark rig (tests/bench/)
 -include tests/bench/bench.mk

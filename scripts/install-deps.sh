@@ -88,6 +88,8 @@ pkgs=(
     ceph-mon ceph-osd ceph-common jq uuid-runtime iproute2
     # the bootable Debian image (tests/image/build-image.sh)
     mmdebstrap grub-pc-bin fdisk
+    # the Debian package (make deb) and its install test (make check-deb)
+    debhelper lintian fakeroot
 )
 if [ -n "$fuzz" ]; then
     pkgs+=(clang libclang-rt-dev)
