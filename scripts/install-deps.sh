@@ -90,6 +90,8 @@ pkgs=(
     mmdebstrap grub-pc-bin fdisk
     # the Debian package (make deb) and its install test (make check-deb)
     debhelper lintian fakeroot
+    # libvirt (tests/functional/test_libvirt.py)
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 )
 if [ -n "$fuzz" ]; then
     pkgs+=(clang libclang-rt-dev)
