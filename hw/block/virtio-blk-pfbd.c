@@ -5,6 +5,22 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
+ * Parts keep the logic of upstream code, and its notices:
+ * - starting and stopping the ioeventfds, the IOThread mapping
+ *   (iothread-vq-mapping), the config space, the request checks and the
+ *   rerror/werror policy follow hw/block/virtio-blk.c:
+ *     Copyright IBM, Corp. 2007
+ *     Authors: Anthony Liguori <aliguori@us.ibm.com>
+ *     This work is licensed under the terms of the GNU GPL, version 2.
+ *     See the COPYING file in the top-level directory.
+ * - the error action and the BLOCK_IO_ERROR event follow
+ *   blk_get_error_action() and send_qmp_error_event() of
+ *   block/block-backend.c:
+ *     Copyright (C) 2014-2016 Red Hat, Inc.
+ *     Authors: Markus Armbruster <armbru@redhat.com>
+ *     This work is licensed under the terms of the GNU LGPL, version 2.1
+ *     or later.  See the COPYING.LIB file in the top-level directory.
+ *
  * The guest sees an ordinary virtio-blk disk.  Each virtqueue is served in
  * its own AioContext (an IOThread, or the main loop): the ioeventfd handler
  * pops a batch of requests, submits them to the virtqueue's libpfbd queue

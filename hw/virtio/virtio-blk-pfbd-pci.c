@@ -1,9 +1,22 @@
 /*
  * virtio-blk-pfbd PCI bindings
  *
+ * Derived from hw/virtio/virtio-blk-pci.c (Virtio blk PCI Bindings), with
+ * the names changed and the properties of virtio-blk-pfbd:
+ *
+ * Copyright IBM, Corp. 2007
+ * Copyright (c) 2009 CodeSourcery
  * Copyright (c) 2026 pfbd-qemu developers
  *
- * SPDX-License-Identifier: GPL-2.0-or-later
+ * Authors:
+ *  Anthony Liguori   <aliguori@us.ibm.com>
+ *  Paul Brook        <paul@codesourcery.com>
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2.  See
+ * the COPYING file in the top-level directory.
+ *
+ * Contributions after 2012-01-13 are licensed under the terms of the
+ * GNU GPL, version 2 or (at your option) any later version.
  */
 
 #include "qemu/osdep.h"

@@ -5,6 +5,10 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
+ * The target's registration on the libqos graph follows
+ * tests/qtest/fuzz/virtio_blk_fuzz.c (virtio-blk Fuzzing Target,
+ * Copyright Red Hat Inc., 2020, GNU GPL, version 2 or later).
+ *
  * The input is a sequence of virtio-blk requests that the fuzzer shapes:
  * the request type (mostly a valid one), the sector (often near the end
  * of the volume), the data length, how the header, data and status are

@@ -3,7 +3,22 @@
  *
  * Copyright (c) 2026 pfbd-qemu developers
  *
- * SPDX-License-Identifier: GPL-2.0-or-later
+ * The node's driver and constructor follow virtio-blk-pci's in
+ * tests/qtest/libqos/virtio-blk.c:
+ *
+ * Copyright (c) 2018 Emanuele Giuseppe Esposito <e.emanuelegiuseppe@gmail.com>
+ *
+ * This library is free software; you can redistribute it and/or
+ * modify it under the terms of the GNU Lesser General Public
+ * License version 2.1 as published by the Free Software Foundation.
+ *
+ * This library is distributed in the hope that it will be useful,
+ * but WITHOUT ANY WARRANTY; without even the implied warranty of
+ * MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the GNU
+ * Lesser General Public License for more details.
+ *
+ * You should have received a copy of the GNU Lesser General Public
+ * License along with this library; if not, see <http://www.gnu.org/licenses/>
  *
  * The node "virtio-blk-pfbd-pci" produces the "virtio-blk" interface, so
  * that upstream's virtio-blk qtests (tests/qtest/virtio-blk-test.c) run
