@@ -87,18 +87,18 @@ struct FileQueue {
     pthread_t owner;
 };
 
-static uint32_t file_max_u32(uint32_t a, uint32_t b)
+static uint32_t pfbd_file_max_u32(uint32_t a, uint32_t b)
 {
     return a > b ? a : b;
 }
 
-static bool file_is_pow2(uint32_t x)
+static bool pfbd_file_is_pow2(uint32_t x)
 {
     return x && !(x & (x - 1));
 }
 
 /* Read the size of the open file or block device into *@sizep */
-static int file_get_size(FileVolume *fv, uint64_t *sizep)
+static int pfbd_file_get_size(FileVolume *fv, uint64_t *sizep)
 {
     struct stat st;
 
@@ -116,7 +116,7 @@ static int file_get_size(FileVolume *fv, uint64_t *sizep)
 }
 
 /* Fill in block_size and mem_align */
-static void file_get_alignment(FileVolume *fv, bool buffered)
+static void pfbd_file_get_alignment(FileVolume *fv, bool buffered)
 {
     PfbdVolumeInfo *info = &fv->base.info;
     uint32_t block_size = FILE_MIN_BLOCK_SIZE;
@@ -128,29 +128,29 @@ static void file_get_alignment(FileVolume *fv, bool buffered)
 
     if (fv->is_blkdev && ioctl(fv->fd, BLKSSZGET, &sector_size) == 0 &&
         sector_size > 0) {
-        block_size = file_max_u32(block_size, sector_size);
+        block_size = pfbd_file_max_u32(block_size, sector_size);
     }
 #ifdef STATX_DIOALIGN
     if (!buffered &&
         statx(fv->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
         (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
-        block_size = file_max_u32(block_size, stx.stx_dio_offset_align);
+        block_size = pfbd_file_max_u32(block_size, stx.stx_dio_offset_align);
         mem_align = stx.stx_dio_mem_align;
     }
 #endif
-    if (buffered || !file_is_pow2(mem_align)) {
+    if (buffered || !pfbd_file_is_pow2(mem_align)) {
         mem_align = buffered ? 1 : FILE_MIN_BLOCK_SIZE;
     }
-    if (!file_is_pow2(block_size)) {
+    if (!pfbd_file_is_pow2(block_size)) {
         block_size = FILE_MIN_BLOCK_SIZE;
     }
     info->block_size = block_size;
     info->mem_align = mem_align;
 }
 
-static int file_volume_open(const char *spec, const char *path,
-                            const PfbdOpenOptions *opts, PfbdVolume **volp,
-                            char **errmsg)
+static int pfbd_file_volume_open(const char *spec, const char *path,
+                                 const PfbdOpenOptions *opts, PfbdVolume **volp,
+                                 char **errmsg)
 {
     bool read_only = opts && opts->read_only;
     int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
@@ -203,8 +203,8 @@ static int file_volume_open(const char *spec, const char *path,
         goto fail;
     }
 
-    file_get_alignment(fv, buffered);
-    ret = file_get_size(fv, &size);
+    pfbd_file_get_alignment(fv, buffered);
+    ret = pfbd_file_get_size(fv, &size);
     if (ret < 0) {
         pfbd_set_error(errmsg, "volume '%s': could not get the size of "
                        "'%s': %s", spec, path, strerror(-ret));
@@ -232,7 +232,7 @@ fail:
     return ret;
 }
 
-static void file_volume_close(PfbdVolume *vol)
+static void pfbd_file_volume_close(PfbdVolume *vol)
 {
     FileVolume *fv = (FileVolume *)vol;
 
@@ -240,21 +240,21 @@ static void file_volume_close(PfbdVolume *vol)
     free(fv);
 }
 
-static int file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
+static int pfbd_file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 {
-    return file_get_size((FileVolume *)vol, sizep);
+    return pfbd_file_get_size((FileVolume *)vol, sizep);
 }
 
 /*
  * Set up @ring for @fq: @depth entries, the volume's fd registered, its fd
  * watched by the queue's epoll fd.  A single-issuer ring starts disabled:
- * file_ring_bind() enables it in the thread that uses it.  A queue that
+ * pfbd_file_ring_bind() enables it in the thread that uses it.  A queue that
  * may change threads with requests in flight (any_thread) gets a plain
  * ring, as block/io_uring.c uses: with COOP_TASKRUN its completions would
  * wait for the thread that submitted them to enter the kernel.
  */
-static int file_ring_init(FileQueue *fq, unsigned depth,
-                          struct io_uring *ring)
+static int pfbd_file_ring_init(FileQueue *fq, unsigned depth,
+                               struct io_uring *ring)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
     struct epoll_event ev = { .events = EPOLLIN };
@@ -296,7 +296,7 @@ static int file_ring_init(FileQueue *fq, unsigned depth,
     return 0;
 }
 
-static void file_ring_exit(FileQueue *fq, struct io_uring *ring)
+static void pfbd_file_ring_exit(FileQueue *fq, struct io_uring *ring)
 {
     epoll_ctl(fq->epfd, EPOLL_CTL_DEL, ring->ring_fd, NULL);
     io_uring_queue_exit(ring);
@@ -308,7 +308,7 @@ static void file_ring_exit(FileQueue *fq, struct io_uring *ring)
  * that enabled it; when an idle queue has moved to another thread, it gets
  * a new ring (watched by the same epoll fd).
  */
-static int file_ring_bind(FileQueue *fq)
+static int pfbd_file_ring_bind(FileQueue *fq)
 {
     pthread_t self = pthread_self();
     struct io_uring ring;
@@ -324,7 +324,7 @@ static int file_ring_bind(FileQueue *fq)
             return -EEXIST;     /* moved with requests in flight */
         }
         old = *fq;
-        ret = file_ring_init(fq, fq->base.depth, &ring);
+        ret = pfbd_file_ring_init(fq, fq->base.depth, &ring);
         if (ret < 0) {
             /* Keep the old ring, and the settings that go with it */
             fq->single_issuer = old.single_issuer;
@@ -333,7 +333,7 @@ static int file_ring_bind(FileQueue *fq)
             fq->sqe_flags = old.sqe_flags;
             return ret;
         }
-        file_ring_exit(fq, &fq->ring);
+        pfbd_file_ring_exit(fq, &fq->ring);
         fq->ring = ring;
         if (!fq->single_issuer) {
             return 0;
@@ -350,7 +350,7 @@ static int file_ring_bind(FileQueue *fq)
     return 0;
 }
 
-static int file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
+static int pfbd_file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 {
     FileQueue *fq;
     unsigned i;
@@ -377,7 +377,7 @@ static int file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         ret = -errno;
         goto fail;
     }
-    ret = file_ring_init(fq, depth, &fq->ring);
+    ret = pfbd_file_ring_init(fq, depth, &fq->ring);
     if (ret < 0) {
         close(fq->epfd);
         goto fail;
@@ -391,11 +391,11 @@ fail:
     return ret;
 }
 
-static void file_queue_free(PfbdQueue *q)
+static void pfbd_file_queue_free(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
 
-    file_ring_exit(fq, &fq->ring);
+    pfbd_file_ring_exit(fq, &fq->ring);
     close(fq->epfd);
     free(fq->mem);
     free(fq->zero_buf);
@@ -403,12 +403,12 @@ static void file_queue_free(PfbdQueue *q)
     free(fq);
 }
 
-static int file_queue_get_fd(PfbdQueue *q)
+static int pfbd_file_queue_get_fd(PfbdQueue *q)
 {
     return ((FileQueue *)q)->epfd;
 }
 
-static int file_mem_cmp(const void *a, const void *b)
+static int pfbd_file_mem_cmp(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t)((const struct iovec *)a)->iov_base;
     uintptr_t y = (uintptr_t)((const struct iovec *)b)->iov_base;
@@ -417,8 +417,9 @@ static int file_mem_cmp(const void *a, const void *b)
 }
 
 /* Register @iov as the ring's fixed buffers, cut at FILE_FIXED_BUF_MAX */
-static int file_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
-                                      unsigned n)
+static int pfbd_file_queue_register_memory(PfbdQueue *q,
+                                           const struct iovec *iov,
+                                           unsigned n)
 {
     FileQueue *fq = (FileQueue *)q;
     struct iovec *mem;
@@ -458,7 +459,7 @@ static int file_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
             nmem++;
         }
     }
-    qsort(mem, nmem, sizeof(mem[0]), file_mem_cmp);
+    qsort(mem, nmem, sizeof(mem[0]), pfbd_file_mem_cmp);
     ret = io_uring_register_buffers(&fq->ring, mem, nmem);
     if (ret < 0) {
         free(mem);
@@ -470,7 +471,7 @@ static int file_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
 }
 
 /* The fixed buffer that holds all of @iov, or -1 */
-static int file_fixed_index(FileQueue *fq, const struct iovec *iov)
+static int pfbd_file_fixed_index(FileQueue *fq, const struct iovec *iov)
 {
     uintptr_t p = (uintptr_t)iov->iov_base;
     unsigned lo = 0, hi = fq->nmem;
@@ -498,7 +499,7 @@ static int file_fixed_index(FileQueue *fq, const struct iovec *iov)
 }
 
 /* The next way for @req to write zeroes; 0 means writing a zero buffer */
-static int file_zero_mode(FileVolume *fv, FileReq *req)
+static int pfbd_file_zero_mode(FileVolume *fv, FileReq *req)
 {
     bool zero_range = !req->tried_zero_range &&
                       !__atomic_load_n(&fv->no_zero_range, __ATOMIC_RELAXED);
@@ -518,7 +519,7 @@ static int file_zero_mode(FileVolume *fv, FileReq *req)
 }
 
 /* Get an SQE, sending what is queued if the ring is full */
-static struct io_uring_sqe *file_get_sqe(FileQueue *fq)
+static struct io_uring_sqe *pfbd_file_get_sqe(FileQueue *fq)
 {
     struct io_uring_sqe *sqe;
 
@@ -531,7 +532,7 @@ static struct io_uring_sqe *file_get_sqe(FileQueue *fq)
 }
 
 /* Queue the next (or only) SQE of @req */
-static int file_req_queue(FileQueue *fq, FileReq *req)
+static int pfbd_file_req_queue(FileQueue *fq, FileReq *req)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
     struct io_uring_sqe *sqe;
@@ -541,7 +542,7 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
     if (req->op == PFBD_OP_WRITE_ZEROES && !req->falloc_mode &&
         !fq->zero_buf) {
         if (posix_memalign(&fq->zero_buf,
-                           file_max_u32(fv->base.info.mem_align, 4096),
+                           pfbd_file_max_u32(fv->base.info.mem_align, 4096),
                            FILE_ZERO_BUF_SIZE)) {
             fq->zero_buf = NULL;
             return -ENOMEM;
@@ -549,7 +550,7 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
         memset(fq->zero_buf, 0, FILE_ZERO_BUF_SIZE);
     }
 
-    sqe = file_get_sqe(fq);
+    sqe = pfbd_file_get_sqe(fq);
     if (!sqe) {
         return -EAGAIN;
     }
@@ -558,7 +559,7 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
     case PFBD_OP_READ:
     case PFBD_OP_WRITE:
         idx = !req->iov_rest && req->iovcnt == 1 && fq->nmem ?
-              file_fixed_index(fq, req->iov) : -1;
+              pfbd_file_fixed_index(fq, req->iov) : -1;
         if (idx >= 0 && req->op == PFBD_OP_READ) {
             io_uring_prep_read_fixed(sqe, fq->fd, req->iov[0].iov_base,
                                      req->iov[0].iov_len, req->offset, idx);
@@ -615,7 +616,7 @@ static int file_req_queue(FileQueue *fq, FileReq *req)
     return 0;
 }
 
-static void file_req_release(FileQueue *fq, FileReq *req)
+static void pfbd_file_req_release(FileQueue *fq, FileReq *req)
 {
     if (req->bounce) {
         pfbd_bounce_put(&fq->base, req->bounce_len);
@@ -628,7 +629,7 @@ static void file_req_release(FileQueue *fq, FileReq *req)
     fq->free_reqs = req;
 }
 
-static void file_req_finish(FileQueue *fq, FileReq *req, int ret)
+static void pfbd_file_req_finish(FileQueue *fq, FileReq *req, int ret)
 {
     PfbdCompletionFunc *cb = req->cb;
     void *opaque = req->opaque;
@@ -642,15 +643,15 @@ static void file_req_finish(FileQueue *fq, FileReq *req, int ret)
             p += req->caller_iov[i].iov_len;
         }
     }
-    file_req_release(fq, req);
+    pfbd_file_req_release(fq, req);
     pfbd_complete(&fq->base, cb, opaque, ret);
 }
 
 /* After a short transfer, point iov_rest at what is left of req->iov */
-static int file_req_advance(FileReq *req)
+static int pfbd_file_req_advance(FileReq *req)
 {
-    uint64_t skip = req->done;
-    int i, n = 0;
+    size_t off;
+    int i, n;
 
     if (!req->iov_rest) {
         req->iov_rest = malloc(req->iovcnt * sizeof(req->iov_rest[0]));
@@ -658,15 +659,10 @@ static int file_req_advance(FileReq *req)
             return -ENOMEM;
         }
     }
-    for (i = 0; i < req->iovcnt; i++) {
-        if (skip >= req->iov[i].iov_len) {
-            skip -= req->iov[i].iov_len;
-            continue;
-        }
-        req->iov_rest[n].iov_base = (char *)req->iov[i].iov_base + skip;
-        req->iov_rest[n].iov_len = req->iov[i].iov_len - skip;
-        skip = 0;
-        n++;
+    i = pfbd_iov_seek(req->iov, req->iovcnt, req->done, &off);
+    for (n = 0; i < req->iovcnt; i++, n++, off = 0) {
+        req->iov_rest[n].iov_base = (char *)req->iov[i].iov_base + off;
+        req->iov_rest[n].iov_len = req->iov[i].iov_len - off;
     }
     req->iovcnt_rest = n;
     return 0;
@@ -676,7 +672,7 @@ static int file_req_advance(FileReq *req)
  * Handle the completion @res of @req's current SQE.  Returns true if @req
  * completed, false if it queued its next SQE.
  */
-static bool file_req_step(FileQueue *fq, FileReq *req, int res)
+static bool pfbd_file_req_step(FileQueue *fq, FileReq *req, int res)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
     int ret;
@@ -689,14 +685,14 @@ static bool file_req_step(FileQueue *fq, FileReq *req, int res)
         }
         if (req->op == PFBD_OP_DISCARD) {
             /* Discarding is a hint: doing nothing is fine */
-            file_req_finish(fq, req, 0);
+            pfbd_file_req_finish(fq, req, 0);
             return true;
         }
-        req->falloc_mode = file_zero_mode(fv, req);
+        req->falloc_mode = pfbd_file_zero_mode(fv, req);
         goto next;
     }
     if (res < 0) {
-        file_req_finish(fq, req, res);
+        pfbd_file_req_finish(fq, req, res);
         return true;
     }
 
@@ -708,7 +704,7 @@ static bool file_req_step(FileQueue *fq, FileReq *req, int res)
             break;
         }
         if (res == 0) {
-            file_req_finish(fq, req, -EIO);
+            pfbd_file_req_finish(fq, req, -EIO);
             return true;
         }
         req->done += res;
@@ -716,9 +712,9 @@ static bool file_req_step(FileQueue *fq, FileReq *req, int res)
             break;
         }
         if (req->op != PFBD_OP_WRITE_ZEROES) {
-            ret = file_req_advance(req);
+            ret = pfbd_file_req_advance(req);
             if (ret < 0) {
-                file_req_finish(fq, req, ret);
+                pfbd_file_req_finish(fq, req, ret);
                 return true;
             }
         }
@@ -726,21 +722,22 @@ static bool file_req_step(FileQueue *fq, FileReq *req, int res)
     default:
         break;
     }
-    file_req_finish(fq, req, 0);
+    pfbd_file_req_finish(fq, req, 0);
     return true;
 
 next:
-    ret = file_req_queue(fq, req);
+    ret = pfbd_file_req_queue(fq, req);
     if (ret < 0) {
-        file_req_finish(fq, req, ret);
+        pfbd_file_req_finish(fq, req, ret);
         return true;
     }
     return false;
 }
 
-static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
-                       const struct iovec *iov, int iovcnt, uint64_t len,
-                       unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                            const struct iovec *iov, int iovcnt, uint64_t len,
+                            unsigned flags, PfbdCompletionFunc *cb,
+                            void *opaque)
 {
     FileQueue *fq = (FileQueue *)q;
     FileVolume *fv = (FileVolume *)q->vol;
@@ -752,7 +749,7 @@ static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     if (!req) {
         return -EAGAIN;
     }
-    ret = file_ring_bind(fq);
+    ret = pfbd_file_ring_bind(fq);
     if (ret < 0) {
         return ret;
     }
@@ -775,7 +772,8 @@ static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
             goto fail;
         }
         if ((size_t)len != len ||
-            posix_memalign(&req->bounce, file_max_u32(mem_align, 64), len)) {
+            posix_memalign(&req->bounce, pfbd_file_max_u32(mem_align, 64),
+                           len)) {
             pfbd_bounce_put(q, len);
             req->bounce = NULL;
             ret = -ENOMEM;
@@ -805,21 +803,21 @@ static int file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
                !__atomic_load_n(&fv->no_punch_hole, __ATOMIC_RELAXED)) {
         req->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     } else if (op == PFBD_OP_WRITE_ZEROES) {
-        req->falloc_mode = file_zero_mode(fv, req);
+        req->falloc_mode = pfbd_file_zero_mode(fv, req);
     }
 
-    ret = file_req_queue(fq, req);
+    ret = pfbd_file_req_queue(fq, req);
     if (ret < 0) {
         goto fail;
     }
     return 0;
 
 fail:
-    file_req_release(fq, req);
+    pfbd_file_req_release(fq, req);
     return ret;
 }
 
-static int file_flush(PfbdQueue *q)
+static int pfbd_file_flush(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
     int ret;
@@ -827,14 +825,14 @@ static int file_flush(PfbdQueue *q)
     if (q->inflight == 0) {
         return 0;
     }
-    ret = file_ring_bind(fq);
+    ret = pfbd_file_ring_bind(fq);
     if (ret < 0) {
         return ret;
     }
     return io_uring_submit(&fq->ring);
 }
 
-static bool file_completions_ready(PfbdQueue *q)
+static bool pfbd_file_completions_ready(PfbdQueue *q)
 {
     struct io_uring *ring = &((FileQueue *)q)->ring;
 
@@ -848,7 +846,7 @@ static bool file_completions_ready(PfbdQueue *q)
             IORING_SQ_TASKRUN);
 }
 
-static int file_reap(PfbdQueue *q, unsigned max)
+static int pfbd_file_reap(PfbdQueue *q, unsigned max)
 {
     FileQueue *fq = (FileQueue *)q;
     struct io_uring_cqe *cqe;
@@ -864,7 +862,7 @@ static int file_reap(PfbdQueue *q, unsigned max)
         req = io_uring_cqe_get_data(cqe);
         res = cqe->res;
         io_uring_cqe_seen(&fq->ring, cqe);
-        if (file_req_step(fq, req, res)) {
+        if (pfbd_file_req_step(fq, req, res)) {
             n++;
         } else {
             requeued = true;
@@ -877,14 +875,14 @@ static int file_reap(PfbdQueue *q, unsigned max)
     return n;
 }
 
-static void file_wait(PfbdQueue *q)
+static void pfbd_file_wait(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
     struct __kernel_timespec ts = { .tv_nsec = 1000000 };
     struct io_uring_cqe *cqe;
     int ret;
 
-    ret = file_ring_bind(fq);
+    ret = pfbd_file_ring_bind(fq);
     if (ret == 0) {
         do {
             ret = io_uring_submit_and_wait(&fq->ring, 1);
@@ -898,16 +896,16 @@ static void file_wait(PfbdQueue *q)
 
 const PfbdEngine pfbd_engine_file = {
     .name = "file",
-    .volume_open = file_volume_open,
-    .volume_close = file_volume_close,
-    .volume_get_size = file_volume_get_size,
-    .queue_new = file_queue_new,
-    .queue_free = file_queue_free,
-    .queue_get_fd = file_queue_get_fd,
-    .queue_register_memory = file_queue_register_memory,
-    .submit = file_submit,
-    .flush = file_flush,
-    .completions_ready = file_completions_ready,
-    .reap = file_reap,
-    .wait = file_wait,
+    .volume_open = pfbd_file_volume_open,
+    .volume_close = pfbd_file_volume_close,
+    .volume_get_size = pfbd_file_volume_get_size,
+    .queue_new = pfbd_file_queue_new,
+    .queue_free = pfbd_file_queue_free,
+    .queue_get_fd = pfbd_file_queue_get_fd,
+    .queue_register_memory = pfbd_file_queue_register_memory,
+    .submit = pfbd_file_submit,
+    .flush = pfbd_file_flush,
+    .completions_ready = pfbd_file_completions_ready,
+    .reap = pfbd_file_reap,
+    .wait = pfbd_file_wait,
 };

@@ -65,7 +65,7 @@ typedef struct NullQueue {
     unsigned sent;      /* the first @sent requests were flushed */
 } NullQueue;
 
-static uint64_t null_now_ns(void)
+static uint64_t pfbd_null_now_ns(void)
 {
     struct timespec ts;
 
@@ -74,7 +74,7 @@ static uint64_t null_now_ns(void)
 }
 
 /* Parse SIZE with an optional K/M/G/T suffix (powers of 1024) */
-static int null_parse_size(const char *arg, uint64_t *sizep)
+static int pfbd_null_parse_size(const char *arg, uint64_t *sizep)
 {
     uint64_t size = 0;
     unsigned shift = 0;
@@ -132,8 +132,8 @@ static const struct {
     { "complete_errno", offsetof(NullOptions, complete_errno), 4095 },
 };
 
-static int null_parse_options(const char *spec, const char *opts,
-                              NullOptions *no, char **errmsg)
+static int pfbd_null_parse_options(const char *spec, const char *opts,
+                                   NullOptions *no, char **errmsg)
 {
     const char *p = opts;
     uint64_t n;
@@ -181,9 +181,9 @@ bad:
     return -EINVAL;
 }
 
-static int null_volume_open(const char *spec, const char *arg,
-                            const PfbdOpenOptions *opts, PfbdVolume **volp,
-                            char **errmsg)
+static int pfbd_null_volume_open(const char *spec, const char *arg,
+                                 const PfbdOpenOptions *opts, PfbdVolume **volp,
+                                 char **errmsg)
 {
     NullVolume *nv;
     PfbdVolume *vol;
@@ -194,7 +194,7 @@ static int null_volume_open(const char *spec, const char *arg,
     int ret;
 
     if (colon) {
-        ret = null_parse_options(spec, colon + 1, &no, errmsg);
+        ret = pfbd_null_parse_options(spec, colon + 1, &no, errmsg);
         if (ret < 0) {
             return ret;
         }
@@ -204,7 +204,7 @@ static int null_volume_open(const char *spec, const char *arg,
         pfbd_set_error(errmsg, "volume spec '%s': out of memory", spec);
         return -ENOMEM;
     }
-    ret = null_parse_size(size_arg, &size);
+    ret = pfbd_null_parse_size(size_arg, &size);
     if (ret < 0) {
         arg = size_arg;
         pfbd_set_error(errmsg, "volume spec '%s': '%s' is not a valid size "
@@ -236,12 +236,12 @@ static int null_volume_open(const char *spec, const char *arg,
     return 0;
 }
 
-static void null_volume_close(PfbdVolume *vol)
+static void pfbd_null_volume_close(PfbdVolume *vol)
 {
     free((NullVolume *)vol);
 }
 
-static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
+static int pfbd_null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 {
     NullQueue *nq;
 
@@ -269,7 +269,7 @@ static int null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     return 0;
 }
 
-static void null_queue_free(PfbdQueue *q)
+static void pfbd_null_queue_free(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
 
@@ -278,14 +278,15 @@ static void null_queue_free(PfbdQueue *q)
     free(nq);
 }
 
-static int null_queue_get_fd(PfbdQueue *q)
+static int pfbd_null_queue_get_fd(PfbdQueue *q)
 {
     return ((NullQueue *)q)->tfd;
 }
 
-static int null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
-                       const struct iovec *iov, int iovcnt, uint64_t len,
-                       unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+static int pfbd_null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                            const struct iovec *iov, int iovcnt, uint64_t len,
+                            unsigned flags, PfbdCompletionFunc *cb,
+                            void *opaque)
 {
     NullQueue *nq = (NullQueue *)q;
     NullReq *req = &nq->reqs[(nq->head + nq->count) % q->depth];
@@ -297,7 +298,7 @@ static int null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
 }
 
 /* Arm the timerfd for the oldest request sent, or disarm it */
-static void null_arm(NullQueue *nq)
+static void pfbd_null_arm(NullQueue *nq)
 {
     struct itimerspec its = { 0 };
     uint64_t due;
@@ -310,7 +311,7 @@ static void null_arm(NullQueue *nq)
     timerfd_settime(nq->tfd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
-static int null_flush(PfbdQueue *q)
+static int pfbd_null_flush(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
     unsigned sent = nq->count - nq->sent;
@@ -334,33 +335,34 @@ static int null_flush(PfbdQueue *q)
         nq->sent = nq->count;
         return sent;
     }
-    due = null_now_ns() + nq->completion_nsec;
+    due = pfbd_null_now_ns() + nq->completion_nsec;
     for (i = nq->sent; i < nq->count; i++) {
         nq->reqs[(nq->head + i) % q->depth].due_ns = due;
     }
     was_idle = !nq->sent;
     nq->sent = nq->count;
     if (was_idle) {
-        null_arm(nq);
+        pfbd_null_arm(nq);
     }
     return sent;
 }
 
 /* The oldest request sent is complete */
-static bool null_head_done(NullQueue *nq, uint64_t now)
+static bool pfbd_null_head_done(NullQueue *nq, uint64_t now)
 {
     return nq->sent > 0 &&
            (!nq->completion_nsec || nq->reqs[nq->head].due_ns <= now);
 }
 
-static bool null_completions_ready(PfbdQueue *q)
+static bool pfbd_null_completions_ready(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
 
-    return null_head_done(nq, nq->completion_nsec ? null_now_ns() : 0);
+    return pfbd_null_head_done(nq,
+                               nq->completion_nsec ? pfbd_null_now_ns() : 0);
 }
 
-static int null_reap(PfbdQueue *q, unsigned max)
+static int pfbd_null_reap(PfbdQueue *q, unsigned max)
 {
     NullQueue *nq = (NullQueue *)q;
     uint64_t now = 0, expirations;
@@ -371,9 +373,9 @@ static int null_reap(PfbdQueue *q, unsigned max)
         if (read(nq->tfd, &expirations, sizeof(expirations)) < 0) {
             /* EAGAIN: not due yet */
         }
-        now = null_now_ns();
+        now = pfbd_null_now_ns();
     }
-    while (null_head_done(nq, now) && (max == 0 || n < max)) {
+    while (pfbd_null_head_done(nq, now) && (max == 0 || n < max)) {
         NullReq req = nq->reqs[nq->head];
 
         nq->head = (nq->head + 1) % q->depth;
@@ -384,18 +386,18 @@ static int null_reap(PfbdQueue *q, unsigned max)
     }
     if (nq->completion_nsec) {
         /* For what is left: due later, or due now and over @max */
-        null_arm(nq);
+        pfbd_null_arm(nq);
     }
     return n;
 }
 
-static void null_wait(PfbdQueue *q)
+static void pfbd_null_wait(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
     struct timespec ts;
     uint64_t due;
 
-    null_flush(q);
+    pfbd_null_flush(q);
     if (nq->completion_nsec && nq->sent) {
         due = nq->reqs[nq->head].due_ns;
         ts.tv_sec = due / NULL_NSEC_PER_SEC;
@@ -409,14 +411,14 @@ static void null_wait(PfbdQueue *q)
 
 const PfbdEngine pfbd_engine_null = {
     .name = "null",
-    .volume_open = null_volume_open,
-    .volume_close = null_volume_close,
-    .queue_new = null_queue_new,
-    .queue_free = null_queue_free,
-    .queue_get_fd = null_queue_get_fd,
-    .submit = null_submit,
-    .flush = null_flush,
-    .completions_ready = null_completions_ready,
-    .reap = null_reap,
-    .wait = null_wait,
+    .volume_open = pfbd_null_volume_open,
+    .volume_close = pfbd_null_volume_close,
+    .queue_new = pfbd_null_queue_new,
+    .queue_free = pfbd_null_queue_free,
+    .queue_get_fd = pfbd_null_queue_get_fd,
+    .submit = pfbd_null_submit,
+    .flush = pfbd_null_flush,
+    .completions_ready = pfbd_null_completions_ready,
+    .reap = pfbd_null_reap,
+    .wait = pfbd_null_wait,
 };

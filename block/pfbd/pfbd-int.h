@@ -133,4 +133,12 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
  */
 bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt, uint32_t align);
 
+/*
+ * pfbd_iov_seek: where the byte @skip bytes into @iov lies.  Returns the
+ * index of its element and sets *@off to its offset in that element;
+ * returns @iovcnt (and *@off 0) if @skip is at or past the end.
+ */
+int pfbd_iov_seek(const struct iovec *iov, int iovcnt, uint64_t skip,
+                  size_t *off);
+
 #endif /* BLOCK_PFBD_INT_H */

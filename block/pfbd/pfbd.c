@@ -60,6 +60,22 @@ bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt, uint32_t align)
     return true;
 }
 
+int pfbd_iov_seek(const struct iovec *iov, int iovcnt, uint64_t skip,
+                  size_t *off)
+{
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        if (skip < iov[i].iov_len) {
+            *off = skip;
+            return i;
+        }
+        skip -= iov[i].iov_len;
+    }
+    *off = 0;
+    return iovcnt;
+}
+
 static const PfbdEngine *pfbd_find_engine(const char *name, size_t len)
 {
     size_t i;

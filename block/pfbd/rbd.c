@@ -650,17 +650,13 @@ static bool pfbd_rbd_completions_ready(PfbdQueue *q)
 /* Zero what a short read left untouched */
 static void pfbd_rbd_zero_tail(RbdReq *req, uint64_t done)
 {
-    uint64_t skip = done;
+    size_t off;
     int i;
 
-    for (i = 0; i < req->iovcnt; i++) {
-        if (skip >= req->iov[i].iov_len) {
-            skip -= req->iov[i].iov_len;
-            continue;
-        }
-        memset((char *)req->iov[i].iov_base + skip, 0,
-               req->iov[i].iov_len - skip);
-        skip = 0;
+    i = pfbd_iov_seek(req->iov, req->iovcnt, done, &off);
+    for (; i < req->iovcnt; i++, off = 0) {
+        memset((char *)req->iov[i].iov_base + off, 0,
+               req->iov[i].iov_len - off);
     }
 }
 

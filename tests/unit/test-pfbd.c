@@ -34,6 +34,7 @@
 #include <rbd/librbd.h>
 #endif
 #include "block/pfbd.h"
+#include "../../block/pfbd/pfbd-int.h"     /* pfbd_iov_seek() */
 
 #define MiB (1024 * 1024)
 
@@ -1981,6 +1982,36 @@ static int remove_one(const char *path, const struct stat *st, int type,
     return remove(path);
 }
 
+/*
+ * pfbd_iov_seek(), the engines' one walk of an iovec from an offset (the
+ * file engine's rest of a short transfer, the rbd engine's zeroed tail)
+ */
+static void test_iov_seek(void)
+{
+    char buf[16];
+    struct iovec iov[3] = { { buf, 4 }, { buf + 4, 0 }, { buf + 4, 8 } };
+    static const struct {
+        uint64_t skip;
+        int index;
+        size_t off;
+    } cases[] = {
+        { 0, 0, 0 }, { 3, 0, 3 }, { 4, 2, 0 },     /* the empty one skipped */
+        { 11, 2, 7 }, { 12, 3, 0 }, { UINT64_MAX, 3, 0 },
+    };
+    size_t off;
+    int i;
+
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
+        off = 99;
+        g_assert_cmpint(pfbd_iov_seek(iov, 3, cases[i].skip, &off), ==,
+                        cases[i].index);
+        g_assert_cmpuint(off, ==, cases[i].off);
+    }
+    off = 99;
+    g_assert_cmpint(pfbd_iov_seek(iov, 0, 0, &off), ==, 0);
+    g_assert_cmpuint(off, ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -1989,6 +2020,7 @@ int main(int argc, char **argv)
     tmpdir = g_dir_make_tmp("test-pfbd-XXXXXX", NULL);
     g_assert_nonnull(tmpdir);
 
+    g_test_add_func("/pfbd/iov-seek", test_iov_seek);
     g_test_add_func("/pfbd/spec/unknown-engine", test_spec_unknown_engine);
 #ifndef PFBD_HAVE_RBD
     g_test_add_func("/pfbd/spec/rbd-not-built", test_spec_rbd_not_built);
