@@ -2,9 +2,11 @@
 #
 #   make deps    install the Debian packages (scripts/install-deps.sh)
 #   make         configure if needed and build build/qemu-system-x86_64
-#   make run     the main job: boot the test guest on a pfbd volume and
-#                compare fio against stock virtio-blk-pci
-#   make check   every test (unit, qtest, sanitizers, functional guest tests)
+#                (checks the packages are there; installs nothing)
+#   make run     the main job (make deps first): boot the test guest on a
+#                pfbd volume and compare fio against stock virtio-blk-pci
+#   make check   every test (make deps first): unit, qtest, sanitizers,
+#                functional guest tests, the Debian package
 #   make fuzz    build the libFuzzer targets and fuzz the device
 #                (FUZZ_TIME seconds per target, default 600)
 #   make install, make uninstall
@@ -18,10 +20,12 @@ NINJA ?= ninja
 PYTHON ?= /usr/bin/python3
 PYTEST ?= $(PYTHON) -m pytest
 
-# Files whose change needs ./configure again (new overlay files are
-# picked up by it too).
+# Files whose change needs ./configure again.  Our source files are
+# symlinked into the tree, so ninja sees an edit by itself; configure runs
+# again only when the list of them changes ($(OVERLAY_LIST)).
 OVERLAY := $(shell find hw include block tests/unit tests/qtest -type f \
 		\( -name '*.c' -o -name '*.h' -o -name meson.build \) 2>/dev/null)
+OVERLAY_LIST := $(BUILD)/.overlay-files
 CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 
 # ccache: share compilations between checkouts (CI builds a fresh clone
@@ -49,22 +53,33 @@ FUZZ_TIME ?= 600
 
 PREFIX ?= /usr/local
 
-.PHONY: all build deps config run check check-unit check-qtest \
+.PHONY: all build deps config run check FORCE check-unit check-qtest \
 	check-sanitizers check-functional fuzz guest clean distclean \
 	install uninstall deb check-deb
 
 all: build
 
-$(BUILD)/.deps-done: scripts/install-deps.sh
-	@mkdir -p $(BUILD)
-	bash scripts/install-deps.sh
-	@touch $@
-
+# make deps installs the Debian packages (and apt sources) the build and
+# the tests need; make run, make check and make fuzz call it.  A plain
+# make only checks that they are there.
 deps:
 	bash scripts/install-deps.sh
-	@mkdir -p $(BUILD) && touch $(BUILD)/.deps-done
+	@mkdir -p $(BUILD) && touch $(BUILD)/.deps-checked
 
-$(BUILD)/.configured: $(CONFIG_INPUTS) $(OVERLAY) | $(BUILD)/.deps-done
+$(BUILD)/.deps-checked: scripts/install-deps.sh
+	@mkdir -p $(BUILD)
+	bash scripts/install-deps.sh --check
+	@touch $@
+
+# Rewritten only when the list changes, so that its date tells
+$(OVERLAY_LIST): FORCE
+	@mkdir -p $(BUILD)
+	@printf '%s\n' $(sort $(OVERLAY)) >$@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
+
+FORCE:
+
+$(BUILD)/.configured: $(CONFIG_INPUTS) $(OVERLAY_LIST) | $(BUILD)/.deps-checked
 	./configure --build-dir=$(BUILD) $(CONFIGURE_FLAGS)
 	@touch $@
 
@@ -74,10 +89,11 @@ config: $(BUILD)/.configured
 build: $(BUILD)/.configured
 	$(NINJA) -C $(QB) $(NINJA_TARGETS)
 
-guest: | $(BUILD)/.deps-done
+guest: | $(BUILD)/.deps-checked
 	bash tests/guest/build-guest.sh $(BUILD)/guest
 
-run: build guest
+run: deps
+	$(MAKE) build guest
 	$(PYTHON) tests/bench/guest-fio.py
 
 # The rbd engine's cases need a Ceph cluster: with-ceph.sh starts one
@@ -90,7 +106,7 @@ check-qtest: build
 	bash tests/qtest/run-pfbd-qtests.sh $(QB)
 
 # A second build with ASan and UBSan; runs the unit tests and the qtests.
-check-sanitizers: | $(BUILD)/.deps-done
+check-sanitizers: | $(BUILD)/.deps-checked
 	./configure --build-dir=$(ASAN_BUILD) --enable-sanitizers \
 		$(CONFIGURE_FLAGS)
 	$(NINJA) -C $(ASAN_BUILD)/qemu-build $(ASAN_NINJA_TARGETS)
@@ -133,7 +149,8 @@ deb: build
 check-deb: deb
 	bash tests/deb/test-deb.sh $(firstword $(wildcard $(BUILD)/deb/pfbd-qemu_*.deb))
 
-check: check-unit check-qtest check-sanitizers check-functional check-deb
+check: deps
+	$(MAKE) check-unit check-qtest check-sanitizers check-functional check-deb
 
 # make bench: the benchmark rig (tests/bench/)
 -include tests/bench/bench.mk

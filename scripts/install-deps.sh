@@ -10,10 +10,14 @@
 set -euo pipefail
 
 # --fuzz: also what `make fuzz` needs (clang and its libFuzzer runtime)
+# --check: install nothing and touch no apt source: list what is missing
+# and exit 1 if anything is (what a plain `make` does)
 fuzz=
-if [ "${1:-}" = --fuzz ]; then
-    fuzz=1
-fi
+check=
+case "${1:-}" in
+--fuzz) fuzz=1 ;;
+--check) check=1 ;;
+esac
 
 say() { echo "install-deps: $*"; }
 
@@ -30,6 +34,7 @@ if [ "${ID:-}" != debian ] || [ -z "$codename" ]; then
     exit 1
 fi
 
+add_sources() {
 # The URI of the machine's own Debian entry (no host name in the project)
 uri=$(bash "$(dirname "$0")/debian-uri.sh" "$codename" || true)
 if [ -z "$uri" ]; then
@@ -38,8 +43,6 @@ if [ -z "$uri" ]; then
 fi
 
 list=/etc/apt/sources.list.d/pfbd-qemu.sources
-want=$(mktemp)
-trap 'rm -f "$want"' EXIT
 if [ "$codename" = bookworm ]; then
     cat >"$want" <<EOT
 # Added by pfbd-qemu scripts/install-deps.sh
@@ -71,6 +74,12 @@ if ! cmp -s "$want" "$list"; then
     $SUDO cp "$want" "$list"
     $SUDO chmod 644 "$list"
     need_update=1
+fi
+}
+if [ -z "$check" ]; then
+    want=$(mktemp)
+    trap 'rm -f "$want"' EXIT
+    add_sources
 fi
 
 pkgs=(
@@ -116,6 +125,12 @@ fi
 if [ ${#missing[@]} = 0 ] && [ $meson_ok = 1 ] && [ $pycotap_ok = 1 ]; then
     say "all packages present"
     exit 0
+fi
+if [ -n "$check" ]; then
+    [ $meson_ok = 1 ] || missing+=("meson>=1.5")
+    [ $pycotap_ok = 1 ] || missing+=(python3-pycotap)
+    say "missing: ${missing[*]}; run 'make deps' (as root) to install them" >&2
+    exit 1
 fi
 
 if [ -n "${need_update:-}" ] ||
