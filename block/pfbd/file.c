@@ -246,17 +246,17 @@ static int pfbd_file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 }
 
 /*
- * Set up @ring for @fq: @depth entries, the volume's fd registered, its fd
- * watched by the queue's epoll fd.  A single-issuer ring starts disabled:
- * pfbd_file_ring_bind() enables it in the thread that uses it.  A queue that
- * may change threads with requests in flight (any_thread) gets a plain
- * ring, as block/io_uring.c uses: with COOP_TASKRUN its completions would
- * wait for the thread that submitted them to enter the kernel.
+ * Set up @ring for @fq of volume @fv: @depth entries, the volume's fd
+ * registered, its fd watched by the queue's epoll fd.  A single-issuer
+ * ring starts disabled: pfbd_file_ring_bind() enables it in the thread
+ * that uses it.  A queue that may change threads with requests in flight
+ * (any_thread) gets a plain ring, as block/io_uring.c uses: with
+ * COOP_TASKRUN its completions would wait for the thread that submitted
+ * them to enter the kernel.
  */
-static int pfbd_file_ring_init(FileQueue *fq, unsigned depth,
-                               struct io_uring *ring)
+static int pfbd_file_ring_init(FileQueue *fq, FileVolume *fv,
+                               unsigned depth, struct io_uring *ring)
 {
-    FileVolume *fv = (FileVolume *)fq->base.vol;
     struct epoll_event ev = { .events = EPOLLIN };
     int ret = -EINVAL;
 
@@ -324,7 +324,8 @@ static int pfbd_file_ring_bind(FileQueue *fq)
             return -EEXIST;     /* moved with requests in flight */
         }
         old = *fq;
-        ret = pfbd_file_ring_init(fq, fq->base.depth, &ring);
+        ret = pfbd_file_ring_init(fq, (FileVolume *)fq->base.vol,
+                                  fq->base.depth, &ring);
         if (ret < 0) {
             /* Keep the old ring, and the settings that go with it */
             fq->single_issuer = old.single_issuer;
@@ -360,8 +361,6 @@ static int pfbd_file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     if (!fq) {
         return -ENOMEM;
     }
-    fq->base.vol = vol;
-    fq->base.depth = depth;
     fq->reqs = calloc(depth, sizeof(fq->reqs[0]));
     if (!fq->reqs) {
         free(fq);
@@ -377,7 +376,7 @@ static int pfbd_file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
         ret = -errno;
         goto fail;
     }
-    ret = pfbd_file_ring_init(fq, depth, &fq->ring);
+    ret = pfbd_file_ring_init(fq, (FileVolume *)vol, depth, &fq->ring);
     if (ret < 0) {
         close(fq->epfd);
         goto fail;
