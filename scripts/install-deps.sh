@@ -88,7 +88,7 @@ pkgs=(
     libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev flex bison
     liburing-dev libaio-dev librbd-dev
     # upstream source and its unpacking
-    dpkg-dev xz-utils patch
+    dpkg-dev xz-utils patch git
     # firmware for the test guests
     seabios qemu-system-data ipxe-qemu
     # tests and the test guest
