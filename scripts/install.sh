@@ -6,6 +6,7 @@
 #   bin/pfbd-qemu-system-x86_64    the emulator, under a name of its own: it
 #                                  never replaces Debian's qemu-system-x86_64
 #   bin/pfbd-stat                  the statistics tool
+#   share/man/man1/                their manual pages
 #   share/doc/pfbd-qemu/           README, user guide, design, benchmarks,
 #                                  QEMU's licence
 #   share/pfbd-qemu/               the data directory (keymaps,
@@ -64,6 +65,12 @@ put() {     # put MODE SOURCE DEST (DEST relative to $root)
 }
 put 755 "$qb/qemu-system-x86_64" bin/pfbd-qemu-system-x86_64
 put 755 "$top/scripts/pfbd-stat" bin/pfbd-stat
+for f in pfbd-qemu-system-x86_64.1 pfbd-stat.1; do
+    mkdir -p "$root/share/man/man1"
+    gzip -9n <"$top/docs/man/$f" >"$root/share/man/man1/$f.gz"
+    chmod 644 "$root/share/man/man1/$f.gz"
+    files+=("share/man/man1/$f.gz")
+done
 put 644 "$top/README.md" share/doc/pfbd-qemu/README.md
 for f in user-guide.rst design.rst images.rst benchmarks.md; do
     put 644 "$top/docs/$f" "share/doc/pfbd-qemu/$f"

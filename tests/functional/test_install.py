@@ -64,6 +64,8 @@ def test_install_run_uninstall(tmp_path):
     assert "usr/bin/qemu-system-x86_64" not in installed
     assert not [f for f in installed if f.startswith("usr/share/qemu/")]
     for f in ["usr/bin/pfbd-qemu-system-x86_64", "usr/bin/pfbd-stat",
+              "usr/share/man/man1/pfbd-stat.1.gz",
+              "usr/share/man/man1/pfbd-qemu-system-x86_64.1.gz",
               "usr/share/doc/pfbd-qemu/user-guide.rst",
               "usr/share/doc/pfbd-qemu/COPYING",
               "usr/share/pfbd-qemu/installed-files"]:
@@ -102,6 +104,7 @@ def test_install_run_uninstall(tmp_path):
     assert files_under(dest) == []
     # Only our own directories went: the rest of the tree stays
     assert (usr / "bin").is_dir() and (usr / "share" / "doc").is_dir()
+    assert (usr / "share" / "man" / "man1").is_dir()
     assert not (usr / "share" / "pfbd-qemu").exists()
 
 
