@@ -713,8 +713,14 @@ static int pfbd_rbd_reap(PfbdQueue *q, unsigned max)
             n++;
         }
     }
-    /* Stopped at @max: what was taken and is left must keep it readable */
-    if (rq->ready && write(rq->efd, &one, sizeof(one)) < 0) {
+    /*
+     * Stopped at @max: what is left must keep the fd readable.  That is
+     * what was taken and not reaped, and also what was pushed since the
+     * last take: its wakeup may be the one the read above consumed (its
+     * push found the list empty, so the pushes after it did not signal).
+     */
+    if (pfbd_rbd_completions_ready(q) &&
+        write(rq->efd, &one, sizeof(one)) < 0) {
         /* EAGAIN: the counter is full, so the eventfd is readable anyway */
     }
     return n;

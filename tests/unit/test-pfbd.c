@@ -1654,7 +1654,7 @@ static void test_rbd_completion_fd(void)
     struct iovec iov[N];
     Completion c[N] = { { 0 } };
     struct pollfd pfd;
-    int i;
+    int i, round;
 
     pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
     g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
@@ -1672,16 +1672,24 @@ static void test_rbd_completion_fd(void)
      */
     reap_by_fd(tv.q, c, N, 30000, false, 0);
 
-    /* Read them back, reaping one at a time */
-    memset(c, 0, sizeof(c));
-    for (i = 0; i < N; i++) {
-        iov[i] = (struct iovec) { rbuf + i * 4096, 4096 };
-        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, i * 8192, &iov[i],
-                                    1, 4096, 0, complete_cb, &c[i]), ==, 0);
+    /*
+     * Read them back, reaping 1, 2 or 3 at a time, many times over: the
+     * callbacks keep pushing while the reaps stop at their maximum, and a
+     * completion left behind must keep the fd readable
+     */
+    for (round = 0; round < 30; round++) {
+        memset(c, 0, sizeof(c));
+        memset(rbuf, 0, N * 4096);
+        for (i = 0; i < N; i++) {
+            iov[i] = (struct iovec) { rbuf + i * 4096, 4096 };
+            g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, i * 8192,
+                                        &iov[i], 1, 4096, 0, complete_cb,
+                                        &c[i]), ==, 0);
+        }
+        g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
+        reap_by_fd(tv.q, c, N, 30000, false, 1 + round % 3);
+        g_assert_true(memcmp(buf, rbuf, N * 4096) == 0);
     }
-    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, N);
-    reap_by_fd(tv.q, c, N, 30000, false, 1);
-    g_assert_true(memcmp(buf, rbuf, N * 4096) == 0);
     free(rbuf);
     free(buf);
     close_rbd(&tv, name);
