@@ -47,6 +47,21 @@ def qemu_binary():
                           os.path.join(REPO, "build", "qemu-system-x86_64"))
 
 
+def install_sh(action, prefix, destdir=""):
+    """scripts/install.sh ACTION (install, uninstall) of the emulator
+    qemu_binary() lies in, under DESTDIR=@destdir, PREFIX=@prefix; returns
+    its output, raises AssertionError if it fails."""
+    qemu_build = os.path.dirname(os.path.realpath(qemu_binary()))
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "install.sh"),
+                        action, qemu_build],
+                       env=dict(os.environ, DESTDIR=str(destdir),
+                                PREFIX=str(prefix)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, "install.sh %s failed:\n%s%s" % (
+        action, r.stdout, r.stderr)
+    return r.stdout
+
+
 def guest_dir():
     return os.environ.get("PFBD_GUEST_DIR", os.path.join(REPO, "build", "guest"))
 

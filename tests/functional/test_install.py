@@ -6,25 +6,7 @@ import json
 import os
 import subprocess
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-INSTALL = os.path.join(REPO_DIR, "scripts", "install.sh")
-
-
-def qemu_build_dir():
-    qemu = os.environ.get("PFBD_QEMU",
-                          os.path.join(REPO_DIR, "build",
-                                       "qemu-system-x86_64"))
-    return os.path.dirname(os.path.realpath(qemu))
-
-
-def install_sh(action, destdir, prefix):
-    env = dict(os.environ, DESTDIR=str(destdir), PREFIX=prefix)
-    r = subprocess.run(["bash", INSTALL, action, qemu_build_dir()],
-                       env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, "install.sh %s failed:\n%s%s" % (
-        action, r.stdout, r.stderr)
-    return r.stdout
+from pfbdguest import install_sh
 
 
 def files_under(root):
@@ -54,7 +36,7 @@ def qmp_session(qemu, args, commands, timeout=120):
 
 def test_install_run_uninstall(tmp_path):
     dest = tmp_path / "root"
-    out = install_sh("install", dest, "/usr")
+    out = install_sh("install", "/usr", dest)
     assert "bin/pfbd-qemu-system-x86_64" in out
     usr = dest / "usr"
     qemu = str(usr / "bin" / "pfbd-qemu-system-x86_64")
@@ -100,7 +82,7 @@ def test_install_run_uninstall(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr
 
-    install_sh("uninstall", dest, "/usr")
+    install_sh("uninstall", "/usr", dest)
     assert files_under(dest) == []
     # Only our own directories went: the rest of the tree stays
     assert (usr / "bin").is_dir() and (usr / "share" / "doc").is_dir()
@@ -113,7 +95,7 @@ def test_uninstall_keeps_other_files(tmp_path):
     other = dest / "usr" / "local" / "bin" / "qemu-system-x86_64"
     other.parent.mkdir(parents=True)
     other.write_text("not ours\n")
-    install_sh("install", dest, "/usr/local")
-    install_sh("uninstall", dest, "/usr/local")
+    install_sh("install", "/usr/local", dest)
+    install_sh("uninstall", "/usr/local", dest)
     assert files_under(dest) == ["usr/local/bin/qemu-system-x86_64"]
     assert other.read_text() == "not ours\n"

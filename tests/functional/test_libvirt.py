@@ -34,8 +34,6 @@ import pytest
 import pfbdguest
 from pfbdguest import BEGIN, END_PREFIX, make_image
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 URI = "qemu:///system"
 TIMEOUT = int(os.environ.get("PFBD_LIBVIRT_TIMEOUT", "900"))
 QEMU_USER = "libvirt-qemu"
@@ -214,13 +212,8 @@ def test_libvirt_domain(libvirtd, workdir):
         image = pfbdguest.ensure_image(timeout=3600)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         pytest.fail("could not build the boot image: %s" % e)
-    qemu_build = os.path.dirname(os.path.realpath(os.environ.get(
-        "PFBD_QEMU", os.path.join(REPO_DIR, "build", "qemu-system-x86_64"))))
     prefix = os.path.join(workdir, "prefix")
-    subprocess.run(["bash", os.path.join(REPO_DIR, "scripts", "install.sh"),
-                    "install", qemu_build],
-                   env=dict(os.environ, PREFIX=prefix, DESTDIR=""),
-                   check=True, capture_output=True)
+    pfbdguest.install_sh("install", prefix)
     emulator = os.path.join(prefix, "bin", "pfbd-qemu-system-x86_64")
 
     boot = os.path.join(workdir, "boot.raw")
