@@ -6,7 +6,9 @@
 #   virtio-blk-pfbd-fuzz  tests/qtest/fuzz/virtio_blk_pfbd_fuzz.c: shaped
 #                         virtio-blk requests on two virtqueues of the
 #                         device's libqos node (a file volume): the
-#                         request path, including malformed chains;
+#                         request path, including malformed chains, with
+#                         device and queue resets, stop/cont, PAM changes
+#                         and unplug/replug between requests;
 #   generic-fuzz          QEMU's generic fuzzer on the device's MMIO/PIO
 #                         and guest memory: config space, status, resets,
 #                         ioeventfd start and stop.

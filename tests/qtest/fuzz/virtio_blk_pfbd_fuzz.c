@@ -21,14 +21,21 @@
  * Lifecycle events interleave with the requests, as a guest's other vCPUs
  * and the management make them: after a request the input may reset the
  * device, reset one virtqueue (virtio-pci's queue_reset), stop and resume
- * the VM, or change the memory map (a PAM segment of the low 1 MiB, where
- * requests may lie, turned to PCI and back to RAM).
+ * the VM, change the memory map (a PAM segment of the low 1 MiB, where
+ * requests may lie, turned to PCI and back to RAM), or unplug the device
+ * with its requests in flight and plug an identical one into its slot.
  */
 
 #include "qemu/osdep.h"
 
+#include "qapi/error.h"
+#include "qobject/qdict.h"
 #include "qemu/bswap.h"
 #include "qemu/rcu.h"
+#include "qom/object.h"
+#include "monitor/qdev.h"
+#include "hw/qdev-core.h"
+#include "hw/pci/pci_regs.h"
 #include "system/runstate.h"
 #include "tests/qtest/libqtest.h"
 #include "tests/qtest/libqos/virtio-blk.h"
@@ -68,7 +75,11 @@ typedef enum PfbdFuzzEvent {
     PFBD_FUZZ_EV_QUEUE_RESET,   /* the request's queue reset and set up */
     PFBD_FUZZ_EV_STOP_CONT,     /* VM stop, then cont */
     PFBD_FUZZ_EV_PAM,           /* 0xC0000-0xC3FFF to PCI and back to RAM */
+    PFBD_FUZZ_EV_REPLUG,        /* unplug, plug an identical device */
 } PfbdFuzzEvent;
+
+/* The ACPI PCI hotplug eject register of the PIIX4 PM (libqos/pci-pc.c) */
+#define PFBD_FUZZ_ACPI_PCIHP_EJ 0xae08
 
 static QVirtQueue *pfbd_fuzz_vq[PFBD_FUZZ_QUEUES];
 
@@ -191,6 +202,54 @@ static void pfbd_fuzz_queue_reset(QVirtioDevice *dev, int i)
 }
 
 /*
+ * Unplug the device as device_del and the guest's ACPI eject do, with
+ * whatever it has in flight, then plug an identical device (the same id,
+ * slot, volume and queues) as device_add does, and give it the BARs and
+ * PCI command that libqos gave the old one.  Its queues need setting up.
+ */
+static void pfbd_fuzz_replug(QTestState *s, QVirtioDevice *dev)
+{
+    QVirtioPCIDevice *pdev = container_of(dev, QVirtioPCIDevice, vdev);
+    Object *old = object_resolve_path("/machine/peripheral/drv0", NULL);
+    g_autofree char *volume = NULL;
+    g_autofree char *addr = NULL;
+    uint32_t bar[6];
+    uint16_t cmd;
+    DeviceState *new;
+    QDict *opts;
+    int i;
+
+    g_assert(old);
+    volume = object_property_get_str(old, "volume", &error_abort);
+    addr = g_strdup_printf("%x.%x", pdev->pdev->devfn >> 3,
+                           pdev->pdev->devfn & 7);
+    for (i = 0; i < ARRAY_SIZE(bar); i++) {
+        bar[i] = qpci_config_readl(pdev->pdev, PCI_BASE_ADDRESS_0 + i * 4);
+    }
+    cmd = qpci_config_readw(pdev->pdev, PCI_COMMAND);
+
+    qdev_unplug(DEVICE(old), &error_abort);
+    qtest_outl(s, PFBD_FUZZ_ACPI_PCIHP_EJ, 1 << (pdev->pdev->devfn >> 3));
+    flush_events(s);
+    g_assert(!object_resolve_path("/machine/peripheral/drv0", NULL));
+
+    opts = qdict_new();
+    qdict_put_str(opts, "driver", "virtio-blk-pfbd-pci");
+    qdict_put_str(opts, "id", "drv0");
+    qdict_put_str(opts, "addr", addr);
+    qdict_put_str(opts, "volume", volume);
+    qdict_put_str(opts, "num-queues", stringify(PFBD_FUZZ_QUEUES));
+    new = qdev_device_add_from_qdict(opts, false, &error_abort);
+    object_unref(OBJECT(new));
+    qobject_unref(opts);
+
+    for (i = 0; i < ARRAY_SIZE(bar); i++) {
+        qpci_config_writel(pdev->pdev, PCI_BASE_ADDRESS_0 + i * 4, bar[i]);
+    }
+    qpci_config_writew(pdev->pdev, PCI_COMMAND, cmd);
+}
+
+/*
  * Run @ev; returns false if the device's queues were set up again (what
  * was added to them is gone)
  */
@@ -222,6 +281,13 @@ static bool pfbd_fuzz_event(QTestState *s, QVirtioDevice *dev,
         qtest_outb(s, 0xcfe, 0x00);
         qtest_outb(s, 0xcfe, 0x33);
         break;
+    case PFBD_FUZZ_EV_REPLUG:
+        pfbd_fuzz_replug(s, dev);
+        for (i = 0; i < PFBD_FUZZ_QUEUES; i++) {
+            qvirtqueue_cleanup(dev->bus, pfbd_fuzz_vq[i], fuzz_qos_alloc);
+        }
+        pfbd_fuzz_setup(dev, mask);
+        return false;
     default:
         break;
     }
