@@ -105,7 +105,7 @@ def test_one_vcpu_iothread(guest, disk, image):
     """(e) 1 vCPU, 1 queue on an IOThread, iodepth 32: no lost interrupt.
 
     With one vCPU, TCG translates without CF_PARALLEL, and without
-    patches/0008 the guest's LOCK-prefixed barriers (Linux's virtio_mb())
+    patches/0009 the guest's LOCK-prefixed barriers (Linux's virtio_mb())
     were plain loads and stores: the driver's used_event store and its
     used->idx load could pass each other while the IOThread published a
     batch of completions, both sides missed the other's update, and fio

@@ -1207,7 +1207,7 @@ static uint8_t pfbd_do_req_at(Pfbd *p, uint32_t type, uint64_t sector,
 
 /*
  * The device translates buffers through a per-queue cache of guest RAM
- * ranges (patches/0007).  Plug a DIMM while the device runs (the memory
+ * ranges (patches/0008).  Plug a DIMM while the device runs (the memory
  * map changes under the cached entries) and move data through buffers in
  * the new RAM, in the old RAM, and across the DIMM's end (cached part plus
  * the unassigned rest, which QEMU bounces).
