@@ -23,8 +23,10 @@ PYTEST ?= $(PYTHON) -m pytest
 # Files whose change needs ./configure again.  Our source files are
 # symlinked into the tree, so ninja sees an edit by itself; configure runs
 # again only when the list of them changes ($(OVERLAY_LIST)).
-OVERLAY := $(shell find hw include block tests/unit tests/qtest -type f \
-		\( -name '*.c' -o -name '*.h' -o -name meson.build \) 2>/dev/null)
+OVERLAY := $(shell find hw include block qapi tests/unit tests/qtest \
+		docs/devel -type f \( -name '*.c' -o -name '*.h' \
+		-o -name meson.build -o -name '*.json' -o -name '*.rst' \) \
+		2>/dev/null)
 OVERLAY_LIST := $(BUILD)/.overlay-files
 CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 

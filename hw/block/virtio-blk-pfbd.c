@@ -28,6 +28,10 @@
  * the same AioContext, completes them to the guest with one notification
  * per batch.  There is no BlockBackend, no coroutine and no bottom half on
  * the data path, and per-queue state is touched by one thread only.
+ *
+ * This file is the data path and the device's lifecycle; the statistics
+ * are reported by virtio-blk-pfbd-stats.c, and the guest RAM is registered
+ * with the engine (fixed-buffers=on) by virtio-blk-pfbd-ram.c.
  */
 
 #include "qemu/osdep.h"
@@ -50,9 +54,6 @@
 #include "hw/virtio/iothread-vq-mapping.h"
 #include "exec/memory.h"
 #include "exec/address-spaces.h"
-#include "exec/ramblock.h"
-#include "system/hostmem.h"
-#include "migration/postcopy-ram.h"
 #include "system/system.h"
 #include "system/runstate.h"
 #include "qapi/qapi-events-block-core.h"
@@ -71,12 +72,6 @@
  * QEMU allocate").  Linux's own default segment size.
  */
 #define VIRTIO_BLK_PFBD_SIZE_MAX (64 * KiB)
-
-struct virtio_blk_pfbd_outhdr {
-    uint32_t type;
-    uint32_t ioprio;
-    uint64_t sector;
-};
 
 /* Only the thread that serves the queue writes its statistics */
 static inline void virtio_blk_pfbd_stat_add(aligned_uint64_t *stat,
@@ -409,7 +404,7 @@ static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
 
     if (is_write) {
         virtio_blk_pfbd_data_iov(req, req->elem.out_sg, req->elem.out_num,
-                                 sizeof(struct virtio_blk_pfbd_outhdr), 0,
+                                 sizeof(struct virtio_blk_outhdr), 0,
                                  &iov, &cnt);
     } else {
         virtio_blk_pfbd_data_iov(req, req->elem.in_sg, req->elem.in_num,
@@ -456,7 +451,7 @@ static bool virtio_blk_pfbd_handle_discard_write_zeroes(
     VirtIODevice *vdev = VIRTIO_DEVICE(s);
     struct virtio_blk_discard_write_zeroes dwz;
     size_t out_len = iov_size(req->elem.out_sg, req->elem.out_num) -
-                     sizeof(struct virtio_blk_pfbd_outhdr);
+                     sizeof(struct virtio_blk_outhdr);
     uint32_t num_sectors, flags, max_sectors;
     uint64_t feature = is_write_zeroes ? VIRTIO_BLK_F_WRITE_ZEROES :
                                          VIRTIO_BLK_F_DISCARD;
@@ -468,7 +463,7 @@ static bool virtio_blk_pfbd_handle_discard_write_zeroes(
         return true;
     }
     if (iov_to_buf(req->elem.out_sg, req->elem.out_num,
-                   sizeof(struct virtio_blk_pfbd_outhdr),
+                   sizeof(struct virtio_blk_outhdr),
                    &dwz, sizeof(dwz)) != sizeof(dwz)) {
         virtio_error(vdev, "virtio-blk-pfbd discard/write_zeroes header"
                      " too short");
@@ -516,7 +511,7 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
     VirtIOBlockPfbd *s = req->q->s;
     VirtIODevice *vdev = VIRTIO_DEVICE(s);
     VirtQueueElement *elem = &req->elem;
-    struct virtio_blk_pfbd_outhdr hdr;
+    struct virtio_blk_outhdr hdr;
     size_t in_len;
 
     if (elem->out_num < 1 || elem->in_num < 1) {
@@ -1443,145 +1438,6 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
     s->queues = NULL;
 }
 
-/*
- * fixed-buffers=on: the guest RAM is registered with every engine queue, so
- * that the file engine moves data through io_uring fixed buffers (no
- * pinning and mapping of the pages per request).  The RAM stays pinned
- * while registered, as with VFIO: RAM discards (virtio-balloon, virtio-mem)
- * are refused, and a RAM block that goes away is unregistered first.
- */
-static int virtio_blk_pfbd_collect_ram(RAMBlock *rb, void *opaque)
-{
-    GArray *ram = opaque;
-    struct iovec iov;
-
-    /* Guest RAM comes from memory backends; not ROMs or device memory */
-    if (!object_dynamic_cast(memory_region_owner(rb->mr),
-                             TYPE_MEMORY_BACKEND) ||
-        (rb->flags & RAM_READONLY)) {
-        return 0;
-    }
-    iov.iov_base = qemu_ram_get_host_addr(rb);
-    iov.iov_len = qemu_ram_get_used_length(rb);
-    g_array_append_val(ram, iov);
-    return 0;
-}
-
-/* Context: BH in the virtqueue's AioContext */
-static void virtio_blk_pfbd_unregister_ram_bh(void *opaque)
-{
-    VirtIOBlockPfbdQueue *q = opaque;
-
-    /* This stops the use of the ranges even when it fails */
-    pfbd_queue_register_memory(q->pq, NULL, 0);
-}
-
-/* Context: BQL held, before the RAM block's memory is unmapped */
-static void virtio_blk_pfbd_ram_block_removed(RAMBlockNotifier *n,
-                                              void *host, size_t size,
-                                              size_t max_size)
-{
-    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, ram_notifier);
-    uintptr_t start = (uintptr_t)host;
-    bool overlaps = false;
-    unsigned int i;
-
-    for (i = 0; i < s->ram_count; i++) {
-        uintptr_t base = (uintptr_t)s->ram[i].iov_base;
-
-        if (start < base + s->ram[i].iov_len && base < start + max_size) {
-            overlaps = true;
-        }
-    }
-    if (!overlaps) {
-        return;
-    }
-    for (i = 0; i < s->conf.num_queues; i++) {
-        aio_wait_bh_oneshot(s->queues[i].ctx,
-                            virtio_blk_pfbd_unregister_ram_bh,
-                            &s->queues[i]);
-    }
-    g_free(s->ram);
-    s->ram = NULL;
-    s->ram_count = 0;
-}
-
-/*
- * Postcopy migration discards the destination's RAM and fills it page by
- * page: pinned pages would no longer be the guest's.
- */
-static int virtio_blk_pfbd_postcopy_notify(NotifierWithReturn *n,
-                                           void *data, Error **errp)
-{
-    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd,
-                                      postcopy_notifier);
-    struct PostcopyNotifyData *pnd = data;
-    g_autofree char *path = NULL;
-
-    if (pnd->reason == POSTCOPY_NOTIFY_PROBE) {
-        path = object_get_canonical_path(OBJECT(s));
-        error_setg(errp, "%s: virtio-blk-pfbd with fixed-buffers=on pins "
-                   "the guest RAM", path);
-        return -ENOTSUP;
-    }
-    return 0;
-}
-
-/* Context: realize, before any queue has served a request */
-static bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
-{
-    GArray *ram = g_array_new(false, false, sizeof(struct iovec));
-    unsigned int i;
-    int ret;
-
-    ret = ram_block_discard_disable(true);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "fixed-buffers=on pins the guest RAM, "
-                         "which a device that discards RAM (virtio-mem) "
-                         "does not allow");
-        g_array_free(ram, true);
-        return false;
-    }
-    s->ram_discard_disabled = true;
-
-    WITH_RCU_READ_LOCK_GUARD() {
-        qemu_ram_foreach_block(virtio_blk_pfbd_collect_ram, ram);
-    }
-    s->ram_count = ram->len;
-    s->ram = (struct iovec *)g_array_free(ram, false);
-    for (i = 0; i < s->conf.num_queues; i++) {
-        ret = pfbd_queue_register_memory(s->queues[i].pq, s->ram,
-                                         s->ram_count);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "cannot register the guest RAM "
-                             "with engine queue %u of volume '%s' "
-                             "(fixed-buffers=on)", i, s->conf.volume);
-            return false;
-        }
-    }
-    s->ram_notifier.ram_block_removed = virtio_blk_pfbd_ram_block_removed;
-    ram_block_notifier_add(&s->ram_notifier);
-    s->postcopy_notifier.notify = virtio_blk_pfbd_postcopy_notify;
-    postcopy_add_notifier(&s->postcopy_notifier);
-    return true;
-}
-
-static void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s)
-{
-    g_free(s->ram);
-    s->ram = NULL;
-    s->ram_count = 0;
-    if (s->ram_notifier.ram_block_removed) {
-        /* This calls ram_block_removed() for every block: nothing to do */
-        ram_block_notifier_remove(&s->ram_notifier);
-        s->ram_notifier.ram_block_removed = NULL;
-    }
-    if (s->postcopy_notifier.notify) {
-        postcopy_remove_notifier(&s->postcopy_notifier);
-        s->postcopy_notifier.notify = NULL;
-    }
-}
-
 static void virtio_blk_pfbd_device_unrealize(DeviceState *dev);
 
 static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
@@ -1682,107 +1538,6 @@ static void virtio_blk_pfbd_instance_init(Object *obj)
                                   "/disk@0,0", DEVICE(obj));
 }
 
-static const char *const virtio_blk_pfbd_req_class_names[] = {
-    [VIRTIO_BLK_PFBD_REQ_READ] = "read",
-    [VIRTIO_BLK_PFBD_REQ_WRITE] = "write",
-    [VIRTIO_BLK_PFBD_REQ_FLUSH] = "flush",
-    [VIRTIO_BLK_PFBD_REQ_DISCARD] = "discard",
-    [VIRTIO_BLK_PFBD_REQ_WRITE_ZEROES] = "write-zeroes",
-    [VIRTIO_BLK_PFBD_REQ_GET_ID] = "get-id",
-    [VIRTIO_BLK_PFBD_REQ_UNSUPPORTED] = "unsupported",
-};
-QEMU_BUILD_BUG_ON(ARRAY_SIZE(virtio_blk_pfbd_req_class_names) !=
-                  VIRTIO_BLK_PFBD_REQ__MAX);
-
-static bool virtio_blk_pfbd_visit_u64(Visitor *v, const char *name,
-                                      aligned_uint64_t *stat, Error **errp)
-{
-    uint64_t value = qatomic_read_u64(stat);
-
-    return visit_type_uint64(v, name, &value, errp);
-}
-
-static bool virtio_blk_pfbd_visit_queue_stats(Visitor *v,
-                                              VirtIOBlockPfbdQueue *q,
-                                              Error **errp)
-{
-    VirtIOBlockPfbdQueueStats *st = &q->stats;
-    uint32_t index = q->index;
-    int64_t thread_id = qatomic_read_i64(&st->thread_id);
-    bool ok = false;
-    int i;
-
-    if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
-        return false;
-    }
-    if (!visit_type_uint32(v, "index", &index, errp) ||
-        !visit_type_str(v, "iothread", &q->iothread_name, errp) ||
-        !visit_type_int64(v, "thread-id", &thread_id, errp)) {
-        goto out;
-    }
-
-    if (!visit_start_struct(v, "requests", NULL, 0, errp)) {
-        goto out;
-    }
-    for (i = 0; i < VIRTIO_BLK_PFBD_REQ__MAX; i++) {
-        if (!virtio_blk_pfbd_visit_u64(v, virtio_blk_pfbd_req_class_names[i],
-                                       &st->requests[i], errp)) {
-            break;
-        }
-    }
-    ok = i == VIRTIO_BLK_PFBD_REQ__MAX && visit_check_struct(v, errp);
-    visit_end_struct(v, NULL);
-    if (!ok) {
-        goto out;
-    }
-    ok = false;
-
-    if (!visit_start_struct(v, "bytes", NULL, 0, errp)) {
-        goto out;
-    }
-    ok = virtio_blk_pfbd_visit_u64(v, "read", &st->bytes_read, errp) &&
-         virtio_blk_pfbd_visit_u64(v, "write", &st->bytes_written, errp) &&
-         visit_check_struct(v, errp);
-    visit_end_struct(v, NULL);
-    if (!ok) {
-        goto out;
-    }
-    ok = false;
-
-    if (!virtio_blk_pfbd_visit_u64(v, "in-flight", &st->in_flight, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "max-in-flight", &st->max_in_flight,
-                                   errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "errors", &st->errors, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "batches", &st->batches, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "submits", &st->submits, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "notifies", &st->notifies, errp) ||
-        !virtio_blk_pfbd_visit_u64(v, "notifies-suppressed",
-                                   &st->notifies_suppressed, errp)) {
-        goto out;
-    }
-
-    if (!visit_start_list(v, "latency-histogram-us", NULL, 0, errp)) {
-        goto out;
-    }
-    for (i = 0; i < VIRTIO_BLK_PFBD_LAT_BUCKETS; i++) {
-        if (!virtio_blk_pfbd_visit_u64(v, NULL, &st->latency[i], errp)) {
-            break;
-        }
-    }
-    ok = i == VIRTIO_BLK_PFBD_LAT_BUCKETS && visit_check_list(v, errp);
-    visit_end_list(v, NULL);
-    ok = ok && visit_check_struct(v, errp);
-out:
-    visit_end_struct(v, NULL);
-    return ok;
-}
-
-/*
- * The "stats" property: per-queue counters, read with qom-get on the
- * device (/machine/peripheral/ID/virtio-backend).  A QOM property rather
- * than a QMP command of our own: it needs no QAPI schema change in the
- * upstream tree and is read like virtio-balloon's "guest-stats".
- */
 /*
  * The "volume-size" property: the capacity the guest sees, in bytes.
  * Writing 0 makes the device re-read the size of its volume (after the
@@ -1841,35 +1596,6 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
         qatomic_set(&s->capacity, capacity);
         virtio_notify_config(vdev);
     }
-}
-
-static void virtio_blk_pfbd_get_stats(Object *obj, Visitor *v,
-                                      const char *name, void *opaque,
-                                      Error **errp)
-{
-    VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
-    unsigned int i;
-    bool ok = false;
-
-    if (!visit_start_struct(v, name, NULL, 0, errp)) {
-        return;
-    }
-    if (!visit_start_list(v, "queues", NULL, 0, errp)) {
-        goto out;
-    }
-    for (i = 0; s->queues && i < s->conf.num_queues; i++) {
-        if (!virtio_blk_pfbd_visit_queue_stats(v, &s->queues[i], errp)) {
-            break;
-        }
-    }
-    ok = (!s->queues || i == s->conf.num_queues) &&
-         visit_check_list(v, errp);
-    visit_end_list(v, NULL);
-    if (ok) {
-        visit_check_struct(v, errp);
-    }
-out:
-    visit_end_struct(v, NULL);
 }
 
 /*
@@ -2014,12 +1740,7 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
         "the capacity the guest sees, in bytes; set it to 0 to re-read the "
         "volume's size (after growing the file or resizing the rbd image) "
         "and notify the guest");
-    object_class_property_add(klass, "stats", "VirtIOBlockPfbdStats",
-                              virtio_blk_pfbd_get_stats, NULL, NULL, NULL);
-    object_class_property_set_description(klass, "stats",
-        "per-queue statistics: requests and bytes by type, in-flight, "
-        "errors, batches, submits, notifications sent and suppressed, "
-        "latency histogram");
+    virtio_blk_pfbd_stats_class_init(klass);
 }
 
 static const TypeInfo virtio_blk_pfbd_info = {

@@ -1635,6 +1635,93 @@ static void test_stats(void)
     pfbd_stop(p);
 }
 
+/* The entry of query-qmp-schema's @schema named @name */
+static QDict *schema_entry(QList *schema, const char *name)
+{
+    QListEntry *e;
+
+    QLIST_FOREACH_ENTRY(schema, e) {
+        QDict *d = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (g_str_equal(qdict_get_str(d, "name"), name)) {
+            return d;
+        }
+    }
+    g_assert_not_reached();
+}
+
+/* The type of member @member of object type @type in @schema */
+static const char *schema_member_type(QList *schema, const char *type,
+                                      const char *member)
+{
+    QList *members = qdict_get_qlist(schema_entry(schema, type), "members");
+    QListEntry *e;
+
+    QLIST_FOREACH_ENTRY(members, e) {
+        QDict *m = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (g_str_equal(qdict_get_str(m, "name"), member)) {
+            return qdict_get_str(m, "type");
+        }
+    }
+    g_assert_not_reached();
+}
+
+/*
+ * query-virtio-blk-pfbd-stats returns what the "stats" property does, for
+ * the PCI device's path and its backend's; any other path is an error;
+ * query-qmp-schema describes the statistics.
+ */
+static void test_stats_qmp(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "", ", \"num-queues\": 2", 2);
+    const char *paths[] = { "/machine/peripheral/drv0", STATS_PATH };
+    uint8_t buf[4096] = { 0 };
+    QDict *rsp, *stats;
+    QList *schema;
+    const char *queues, *queue;
+    unsigned int i;
+
+    pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 0, buf, sizeof(buf));
+    pfbd_do_req(p, 1, VIRTIO_BLK_T_IN, 0, buf, sizeof(buf));
+    stats = pfbd_stats(p);
+    g_assert_cmpint(qdict_get_int(qdict_get_qdict(stats_queue(stats, 1),
+                                                  "bytes"), "read"), ==,
+                    sizeof(buf));
+    for (i = 0; i < ARRAY_SIZE(paths); i++) {
+        rsp = qtest_qmp(p->qts, "{ 'execute': 'query-virtio-blk-pfbd-stats',"
+                        " 'arguments': { 'path': %s } }", paths[i]);
+        g_assert(qdict_haskey(rsp, "return"));
+        g_assert(qobject_is_equal(qdict_get(rsp, "return"),
+                                  QOBJECT(stats)));
+        qobject_unref(rsp);
+    }
+    qobject_unref(stats);
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'query-virtio-blk-pfbd-stats',"
+                    " 'arguments': { 'path': '/machine' } }");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"), ==,
+                    "'/machine' is not a virtio-blk-pfbd device");
+    qobject_unref(rsp);
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'query-qmp-schema' }");
+    schema = qdict_get_qlist(rsp, "return");
+    queues = qdict_get_str(schema_entry(schema,
+                                        "query-virtio-blk-pfbd-stats"),
+                           "ret-type");
+    queue = qdict_get_str(schema_entry(schema,
+                                       schema_member_type(schema, queues,
+                                                          "queues")),
+                          "element-type");
+    g_assert_cmpstr(qdict_get_str(schema_entry(schema,
+                        schema_member_type(schema, queue,
+                                           "latency-histogram-us")),
+                                  "meta-type"), ==, "array");
+    schema_member_type(schema, queue, "notifies-suppressed");
+    qobject_unref(rsp);
+    pfbd_stop(p);
+}
+
 /* Lifecycle with requests in flight */
 
 /*
@@ -2232,6 +2319,7 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/mq/mapping", test_multiqueue_mapping);
     qtest_add_func("/virtio-blk-pfbd/mq/batch", test_batch);
     qtest_add_func("/virtio-blk-pfbd/stats", test_stats);
+    qtest_add_func("/virtio-blk-pfbd/stats/qmp", test_stats_qmp);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/reset-inflight",
                    test_reset_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/stop-cont-inflight",

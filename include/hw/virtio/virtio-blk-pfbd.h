@@ -165,4 +165,11 @@ typedef struct VirtIOBlockPfbdReq {
     QSIMPLEQ_ENTRY(VirtIOBlockPfbdReq) next_waiting;
 } VirtIOBlockPfbdReq;
 
+/* hw/block/virtio-blk-pfbd-stats.c: the "stats" property */
+void virtio_blk_pfbd_stats_class_init(ObjectClass *klass);
+
+/* hw/block/virtio-blk-pfbd-ram.c: fixed-buffers=on */
+bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp);
+void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s);
+
 #endif
