@@ -10,8 +10,10 @@
 #   share/doc/pfbd-qemu/           README, user guide, design, benchmarks,
 #                                  QEMU's licence
 #   share/pfbd-qemu/               the data directory (keymaps,
-#                                  trace-events-all), and installed-files:
-#                                  the list of what was installed
+#                                  trace-events-all), python/qemu/qmp (QEMU's
+#                                  QMP client, which pfbd-stat uses), and
+#                                  installed-files: the list of what was
+#                                  installed
 #
 # The emulator was configured with its own data directory
 # (share/pfbd-qemu, found relative to the binary wherever it is installed)
@@ -65,6 +67,13 @@ put() {     # put MODE SOURCE DEST (DEST relative to $root)
 }
 put 755 "$qb/qemu-system-x86_64" bin/pfbd-qemu-system-x86_64
 put 755 "$top/scripts/pfbd-stat" bin/pfbd-stat
+# pfbd-stat's QMP client: qemu.qmp from the QEMU source (not its shells)
+for f in "$qb/../qemu-src/python/qemu/qmp/"*.py; do
+    case $(basename "$f") in
+    qmp_shell.py|qmp_tui.py) ;;
+    *) put 644 "$f" "share/pfbd-qemu/python/qemu/qmp/$(basename "$f")" ;;
+    esac
+done
 for f in pfbd-qemu-system-x86_64.1 pfbd-stat.1; do
     mkdir -p "$root/share/man/man1"
     gzip -9n <"$top/docs/man/$f" >"$root/share/man/man1/$f.gz"

@@ -28,8 +28,8 @@ For QMP (stop/cont etc.) use g.start(...) -> Vm, vm.qmp("stop"), vm.wait().
 import json
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -121,53 +121,56 @@ def parse_console(text):
     return body[:e], rc
 
 
+def qemu_python_dir():
+    """python/ of the QEMU source tree: its qemu.qmp package"""
+    return os.environ.get("PFBD_QEMU_PYTHON",
+                          os.path.join(REPO, "build", "qemu-src", "python"))
+
+
+def qmp_client(path):
+    """QEMU's legacy synchronous QMP client (qemu.qmp.legacy), not
+    connected yet, for the UNIX socket @path"""
+    if qemu_python_dir() not in sys.path:
+        sys.path.insert(0, qemu_python_dir())
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+    return QEMUMonitorProtocol(path)
+
+
 class Qmp:
-    """Minimal synchronous QMP client."""
+    """QMP connection of a Vm, with qemu.qmp: commands raise RuntimeError
+    with QEMU's error, events are kept in .events."""
 
     def __init__(self, path, timeout=60):
         deadline = time.monotonic() + timeout
         while True:
+            self.mon = qmp_client(path)
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
+                self.mon.connect()
                 break
-            except OSError:
-                self.sock.close()
+            except Exception:
+                # Not listening yet
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        self.sock.settimeout(timeout)
-        self.f = self.sock.makefile("rwb")
-        self.events = []
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
+        self.mon.settimeout(timeout)
+        self._events = []
 
-    def _read(self):
-        line = self.f.readline()
-        if not line:
-            raise EOFError("QMP connection closed")
-        return json.loads(line)
+    @property
+    def events(self):
+        """Every event received so far"""
+        self._events.extend(self.mon.get_events(wait=False))
+        return self._events
 
     def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg).encode() + b"\n")
-        self.f.flush()
-        while True:
-            r = self._read()
-            if "event" in r:
-                self.events.append(r)
-                continue
-            if "error" in r:
-                raise RuntimeError("QMP %s failed: %s" % (name, r["error"]))
-            return r.get("return")
+        r = self.mon.cmd_raw(name, args)
+        if "error" in r:
+            raise RuntimeError("QMP %s failed: %s" % (name, r["error"]))
+        return r.get("return")
 
     def close(self):
         try:
-            self.f.close()
-            self.sock.close()
-        except OSError:
+            self.mon.close()
+        except Exception:
             pass
 
 

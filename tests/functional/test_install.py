@@ -5,6 +5,7 @@ without -L, runs the device, and uninstall leaves nothing behind."""
 import json
 import os
 import subprocess
+import time
 
 from pfbdguest import install_sh
 
@@ -77,10 +78,36 @@ def test_install_run_uninstall(tmp_path):
                        "property": "volume-size"}}])
     assert replies[0]["return"] == 16 << 20
 
-    # pfbd-stat runs from where it was installed
+    # pfbd-stat runs from where it was installed, with the qemu.qmp
+    # installed next to it: it reads the statistics over a QMP socket
     r = subprocess.run([str(usr / "bin" / "pfbd-stat"), "--help"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr
+    sock = str(tmp_path / "qmp.sock")
+    vm = subprocess.Popen([qemu, "-nodefaults", "-display", "none",
+                           "-machine", "q35", "-accel", "qtest",
+                           "-qmp", "unix:%s,server=on,wait=off" % sock,
+                           "-device", "virtio-blk-pfbd,id=d0,"
+                           "volume=null:16M,num-queues=2"],
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            assert vm.poll() is None, vm.stderr.read()
+            assert time.monotonic() < deadline, "no QMP socket " + sock
+            time.sleep(0.05)
+        env = dict(os.environ)
+        env.pop("PFBD_QEMU_PYTHON", None)
+        r = subprocess.run([str(usr / "bin" / "pfbd-stat"), "--json",
+                            "-n", "1", sock, "d0"],
+                           capture_output=True, text=True, timeout=60,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+        queues = json.loads(r.stdout)["stats"]["queues"]
+        assert [q["index"] for q in queues] == [0, 1], r.stdout
+    finally:
+        vm.kill()
+        vm.wait()
 
     install_sh("uninstall", "/usr", dest)
     assert files_under(dest) == []
