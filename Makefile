@@ -104,8 +104,17 @@ WITH_CEPH = bash tests/ceph/with-ceph.sh
 check-unit: build
 	$(WITH_CEPH) $(QB)/tests/unit/test-pfbd --tap -k
 
+# The device's qtests are meson tests of the suite qtest-pfbd (patches/0003):
+# virtio-blk-pfbd-test and upstream's virtio-blk tests on its libqos node
+MESON_TEST = $(1)/pyvenv/bin/meson test -C $(1) --no-rebuild --verbose \
+	--print-errorlogs
+# meson takes a test that ran nothing (TAP "1..0") for skipped, not failed
+MESON_NO_SKIP = ! grep '"result": "SKIP"' $(1)/meson-logs/testlog.json || \
+	{ echo "make: a test ran nothing (skipped): failed"; exit 1; }
+
 check-qtest: build
-	bash tests/qtest/run-pfbd-qtests.sh $(QB)
+	$(call MESON_TEST,$(QB)) --suite qtest-pfbd
+	@$(call MESON_NO_SKIP,$(QB))
 
 # A second build with ASan and UBSan; runs the unit tests and the qtests.
 check-sanitizers: | $(BUILD)/.deps-checked
@@ -114,8 +123,9 @@ check-sanitizers: | $(BUILD)/.deps-checked
 	$(NINJA) -C $(ASAN_BUILD)/qemu-build $(ASAN_NINJA_TARGETS)
 	$(ASAN_ENV) $(WITH_CEPH) $(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd \
 		--tap -k
-	$(ASAN_ENV) bash tests/qtest/run-pfbd-qtests.sh --own-only \
-		$(ASAN_BUILD)/qemu-build
+	$(ASAN_ENV) $(call MESON_TEST,$(ASAN_BUILD)/qemu-build) \
+		--timeout-multiplier 3 qtest-x86_64/virtio-blk-pfbd-test
+	@$(call MESON_NO_SKIP,$(ASAN_BUILD)/qemu-build)
 
 fuzz:
 	bash scripts/install-deps.sh --fuzz
