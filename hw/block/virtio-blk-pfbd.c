@@ -13,13 +13,9 @@
  *     Authors: Anthony Liguori <aliguori@us.ibm.com>
  *     This work is licensed under the terms of the GNU GPL, version 2.
  *     See the COPYING file in the top-level directory.
- * - the error action and the BLOCK_IO_ERROR event follow
- *   blk_get_error_action() and send_qmp_error_event() of
- *   block/block-backend.c:
- *     Copyright (C) 2014-2016 Red Hat, Inc.
- *     Authors: Markus Armbruster <armbru@redhat.com>
- *     This work is licensed under the terms of the GNU LGPL, version 2.1
- *     or later.  See the COPYING.LIB file in the top-level directory.
+ * The error action and the BLOCK_IO_ERROR event are those of
+ * block/block-backend.c, through block_error_action_of() and
+ * block_error_action_report(), which blk_error_action() uses too.
  *
  * The guest sees an ordinary virtio-blk disk.  Each virtqueue is served in
  * its own AioContext (an IOThread, or the main loop): the ioeventfd handler
@@ -56,7 +52,7 @@
 #include "exec/address-spaces.h"
 #include "system/system.h"
 #include "system/runstate.h"
-#include "qapi/qapi-events-block-core.h"
+#include "system/block-backend-io.h"
 #include "trace.h"
 
 #define SECTOR_BITS 9
@@ -180,24 +176,14 @@ static void virtio_blk_pfbd_notify(VirtIOBlockPfbdQueue *q)
 static BlockErrorAction virtio_blk_pfbd_error_action(VirtIOBlockPfbd *s,
                                                      bool is_read, int error)
 {
-    switch (is_read ? s->conf.rerror : s->conf.werror) {
-    case BLOCKDEV_ON_ERROR_ENOSPC:
-        return error == ENOSPC ? BLOCK_ERROR_ACTION_STOP :
-                                 BLOCK_ERROR_ACTION_REPORT;
-    case BLOCKDEV_ON_ERROR_STOP:
-        return BLOCK_ERROR_ACTION_STOP;
-    case BLOCKDEV_ON_ERROR_IGNORE:
-        return BLOCK_ERROR_ACTION_IGNORE;
-    case BLOCKDEV_ON_ERROR_REPORT:
-    default:
-        return BLOCK_ERROR_ACTION_REPORT;
-    }
+    return block_error_action_of(is_read ? s->conf.rerror : s->conf.werror,
+                                 error);
 }
 
 /*
- * Tell management (BLOCK_IO_ERROR, with the device's QOM path) and, for
- * a stop, pause the VM with the io-error run state, as the block layer
- * does for stock devices.
+ * Tell management (BLOCK_IO_ERROR, with the device's QOM path and no
+ * drive) and, for a stop, pause the VM with the io-error run state, as
+ * blk_error_action() does for stock devices.
  *
  * Context: any thread
  */
@@ -206,19 +192,8 @@ static void virtio_blk_pfbd_error_event(VirtIOBlockPfbd *s,
                                         bool is_read, int error)
 {
     g_autofree char *path = object_get_canonical_path(OBJECT(s));
-    IoOperationType op = is_read ? IO_OPERATION_TYPE_READ :
-                                   IO_OPERATION_TYPE_WRITE;
 
-    if (action == BLOCK_ERROR_ACTION_STOP) {
-        /* The event comes before the STOP event, and a cont after it works */
-        qemu_system_vmstop_request_prepare();
-        qapi_event_send_block_io_error(path, "", NULL, op, action, true,
-                                       error == ENOSPC, strerror(error));
-        qemu_system_vmstop_request(RUN_STATE_IO_ERROR);
-    } else {
-        qapi_event_send_block_io_error(path, "", NULL, op, action, true,
-                                       error == ENOSPC, strerror(error));
-    }
+    block_error_action_report(path, "", NULL, true, action, is_read, error);
 }
 
 /*
