@@ -23,10 +23,7 @@ PYTEST ?= $(PYTHON) -m pytest
 # Files whose change needs ./configure again.  Our source files are
 # symlinked into the tree, so ninja sees an edit by itself; configure runs
 # again only when the list of them changes ($(OVERLAY_LIST)).
-OVERLAY := $(shell find hw include block qapi tests/unit tests/qtest \
-		docs/devel -type f \( -name '*.c' -o -name '*.h' \
-		-o -name meson.build -o -name '*.json' -o -name '*.rst' \) \
-		2>/dev/null)
+OVERLAY := $(shell bash scripts/overlay-files.sh)
 OVERLAY_LIST := $(BUILD)/.overlay-files
 CONFIG_INPUTS := configure patches/series $(wildcard patches/*.patch)
 
@@ -76,7 +73,7 @@ $(BUILD)/.deps-checked: scripts/install-deps.sh
 # Rewritten only when the list changes, so that its date tells
 $(OVERLAY_LIST): FORCE
 	@mkdir -p $(BUILD)
-	@printf '%s\n' $(sort $(OVERLAY)) >$@.new
+	@printf '%s\n' $(OVERLAY) >$@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
 
 FORCE:
