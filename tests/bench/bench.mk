@@ -1,9 +1,11 @@
 # make bench: the benchmark rig (tests/bench/), included by the top-level
 # Makefile.  Uses $(BUILD) and $(PYTHON) from there.
 #
-#   make bench            the full matrix (14-15 minutes here): rig mode for
-#                         stock virtio-blk-pci and virtio-blk-pfbd on null and
-#                         file backends, host fio, guest fio; writes
+#   make bench            the full matrix (about 20 minutes here): rig mode
+#                         for stock virtio-blk-pci and virtio-blk-pfbd on null
+#                         and file backends, vhost-user-blk-pci served by
+#                         qemu-storage-daemon on the file, host fio, guest
+#                         fio; writes
 #                         $(BUILD)/bench/results.json, $(BUILD)/bench/iops.png
 #                         and docs/benchmarks.md
 #   make bench QUICK=1    a subset in under 3 minutes (no docs/ update)
@@ -34,7 +36,12 @@ bench-deps:
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive \
 		  apt-get install -y --no-install-recommends python3-matplotlib fio; }
 
-bench: build guest bench-deps $(BENCH_RIG)
+# qemu-storage-daemon: the vhost-user-blk peer (not part of make build)
+.PHONY: bench-qsd
+bench-qsd: build
+	$(NINJA) -C $(QB) storage-daemon/qemu-storage-daemon
+
+bench: build guest bench-deps bench-qsd $(BENCH_RIG)
 	BENCH_COMMAND='make bench$(if $(QUICK), QUICK=$(QUICK))$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
 	$(PYTHON) tests/bench/bench.py --build $(BUILD) \
 		$(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)

@@ -10,6 +10,8 @@ Runs, with one QEMU binary, side by side:
            virtio-blk-pci  + -blockdev file (aio=io_uring, cache.direct=on)
            virtio-blk-pfbd   volume=null:1G
            virtio-blk-pfbd   volume=file:F
+           vhost-user-blk-pci + qemu-storage-daemon exporting F (file,
+                             aio=io_uring, cache.direct=on) on 1 IOThread
          x {randread, randwrite} x 4 KiB x iodepth {1, 32, 128}
          x IOThreads {1, 2} (num-queues = IOThreads, iothread-vq-mapping)
   host   fio (io_uring, O_DIRECT) on F itself, numjobs = IOThreads, the
@@ -31,6 +33,7 @@ Python stdlib only (matplotlib, when installed, draws the plot).
 """
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -55,13 +58,15 @@ RIG_DEVICES = (
     ("virtio-blk-pfbd", "null"),
     ("virtio-blk-pci", "file"),
     ("virtio-blk-pfbd", "file"),
+    ("vhost-user-blk", "file"),
 )
 SHORT = {"virtio-blk-pci": "stock", "virtio-blk-pfbd": "pfbd", "host": "host",
-         "loopback": "loopback"}
+         "loopback": "loopback", "vhost-user-blk": "vhost-user"}
 METRICS = ("iops", "lat_avg_us", "lat_p50_us", "lat_p99_us", "cpu_us_per_io",
            "iothread_cpu_us_per_io", "iouring_worker_cpu_us_per_io",
            "main_cpu_us_per_io", "qemu_cpu_us_per_io", "rig_cpu_us_per_io",
-           "kicks_per_io", "vcpu_cpu_us_per_io", "iothread_runs_per_io")
+           "kicks_per_io", "vcpu_cpu_us_per_io", "iothread_runs_per_io",
+           "daemon_cpu_us_per_io")
 
 
 def log(msg):
@@ -191,18 +196,99 @@ def device_args(device, backend, iothreads, iodepth, image):
     return args
 
 
+class StorageDaemon:
+    """qemu-storage-daemon exporting @image as vhost-user-blk on a unix
+    socket, with @queues queues on one IOThread (QEMU 10.0's vhost-user-blk
+    export runs in one AioContext), pinned to @cpus; a context manager.
+    The file node is the stock device's: aio=io_uring, cache.direct=on."""
+
+    def __init__(self, qsd, image, queues, cpus=None):
+        self.sock = "/tmp/pfbd-bench-vu-%d.sock" % os.getpid()
+        blockdev = {"driver": "file", "filename": image, "aio": "io_uring",
+                    "cache": {"direct": True}, "node-name": "f0"}
+        self.cmd = [qsd, "--object", "iothread,id=io0",
+                    "--blockdev", json.dumps(blockdev,
+                                             separators=(",", ":")),
+                    "--export", "type=vhost-user-blk,id=e0,node-name=f0,"
+                    "writable=on,addr.type=unix,addr.path=%s,num-queues=%d,"
+                    "iothread=io0" % (self.sock, queues)]
+        if cpus:
+            self.cmd = ["taskset", "-c", cpus] + self.cmd
+        self.proc = None
+
+    def __enter__(self):
+        try:
+            os.unlink(self.sock)
+        except OSError:
+            pass
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        # Ready when it listens: the socket exists (or it has failed)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("qemu-storage-daemon did not start: %s\n"
+                                   "  command: %s" % (
+                                       self.output[-2000:],
+                                       " ".join(shlex.quote(c)
+                                                for c in self.cmd)))
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.output = ""
+        if self.proc:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                out, _ = self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self.output = out.decode(errors="replace")
+        try:
+            os.unlink(self.sock)
+        except OSError:
+            pass
+        return False
+
+
+def vhost_user_args(sock, iothreads, iodepth):
+    """QEMU's side of vhost-user-blk: the device, on the daemon's socket"""
+    dev = {"driver": "vhost-user-blk-pci", "id": "disk0", "chardev": "vu0",
+           "num-queues": iothreads, "queue-size": queue_size(iodepth)}
+    return ["-chardev", "socket,id=vu0,path=%s" % sock,
+            "-device", json.dumps(dev, separators=(",", ":"))]
+
+
 def run_rig(opts, device, backend, rw, bs, iodepth, iothreads, dev_args=None,
-            size="1G"):
-    """One pfbd-rig run; @dev_args replaces device_args()' QEMU args."""
+            size="1G", daemon_pid=None):
+    """One pfbd-rig run; @dev_args replaces device_args()' QEMU args;
+    vhost-user-blk starts its qemu-storage-daemon (@daemon_pid: the rig
+    counts that process's CPU as the device path's)."""
+    if device == "vhost-user-blk" and dev_args is None:
+        with StorageDaemon(opts.qsd, opts.image, iothreads,
+                           opts.qemu_cpus) as qsd:
+            args = vhost_user_args(qsd.sock, iothreads, iodepth)
+            r = run_rig(opts, device, backend, rw, bs, iodepth, iothreads,
+                        args, size, daemon_pid=qsd.proc.pid)
+        r["daemon_command"] = " ".join(shlex.quote(c) for c in qsd.cmd)
+        return r
     cmd = [opts.rig, "--qemu", opts.qemu, "--rw", rw, "--bs", str(bs),
            "--iodepth", str(iodepth), "--runtime", str(opts.runtime),
            "--ramp", str(opts.ramp), "--size", size]
     if opts.rig_cpus:
         cmd += ["--rig-cpus", opts.rig_cpus, "--qemu-cpus", opts.qemu_cpus]
+    if getattr(opts, "rig_poll", None):
+        cmd += ["--poll", opts.rig_poll]
     if device == "loopback":
         # No QEMU: the rig's ideal device, one queue per "IOThread"
         cmd += ["--loopback", "--queues", str(iothreads)]
     else:
+        if daemon_pid:
+            cmd += ["--daemon-pid", str(daemon_pid)]
         cmd += ["--"]
         cmd += dev_args or device_args(device, backend, iothreads, iodepth,
                                        opts.image)
@@ -326,34 +412,42 @@ def load_guest_fio():
     return mod
 
 
-def qemu_thread_cpu_ns(pid):
+def qemu_thread_cpu_ns(pid, daemon_pid=None):
     """CPU time (ns) of QEMU's threads by kind: IOThreads ("IO ..."),
     io_uring workers ("iou-..."), vCPUs ("CPU ..."), and how often the
     IOThreads were scheduled in ("iothread_runs": wake-ups, near enough);
-    needs -name ...,debug-threads=on."""
-    cpu = {"iothread": 0, "iou": 0, "vcpu": 0, "iothread_runs": 0}
-    base = "/proc/%d/task" % pid
-    for tid in os.listdir(base):
-        try:
-            with open("%s/%s/comm" % (base, tid)) as f:
-                comm = f.read().strip()
-            with open("%s/%s/schedstat" % (base, tid)) as f:
-                ns, _, runs = (int(x) for x in f.read().split()[:3])
-        except (OSError, ValueError):
-            continue        # the thread has gone
-        if comm.startswith("IO "):
-            cpu["iothread"] += ns
-            cpu["iothread_runs"] += runs
-        elif comm.startswith("iou-"):
-            cpu["iou"] += ns
-        elif comm.startswith("CPU "):
-            cpu["vcpu"] += ns
+    needs -name ...,debug-threads=on.  Every thread of @daemon_pid (the
+    vhost-user back end) counts as an IOThread or io_uring worker."""
+    cpu = {"iothread": 0, "iou": 0, "vcpu": 0, "iothread_runs": 0,
+           "daemon": 0}
+    for p in (pid, daemon_pid):
+        if p is None:
+            continue
+        base = "/proc/%d/task" % p
+        for tid in os.listdir(base):
+            try:
+                with open("%s/%s/comm" % (base, tid)) as f:
+                    comm = f.read().strip()
+                with open("%s/%s/schedstat" % (base, tid)) as f:
+                    ns, _, runs = (int(x) for x in f.read().split()[:3])
+            except (OSError, ValueError):
+                continue        # the thread has gone
+            if p == daemon_pid:
+                cpu["daemon"] += ns
+            if comm.startswith("iou-"):
+                cpu["iou"] += ns
+            elif comm.startswith("IO ") or p == daemon_pid:
+                cpu["iothread"] += ns
+                cpu["iothread_runs"] += runs
+            elif comm.startswith("CPU "):
+                cpu["vcpu"] += ns
     return cpu
 
 
-def guest_run_sampled(g, gf, job, extra, timeout):
+def guest_run_sampled(g, gf, job, extra, timeout, daemon_pid=None):
     """Boot the guest on @job (gf.job_script()) and, at each marker line it
-    prints around a workload, sample the CPU time of QEMU's threads.
+    prints around a workload, sample the CPU time of QEMU's threads (and of
+    @daemon_pid's, see qemu_thread_cpu_ns()).
     Returns (JobResult, {rw: {"ios", "iothread_cpu_us_per_io", ...}})."""
     vm = g.start(job, list(extra) + ["-name", "bench,debug-threads=on"],
                  timeout=timeout, smp=1)
@@ -364,7 +458,8 @@ def guest_run_sampled(g, gf, job, extra, timeout):
         while len(samples) < len(marks):
             try:
                 samples.append((marks[len(samples)],
-                                qemu_thread_cpu_ns(vm.proc.pid)))
+                                qemu_thread_cpu_ns(vm.proc.pid,
+                                                   daemon_pid)))
             except OSError:
                 break       # QEMU has exited
         time.sleep(0.02)
@@ -387,6 +482,9 @@ def guest_run_sampled(g, gf, job, extra, timeout):
                     "iothread_runs_per_io":
                         (c1["iothread_runs"] - c0["iothread_runs"]) / ios,
                 }
+                if daemon_pid:
+                    cpu[m0[1]]["daemon_cpu_us_per_io"] = \
+                        (c1["daemon"] - c0["daemon"]) / 1e3 / ios
     return res, cpu
 
 
@@ -403,16 +501,29 @@ def run_guest_mode(opts, results, errors, failures):
         return None
     runs = {}
     for rep in range(opts.runs):
-        for kind in ("stock", "pfbd"):
-            extra = pfbdguest.disk_args("file:" + opts.image, kind=kind,
-                                        num_queues=1, iothreads=["io0"])
+        for kind in ("stock", "pfbd", "vhost-user"):
+            daemon = None
+            if kind == "vhost-user":
+                # vhost-user needs the guest RAM shared with the daemon
+                daemon = StorageDaemon(opts.qsd, opts.image, 1,
+                                       opts.qemu_cpus)
+                extra = ["-object", "memory-backend-memfd,id=mem,size=%s,"
+                         "share=on" % g.mem, "-machine",
+                         "memory-backend=mem"] + \
+                    vhost_user_args(daemon.sock, 1, 32)
+            else:
+                extra = pfbdguest.disk_args("file:" + opts.image, kind=kind,
+                                            num_queues=1, iothreads=["io0"])
             t0 = time.monotonic()
             try:
-                r, cpu = guest_run_sampled(
-                    g, gf, gf.job_script(opts.guest_runtime, 32, "4k"),
-                    extra, g.default_timeout() + 4 * opts.guest_runtime)
+                with daemon or contextlib.nullcontext():
+                    r, cpu = guest_run_sampled(
+                        g, gf, gf.job_script(opts.guest_runtime, 32, "4k"),
+                        extra, g.default_timeout() + 4 * opts.guest_runtime,
+                        daemon and daemon.proc.pid)
                 parsed = gf.parse(r.output)
-            except (pfbdguest.GuestError, ValueError, KeyError) as e:
+            except (pfbdguest.GuestError, ValueError, KeyError,
+                    RuntimeError) as e:
                 # The first line says what went wrong; the console tail
                 # that follows it goes to results.json only
                 first = (str(e).splitlines() or [repr(e)])[0]
@@ -435,7 +546,8 @@ def run_guest_mode(opts, results, errors, failures):
                     for k, v in parsed.items()),
                 time.monotonic() - t0))
     for (kind, rw), rl in runs.items():
-        device = "virtio-blk-pfbd" if kind == "pfbd" else "virtio-blk-pci"
+        device = {"pfbd": "virtio-blk-pfbd", "stock": "virtio-blk-pci",
+                  "vhost-user": "vhost-user-blk"}[kind]
         results.append(summarize(rl, mode="guest", device=device,
                                  backend="file", rw=rw, bs=4096, iodepth=32,
                                  iothreads=1, extra={"accel": g.accel}))
@@ -585,6 +697,23 @@ def target_rows(idx):
                        % (be, qd), "<= 0.5", "%.2f / %.2f = **%.2f**" % (
                            p["cpu_us_per_io"], s["cpu_us_per_io"],
                            p["cpu_us_per_io"] / s["cpu_us_per_io"]))
+    for qd in (32, 128):
+        p = get("rig", "virtio-blk-pfbd", "file", qd)
+        v = get("rig", "vhost-user-blk", "file", qd)
+        if p and v and v.get("iops"):
+            yield ("file iodepth %d: pfbd / vhost-user-blk IOPS" % qd,
+                   ">= 1.3", "%s / %s = **%s**" % (
+                       fmt(p["iops"]), fmt(v["iops"]),
+                       ratio(p["iops"], v["iops"])))
+    for qd in (32, 128):
+        p = get("rig", "virtio-blk-pfbd", "file", qd)
+        v = get("rig", "vhost-user-blk", "file", qd)
+        if p and v and p.get("cpu_us_per_io") and v.get("cpu_us_per_io"):
+            yield ("file iodepth %d: device path CPU us/IO, pfbd / "
+                   "vhost-user-blk (daemon included)" % qd, "<= 0.7",
+                   "%.2f / %.2f = **%.2f**" % (
+                       p["cpu_us_per_io"], v["cpu_us_per_io"],
+                       p["cpu_us_per_io"] / v["cpu_us_per_io"]))
     p = idx.get(("guest", "virtio-blk-pfbd", "file", "randread", 32, 1))
     s = idx.get(("guest", "virtio-blk-pci", "file", "randread", 32, 1))
     if p and s and p.get("iothread_cpu_us_per_io") and \
@@ -697,7 +826,8 @@ def report_md(doc, opts):
     # ---------------- targets
     rows = list(target_rows(idx))
     if rows:
-        L.append("## Targets (issue 5): randread 4 KiB, 1 IOThread, rig")
+        L.append("## Targets (issues 5 and 19): randread 4 KiB, "
+                 "1 IOThread, rig")
         L.append("")
         L.append("Medians of this run.  CPU us/IO is the device path's "
                  "(IOThread + io_uring workers) in rig mode; the guest mode "
@@ -731,6 +861,60 @@ def report_md(doc, opts):
                      fmt(s and s["cpu_us_per_io"], 2),
                      fmt(p and p["cpu_us_per_io"], 2)))
     L.append("")
+
+    # ---------------- vhost-user-blk
+    vrows = [(rw, t, qd) for rw in opts.rws for t in opts.iothreads
+             for qd in opts.iodepths
+             if idx.get(("rig", "vhost-user-blk", "file", rw, qd, t))]
+    if vrows:
+        L.append("## The out-of-process peer: vhost-user-blk-pci and "
+                 "qemu-storage-daemon (rig, file backend)")
+        L.append("")
+        L.append("`qemu-storage-daemon` (built from the same tree) exports "
+                 "the file (`aio=io_uring`, `cache.direct=on`, as stock) as "
+                 "`vhost-user-blk` with `num-queues` = IOThreads, all on "
+                 "one IOThread: QEMU 10.0's export runs in a single "
+                 "AioContext.  QEMU has `vhost-user-blk-pci` with the same "
+                 "`num-queues` and `queue-size`; the daemon is pinned to "
+                 "QEMU's CPU(s).  Its CPU us/IO counts every thread of the "
+                 "daemon (its IOThread, main loop, io_uring workers) and "
+                 "QEMU's IOThreads and io_uring workers (none here); "
+                 "`daemon` is the daemon's share.  Latency: avg / p99 us.  "
+                 "`kicks/IO` and `main`: notify writes per request and the "
+                 "CPU of QEMU's main thread, which serves the rig's qtest "
+                 "kicks, per IO: libvhost-user does not suppress "
+                 "notifications while it works (no `VRING_USED_F_NO_NOTIFY`)"
+                 ", so the rig kicks it more often, and the main thread "
+                 "shares the device's CPU(s).  In a KVM guest a kick is an "
+                 "exit of the vCPU and an eventfd write instead.")
+        L.append("")
+        L.append("| rw | IOThreads | iodepth | vhost-user IOPS | pfbd IOPS "
+                 "| pfbd/vhost-user | stock IOPS | vhost-user CPU us/IO "
+                 "(daemon) | pfbd CPU us/IO | pfbd/vhost-user CPU "
+                 "| vhost-user lat | pfbd lat | vhost-user / pfbd kicks/IO "
+                 "| vhost-user / pfbd main |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                 "| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for rw, t, qd in vrows:
+            v = idx[("rig", "vhost-user-blk", "file", rw, qd, t)]
+            p = idx.get(("rig", "virtio-blk-pfbd", "file", rw, qd, t))
+            s = idx.get(("rig", "virtio-blk-pci", "file", rw, qd, t))
+            pc, vc = p and p.get("cpu_us_per_io"), v.get("cpu_us_per_io")
+            L.append("| %s | %d | %d | %s | %s | **%s** | %s | %s (%s) "
+                     "| %s | %s | %s / %s | %s / %s | %s / %s | %s / %s |" % (
+                         rw, t, qd, fmt(v["iops"]), fmt(p and p["iops"]),
+                         ratio(p and p["iops"], v["iops"]),
+                         fmt(s and s["iops"]), fmt(vc, 2),
+                         fmt(v.get("daemon_cpu_us_per_io"), 2), fmt(pc, 2),
+                         ratio(pc, vc), fmt(v.get("lat_avg_us"), 1),
+                         fmt(v.get("lat_p99_us"), 1),
+                         fmt(p and p.get("lat_avg_us"), 1),
+                         fmt(p and p.get("lat_p99_us"), 1),
+                         fmt(v.get("kicks_per_io"), 3),
+                         fmt(p and p.get("kicks_per_io"), 3),
+                         fmt(v.get("main_cpu_us_per_io"), 2),
+                         fmt(p and p.get("main_cpu_us_per_io"), 2)))
+        L.append("")
 
     # ---------------- latency
     L.append("## Latency (rig and host), microseconds, avg / p99")
@@ -894,6 +1078,30 @@ def report_md(doc, opts):
                     [fmt(r and r.get("iothread_runs_per_io"), 2)
                      for r in (s, p)]))
         L.append("")
+        vrows = [(rw, idx.get(("guest", "vhost-user-blk", "file", rw, 32,
+                               1)),
+                  idx.get(("guest", "virtio-blk-pfbd", "file", rw, 32, 1)))
+                 for rw in opts.rws]
+        vrows = [x for x in vrows if x[1]]
+        if vrows:
+            L.append("vhost-user-blk-pci on qemu-storage-daemon (1 queue, "
+                     "the daemon's 1 IOThread; guest RAM in a shared "
+                     "`memory-backend-memfd`): its \"IOThread\" is every "
+                     "thread of the daemon but its io_uring workers.")
+            L.append("")
+            L.append("| rw | vhost-user IOPS | pfbd IOPS | pfbd/vhost-user "
+                     "| vhost-user lat avg / p99 us | daemon us/IO (+wrk) "
+                     "| pfbd IOThread us/IO (+wrk) |")
+            L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for rw, v, p in vrows:
+                L.append("| %s | %s | %s | %s | %s / %s | %s | %s |" % (
+                    rw, fmt(v["iops"]), fmt(p and p["iops"]),
+                    ratio(p and p["iops"], v["iops"]),
+                    fmt(v["lat_avg_us"], 1), fmt(v["lat_p99_us"], 1),
+                    *["%s (%s)" % (fmt(r.get("iothread_cpu_us_per_io"), 1),
+                                   fmt(r.get("cpu_us_per_io"), 1))
+                      if r else "-" for r in (v, p)]))
+            L.append("")
         if meta.get("guest_accel") == "tcg":
             L.append("Under TCG the emulated guest CPU is the bottleneck: "
                      "the guest hands the IOThread one or two requests per "
@@ -1000,6 +1208,9 @@ def main():
     ap.add_argument("--qemu", help="QEMU binary (default "
                     "BUILD/qemu-system-x86_64)")
     ap.add_argument("--rig", help="pfbd-rig (default BUILD/bench/pfbd-rig)")
+    ap.add_argument("--qsd", help="qemu-storage-daemon for vhost-user-blk "
+                    "(default BUILD/qemu-build/storage-daemon/"
+                    "qemu-storage-daemon)")
     ap.add_argument("--image", default="/dev/shm/pfbd-bench.img",
                     help="the 1 GiB file backend (default %(default)s)")
     ap.add_argument("--keep-image", action="store_true",
@@ -1057,14 +1268,19 @@ def main():
         build, "qemu-system-x86_64"))
     opts.rig = os.path.abspath(opts.rig or os.path.join(build, "bench",
                                                         "pfbd-rig"))
+    opts.qsd = os.path.abspath(opts.qsd or os.path.join(
+        build, "qemu-build", "storage-daemon", "qemu-storage-daemon"))
     out = opts.out or os.path.join(build, "bench")
     os.makedirs(out, exist_ok=True)
     if opts.render:
         return render(opts, out)
-    for exe in (opts.qemu, opts.rig):
+    for exe in (opts.qemu, opts.rig, opts.qsd):
         if not os.access(exe, os.X_OK):
-            sys.exit("bench: %s missing (make build; make %s)" % (
-                exe, os.path.relpath(opts.rig, REPO)))
+            sys.exit("bench: %s missing (make build; make %s; ninja -C "
+                     "%s storage-daemon/qemu-storage-daemon)" % (
+                         exe, os.path.relpath(opts.rig, REPO),
+                         os.path.relpath(os.path.join(build, "qemu-build"),
+                                         REPO)))
 
     if opts.nice:
         os.nice(opts.nice)

@@ -35,6 +35,11 @@
  * --verify FILE checks every request's data against the backing
  * file; --rig-cpus / --qemu-cpus pin the two sides.
  *
+ * --daemon-pid PID names an out-of-process device back end (e.g.
+ * qemu-storage-daemon serving vhost-user-blk-pci): every thread of PID
+ * counts as the data path, its io_uring workers with QEMU's and its other
+ * threads with the IOThreads, and separately as "daemon_cpu_us_per_io".
+ *
  * --loopback starts no QEMU: a forked process (pinned to --qemu-cpus,
  * named "IO loopback") plays an ideal device on the same rings: it polls
  * the avail rings, walks each chain to its status byte, writes 0 there and
@@ -766,9 +771,11 @@ static inline void *gpa(uint64_t a)
 /* ------------------------------------------------------------- /proc */
 
 struct cpu_sample {
-    uint64_t iothreads_ns, iouring_ns, main_ns, total_ns, rig_ns;
+    uint64_t iothreads_ns, iouring_ns, main_ns, total_ns, rig_ns, daemon_ns;
     int n_iothreads;
 };
+
+static pid_t daemon_pid;
 
 static uint64_t task_cpu_ns(const char *dir)
 {
@@ -809,15 +816,18 @@ static uint64_t task_cpu_ns(const char *dir)
     return 0;
 }
 
-static void cpu_sample(struct cpu_sample *s)
+/*
+ * Add the CPU time of the threads of @pid to @s: the device process
+ * (QEMU, or the --loopback device) by kind of thread, or, with @daemon,
+ * the --daemon-pid process, all of whose threads serve the data path.
+ */
+static void cpu_sample_pid(struct cpu_sample *s, pid_t pid, bool daemon)
 {
     char dir[64], path[600], comm[64];
     struct dirent *de;
-    struct rusage ru;
     DIR *d;
 
-    memset(s, 0, sizeof(*s));
-    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)qemu_pid);
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
     d = opendir(dir);
     if (!d) {
         die("cannot open %s: %s", dir, strerror(errno));
@@ -843,17 +853,37 @@ static void cpu_sample(struct cpu_sample *s)
         comm[strcspn(comm, "\n")] = 0;
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
         ns = task_cpu_ns(path);
+        if (daemon) {
+            s->daemon_ns += ns;
+            if (!strncmp(comm, "iou-", 4)) {
+                s->iouring_ns += ns;
+            } else {
+                s->iothreads_ns += ns;
+            }
+            continue;
+        }
         s->total_ns += ns;
         if (!strncmp(comm, "IO ", 3)) {
             s->iothreads_ns += ns;
             s->n_iothreads++;
         } else if (!strncmp(comm, "iou-", 4)) {
             s->iouring_ns += ns;
-        } else if (atoi(de->d_name) == (int)qemu_pid) {
+        } else if (atoi(de->d_name) == (int)pid) {
             s->main_ns += ns;
         }
     }
     closedir(d);
+}
+
+static void cpu_sample(struct cpu_sample *s)
+{
+    struct rusage ru;
+
+    memset(s, 0, sizeof(*s));
+    cpu_sample_pid(s, qemu_pid, false);
+    if (daemon_pid > 0) {
+        cpu_sample_pid(s, daemon_pid, true);
+    }
     getrusage(RUSAGE_SELF, &ru);
     s->rig_ns = (uint64_t)ru.ru_utime.tv_sec * 1000000000ull +
                 ru.ru_utime.tv_usec * 1000ull +
@@ -1110,6 +1140,9 @@ static void usage(FILE *f)
 "                     Linux's virtio_blk does\n"
 "  --rig-cpus LIST    pin the rig to these CPUs (e.g. 0)\n"
 "  --qemu-cpus LIST   pin QEMU (every thread) to these CPUs (e.g. 1-3)\n"
+"  --daemon-pid PID   the device's back end runs in process PID (e.g.\n"
+"                     qemu-storage-daemon for vhost-user-blk-pci): its\n"
+"                     threads count as the data path\n"
 "  --label TEXT       copied into the JSON line as \"label\"\n"
 "  --verify FILE      compare every completed request's data with FILE\n"
 "                     (the volume's backing file; slows the rig down)\n"
@@ -1158,6 +1191,7 @@ int main(int argc, char **argv)
         { "verify", required_argument, NULL, 'V' },
         { "rig-cpus", required_argument, NULL, 'C' },
         { "qemu-cpus", required_argument, NULL, 'P' },
+        { "daemon-pid", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -1238,6 +1272,12 @@ int main(int argc, char **argv)
                 die("bad --qemu-cpus '%s'", optarg);
             }
             pin_qemu = true;
+            break;
+        case 'D':
+            daemon_pid = atoi(optarg);
+            if (daemon_pid <= 0 || kill(daemon_pid, 0) < 0) {
+                die("--daemon-pid %s: no such process", optarg);
+            }
             break;
         case 'V':
             verify_fd = open(optarg, O_RDONLY);
@@ -1657,8 +1697,12 @@ int main(int argc, char **argv)
     uint64_t mainc = c1.main_ns - c0.main_ns;
     uint64_t total = c1.total_ns - c0.total_ns;
     uint64_t rig = c1.rig_ns - c0.rig_ns;
-    /* The data path's CPU: the IOThreads (or the main loop without any) */
-    uint64_t path = (c1.n_iothreads ? ioth : mainc) + iou;
+    uint64_t daemon = c1.daemon_ns - c0.daemon_ns;
+    /*
+     * The data path's CPU: the IOThreads (or the main loop without any),
+     * and the --daemon-pid process
+     */
+    uint64_t path = (c1.n_iothreads || daemon_pid ? ioth : mainc) + iou;
 
     printf("{\"rw\": \"%s\", \"bs\": %" PRIu64 ", \"iodepth\": %u, "
            "\"queues\": %u, \"size\": %" PRIu64 ", \"runtime_s\": %.3f, "
@@ -1671,7 +1715,7 @@ int main(int argc, char **argv)
            "\"cpu_us_per_io\": %.3f, \"iothread_cpu_us_per_io\": %.3f, "
            "\"iouring_worker_cpu_us_per_io\": %.3f, "
            "\"main_cpu_us_per_io\": %.3f, \"qemu_cpu_us_per_io\": %.3f, "
-           "\"rig_cpu_us_per_io\": %.3f, "
+           "\"rig_cpu_us_per_io\": %.3f, \"daemon_cpu_us_per_io\": %.3f, "
            "\"poll\": \"%s\", \"kick\": \"%s\", \"flush_feature\": %s, "
            "\"features\": \"0x%" PRIx64 "\", \"verified\": %" PRIu64 ", "
            "\"mismatches\": %" PRIu64,
@@ -1681,7 +1725,8 @@ int main(int argc, char **argv)
            hist_pct(ios, 99) / 1e3, lat_max / 1e3, errors,
            kicks1 - kicks0, skipped1 - skipped0, c1.n_iothreads,
            path * per_io, ioth * per_io, iou * per_io, mainc * per_io,
-           total * per_io, rig * per_io, pollmode == POLL_SPIN ? "spin" :
+           total * per_io, rig * per_io, daemon * per_io,
+           pollmode == POLL_SPIN ? "spin" :
            pollmode == POLL_YIELD ? "yield" : "sleep",
            sync_kick ? "sync" : "async", want_flush ? "true" : "false",
            drv_features, verified, mismatches);
