@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,6 +42,8 @@ typedef struct FileVolume {
     int fd;
     bool is_blkdev;
     bool any_thread;            /* PfbdOpenOptions.any_thread */
+    bool has_iowq_cpus;         /* PfbdOpenOptions.iowq_cpus was given: */
+    cpu_set_t iowq_cpus;        /* the io_uring workers' CPUs */
     /* Set once the filesystem answered -EOPNOTSUPP; any queue's thread */
     bool no_zero_range;
     bool no_punch_hole;
@@ -85,6 +88,8 @@ struct FileQueue {
     bool single_issuer;         /* IORING_SETUP_SINGLE_ISSUER */
     bool enabled;               /* the ring was enabled, by @owner */
     pthread_t owner;
+    bool iowq_bound;            /* iowq_thread has the iowq-cpus */
+    pthread_t iowq_thread;
 };
 
 static uint32_t pfbd_file_max_u32(uint32_t a, uint32_t b)
@@ -146,6 +151,61 @@ static void pfbd_file_get_alignment(FileVolume *fv, bool buffered)
     }
     info->block_size = block_size;
     info->mem_align = mem_align;
+}
+
+/*
+ * Parse a CPU number at *@p (below CPU_SETSIZE) into *@cpu and move *@p
+ * past it; false if there is none.
+ */
+static bool pfbd_file_parse_cpu(const char **p, unsigned *cpu)
+{
+    const char *s = *p;
+
+    *cpu = 0;
+    if (*s < '0' || *s > '9') {
+        return false;
+    }
+    for (; *s >= '0' && *s <= '9'; s++) {
+        *cpu = *cpu * 10 + (*s - '0');
+        if (*cpu >= CPU_SETSIZE) {
+            return false;
+        }
+    }
+    *p = s;
+    return true;
+}
+
+/* Parse the CPU list @list ("0,2-3") into @set; false if it is not one */
+static bool pfbd_file_parse_cpus(const char *list, cpu_set_t *set)
+{
+    const char *p = list;
+    unsigned a, b;
+
+    CPU_ZERO(set);
+    for (;;) {
+        if (!pfbd_file_parse_cpu(&p, &a)) {
+            return false;
+        }
+        b = a;
+        if (*p == '-') {
+            p++;
+            if (!pfbd_file_parse_cpu(&p, &b)) {
+                return false;
+            }
+        }
+        if (a > b) {
+            return false;
+        }
+        for (; a <= b; a++) {
+            CPU_SET(a, set);
+        }
+        if (*p == '\0') {
+            return true;
+        }
+        if (*p++ != ',') {
+            return false;
+        }
+    }
 }
 
 static int pfbd_file_volume_open(const char *spec, const char *path,
@@ -219,6 +279,16 @@ static int pfbd_file_volume_open(const char *spec, const char *path,
     }
     fv->base.info.size = size;
     fv->any_thread = opts && opts->any_thread;
+    if (opts && opts->iowq_cpus) {
+        if (!pfbd_file_parse_cpus(opts->iowq_cpus, &fv->iowq_cpus)) {
+            pfbd_set_error(errmsg, "volume '%s': iowq-cpus '%s' is not a "
+                           "list of CPUs like '0,2-3'", spec,
+                           opts->iowq_cpus);
+            ret = -EINVAL;
+            goto fail;
+        }
+        fv->has_iowq_cpus = true;
+    }
     fv->base.info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
                          PFBD_CAP_WRITE_ZEROES;
     *volp = &fv->base;
@@ -308,7 +378,7 @@ static void pfbd_file_ring_exit(FileQueue *fq, struct io_uring *ring)
  * that enabled it; when an idle queue has moved to another thread, it gets
  * a new ring (watched by the same epoll fd).
  */
-static int pfbd_file_ring_bind(FileQueue *fq)
+static int pfbd_file_ring_enable(FileQueue *fq)
 {
     pthread_t self = pthread_self();
     struct io_uring ring;
@@ -349,6 +419,48 @@ static int pfbd_file_ring_bind(FileQueue *fq)
     fq->enabled = true;
     fq->owner = self;
     return 0;
+}
+
+/*
+ * Give the io_uring workers of the calling thread the volume's iowq-cpus.
+ * The kernel keeps one io-wq per thread (for all of its rings), so this is
+ * done once in each thread that submits on the queue, before its first
+ * submission: a worker keeps the CPUs it was created with.  The io-wq of a
+ * thread that never submitted does not exist yet, and IOWQ_AFF refuses it
+ * (-EINVAL); registering the ring's fd creates it, so do that first (and
+ * undo it: liburing would then enter the ring by that registration, which
+ * is valid in this thread only).
+ */
+static int pfbd_file_iowq_bind(FileQueue *fq)
+{
+    FileVolume *fv = (FileVolume *)fq->base.vol;
+    pthread_t self = pthread_self();
+    int ret;
+
+    if (!fv->has_iowq_cpus ||
+        (fq->iowq_bound && pthread_equal(fq->iowq_thread, self))) {
+        return 0;
+    }
+    ret = io_uring_register_ring_fd(&fq->ring);
+    if (ret < 0) {
+        return ret;
+    }
+    io_uring_unregister_ring_fd(&fq->ring);
+    ret = io_uring_register_iowq_aff(&fq->ring, sizeof(fv->iowq_cpus),
+                                     &fv->iowq_cpus);
+    if (ret < 0) {
+        return ret;
+    }
+    fq->iowq_bound = true;
+    fq->iowq_thread = self;
+    return 0;
+}
+
+static int pfbd_file_ring_bind(FileQueue *fq)
+{
+    int ret = pfbd_file_ring_enable(fq);
+
+    return ret < 0 ? ret : pfbd_file_iowq_bind(fq);
 }
 
 static int pfbd_file_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)

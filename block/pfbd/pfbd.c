@@ -216,6 +216,12 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
     if (ret < 0) {
         return ret;
     }
+    if (opts && opts->iowq_cpus && strcmp(vol->engine->name, "file")) {
+        pfbd_set_error(errmsg, "volume '%s': iowq-cpus applies to the file "
+                       "engine only, not to %s", spec, vol->engine->name);
+        vol->engine->volume_close(vol);
+        return -EINVAL;
+    }
 
     vol->info.engine = vol->engine->name;
     /* An engine may force read-only (an rbd snapshot) */

@@ -1290,6 +1290,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
          * queues change threads with requests in flight.
          */
         .any_thread = !conf->iothread && !conf->iothread_vq_mapping_list,
+        .iowq_cpus = conf->iowq_cpus,
     };
     char *msg = NULL;
     int ret;
@@ -1631,6 +1632,7 @@ static const Property virtio_blk_pfbd_properties[] = {
     DEFINE_PROP_BOOL("read-only", VirtIOBlockPfbd, conf.read_only, false),
     DEFINE_PROP_BOOL("fixed-buffers", VirtIOBlockPfbd, conf.fixed_buffers,
                      false),
+    DEFINE_PROP_STRING("iowq-cpus", VirtIOBlockPfbd, conf.iowq_cpus),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("rerror", VirtIOBlockPfbd, conf.rerror,
                                   BLOCKDEV_ON_ERROR_REPORT),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("werror", VirtIOBlockPfbd, conf.werror,
@@ -1673,6 +1675,8 @@ static const struct {
     { "fixed-buffers", "register the guest RAM with the engine (file: "
       "io_uring fixed buffers, no page mapping per request); pins all guest "
       "RAM and refuses RAM discards (virtio-balloon, virtio-mem)" },
+    { "iowq-cpus", "file engine: the host CPUs its io_uring workers may run "
+      "on, a list like 0,2-3 (default: those of the queue's IOThread)" },
     { "rerror", "what a failed read does: report (default: the guest gets "
       "an I/O error), ignore, stop (pause the VM; cont retries)" },
     { "werror", "what a failed write, flush, discard or write-zeroes does: "

@@ -63,6 +63,12 @@ typedef struct PfbdOpenOptions {
      * completions wait for that thread).
      */
     bool any_thread;
+    /*
+     * file: the CPUs the io_uring workers (io-wq) of every queue may run
+     * on, a list like "0,2-3" (IORING_REGISTER_IOWQ_AFF); NULL: those of
+     * the thread that set the queue up.  Other engines refuse it.
+     */
+    const char *iowq_cpus;
 } PfbdOpenOptions;
 
 typedef struct PfbdVolumeInfo {

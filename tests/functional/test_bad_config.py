@@ -96,6 +96,12 @@ def cases(image):
             dev(volume="null:16M", **{"fixed-buffers": True}),
             "cannot register the guest RAM with engine queue 0 of volume "
             "'null:16M' (fixed-buffers=on): Operation not supported"),
+        "iowq-cpus not a CPU list": (
+            dev(volume=vol, **{"iowq-cpus": "1-0"}),
+            "iowq-cpus '1-0' is not a list of CPUs like '0,2-3'"),
+        "iowq-cpus on the null engine": (
+            dev(volume="null:16M", **{"iowq-cpus": "0"}),
+            "iowq-cpus applies to the file engine only, not to null"),
         "fixed-buffers with virtio-mem": (
             ["-m", "512M,maxmem=1G", "-object",
              "memory-backend-ram,id=vmem0,size=128M", "-device",

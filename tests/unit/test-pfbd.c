@@ -840,6 +840,126 @@ static void test_file_any_thread(void)
     g_free(spec);
 }
 
+typedef struct IowqThread {
+    PfbdQueue *q;
+    void *buf;
+    int ret;
+    int workers;            /* this thread's io_uring workers seen */
+    int workers_on_cpu0;    /* those allowed on CPU 0 only */
+} IowqThread;
+
+/*
+ * Read through the queue in this thread until its io_uring workers
+ * (iou-wrk-TID, they live while the thread does) have served requests,
+ * then count them and those that may run on CPU 0 only.
+ */
+static void *iowq_thread_read(void *opaque)
+{
+    IowqThread *t = opaque;
+    char *name = g_strdup_printf("iou-wrk-%d", (int)gettid());
+    int i;
+
+    for (i = 0; i < 64 && t->ret == 0; i++) {
+        struct iovec iov = { t->buf, 4096 };
+        Completion c = { 0 };
+        g_autoptr(GDir) dir = NULL;
+        const char *tid;
+
+        t->ret = pfbd_submit(t->q, PFBD_OP_READ, i * 4096, &iov, 1, 4096, 0,
+                             complete_cb, &c);
+        if (t->ret < 0) {
+            break;
+        }
+        pfbd_queue_drain(t->q);
+        t->workers = t->workers_on_cpu0 = 0;
+        dir = g_dir_open("/proc/self/task", 0, NULL);
+        while ((tid = g_dir_read_name(dir))) {
+            g_autofree char *comm_path = g_strdup_printf(
+                "/proc/self/task/%s/comm", tid);
+            g_autofree char *status_path = g_strdup_printf(
+                "/proc/self/task/%s/status", tid);
+            g_autofree char *comm = NULL, *status = NULL;
+
+            if (!g_file_get_contents(comm_path, &comm, NULL, NULL) ||
+                !g_file_get_contents(status_path, &status, NULL, NULL) ||
+                strcmp(g_strchomp(comm), name)) {
+                continue;
+            }
+            t->workers++;
+            t->workers_on_cpu0 += !!strstr(status,
+                                           "\nCpus_allowed_list:\t0\n");
+        }
+        if (t->workers) {
+            break;
+        }
+    }
+    g_free(name);
+    return NULL;
+}
+
+/*
+ * iowq-cpus: the io_uring workers of the thread that submits may run on
+ * those CPUs only (tmpfs reads are served by workers)
+ */
+static void test_file_iowq_cpus(void)
+{
+    char *path = make_file("/dev/shm", MiB);
+    char *spec = g_strdup_printf("file:%s", path);
+    uint8_t *buf = alloc_aligned(4096);
+    static const char *const bad[] = { "", "x", "1-0", "0,", "-1",
+                                       "0-99999" };
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        PfbdOpenOptions opts = { .iowq_cpus = i ? "0" : NULL };
+        IowqThread t = { .buf = buf };
+        PfbdVolume *vol;
+        pthread_t th;
+
+        g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, NULL), ==, 0);
+        g_assert_cmpint(pfbd_queue_new(vol, 4, &t.q), ==, 0);
+        g_assert_cmpint(pthread_create(&th, NULL, iowq_thread_read, &t),
+                        ==, 0);
+        g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+        g_assert_cmpint(t.ret, ==, 0);
+        g_assert_cmpint(t.workers, >, 0);
+        if (opts.iowq_cpus) {
+            g_assert_cmpint(t.workers_on_cpu0, ==, t.workers);
+        } else if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+            g_assert_cmpint(t.workers_on_cpu0, ==, 0);
+        }
+        pfbd_queue_free(t.q);
+        pfbd_volume_close(vol);
+    }
+
+    for (i = 0; i < G_N_ELEMENTS(bad); i++) {
+        PfbdOpenOptions opts = { .iowq_cpus = bad[i] };
+        PfbdVolume *vol = NULL;
+        char *err = NULL;
+
+        g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, &err), ==,
+                        -EINVAL);
+        g_assert_null(vol);
+        g_assert_nonnull(strstr(err, "is not a list of CPUs"));
+        free(err);
+    }
+    {
+        PfbdOpenOptions opts = { .iowq_cpus = "0" };
+        PfbdVolume *vol = NULL;
+        char *err = NULL;
+
+        g_assert_cmpint(pfbd_volume_open("null:1M", &opts, &vol, &err), ==,
+                        -EINVAL);
+        g_assert_null(vol);
+        g_assert_nonnull(strstr(err, "file engine only"));
+        free(err);
+    }
+    free(buf);
+    unlink(path);
+    g_free(path);
+    g_free(spec);
+}
+
 /* More iovecs than one readv/writev takes */
 static void test_file_many_iovecs(void)
 {
@@ -2071,6 +2191,7 @@ int main(int argc, char **argv)
                     test_file_write_zeroes_unmap);
     g_test_add_func("/pfbd/file/bounce-limit", test_file_bounce_limit);
     g_test_add_func("/pfbd/file/any-thread", test_file_any_thread);
+    g_test_add_func("/pfbd/file/iowq-cpus", test_file_iowq_cpus);
     g_test_add_func("/pfbd/file/misaligned-buffers",
                     test_file_misaligned_buffers);
     g_test_add_func("/pfbd/file/many-iovecs", test_file_many_iovecs);

@@ -29,6 +29,7 @@ OBJECT_DECLARE_SIMPLE_TYPE(VirtIOBlockPfbd, VIRTIO_BLK_PFBD)
 typedef struct VirtIOBlockPfbdConf {
     char *volume;
     char *serial;
+    char *iowq_cpus;            /* file engine: io_uring workers' CPUs */
     IOThread *iothread;
     IOThreadVirtQueueMappingList *iothread_vq_mapping_list;
     uint16_t num_queues;
