@@ -281,8 +281,7 @@ def run_rig(opts, device, backend, rw, bs, iodepth, iothreads, dev_args=None,
            "--ramp", str(opts.ramp), "--size", size]
     if opts.rig_cpus:
         cmd += ["--rig-cpus", opts.rig_cpus, "--qemu-cpus", opts.qemu_cpus]
-    if getattr(opts, "rig_poll", None):
-        cmd += ["--poll", opts.rig_poll]
+    cmd += getattr(opts, "rig_args", [])
     if device == "loopback":
         # No QEMU: the rig's ideal device, one queue per "IOThread"
         cmd += ["--loopback", "--queues", str(iothreads)]

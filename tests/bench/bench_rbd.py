@@ -10,6 +10,14 @@ drives, with one QEMU binary and pfbd-rig (see bench.py), interleaved:
   host       fio --ioengine=rbd on the same image (when fio has the rbd
              engine): librbd without QEMU
 
+with the same librbd cache setting for all three (--rbd-cache, default
+off: rbd_cache = false in fio's configuration; stock cache.direct=on,
+which makes block/rbd.c turn rbd_cache off; pfbd's default), and the same
+CPUs: the Ceph daemons (every thread) on CPU 0, the client (fio, or QEMU)
+on the others.  The rig, which plays the application for QEMU and polls
+the used rings, shares CPU 0 under SCHED_IDLE (pfbd-rig --idle): it runs
+only when the daemons leave the CPU idle, as it would be under fio.
+
 x {randread, randwrite} x 4 KiB x iodepth {1, 32} x IOThreads {1, 2}, medians
 of --runs runs.  Output: BUILD/bench/rbd.json, BUILD/bench/rbd.md, and the
 "rbd" section of docs/benchmarks.md (unless --no-doc).
@@ -33,13 +41,15 @@ import bench  # noqa: E402
 REPO = bench.REPO
 IMAGE = "bench"
 VARIANTS = ("stock", "pfbd", "host")
+DEVICE = {"stock": "virtio-blk-pci", "pfbd": "virtio-blk-pfbd",
+          "host": "host"}
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def dev_args(variant, conf, iothreads, iodepth):
+def dev_args(variant, conf, iothreads, iodepth, cache=False):
     ids = ["io%d" % i for i in range(iothreads)]
     args = []
     for t in ids:
@@ -50,10 +60,12 @@ def dev_args(variant, conf, iothreads, iodepth):
     if variant == "stock":
         args += ["-blockdev", json.dumps({
             "driver": "rbd", "node-name": "r0", "pool": "rbd",
-            "image": IMAGE, "conf": conf, "cache": {"direct": True}})]
+            "image": IMAGE, "conf": conf, "cache": {"direct": not cache}})]
         dev.update({"driver": "virtio-blk-pci", "drive": "r0"})
     else:
         vol = "rbd:rbd/%s:conf=%s" % (IMAGE, conf)
+        if cache:
+            vol += ":rbd_cache=true"
         dev.update({"driver": "virtio-blk-pfbd", "volume": vol})
     args += ["-device", json.dumps(dev, separators=(",", ":"))]
     return args
@@ -75,6 +87,9 @@ def run_host(opts, conf, rw, iodepth, numjobs):
            "--size=%s" % opts.size, "--runtime=%g" % opts.runtime,
            "--ramp_time=%g" % opts.ramp, "--time_based", "--norandommap",
            "--randrepeat=0", "--output-format=json"]
+    if opts.qemu_cpus:
+        # the CPUs QEMU gets
+        cmd = ["taskset", "-c", opts.qemu_cpus] + cmd
     env = dict(os.environ, CEPH_CONF=conf)
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=env, timeout=opts.runtime + opts.ramp + 120)
@@ -115,6 +130,34 @@ def stop_cluster(d):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def fio_conf(conf, cache):
+    """A copy of the cluster's @conf whose [client] section (the last one)
+    sets rbd_cache as QEMU's devices have it: fio's rbd engine leaves it at
+    librbd's default (on)."""
+    path = conf + (".fio-cache-%s" % ("on" if cache else "off"))
+    with open(conf) as f:
+        text = f.read()
+    sections = [ln.strip() for ln in text.splitlines()
+                if ln.strip().startswith("[")]
+    if not sections or sections[-1] != "[client]":
+        raise RuntimeError("%s: [client] is not the last section" % conf)
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\nrbd_cache = %s\n" %
+                ("true" if cache else "false"))
+    return path
+
+
+def pin_daemons(d, cpus):
+    """Pin every thread of the cluster's daemons (the pids file of
+    start-ceph.sh) to @cpus"""
+    with open(os.path.join(d, "pids")) as f:
+        pids = [ln.split()[1] for ln in f if len(ln.split()) == 2]
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, pid], check=True,
+                       stdout=subprocess.DEVNULL)
+    return len(pids)
+
+
 def rbd(conf, *args):
     subprocess.run(["rbd", "-c", conf] + list(args), check=True,
                    stdout=subprocess.DEVNULL)
@@ -122,6 +165,31 @@ def rbd(conf, *args):
 
 def fmt(v, nd=0):
     return bench.fmt(v, nd)
+
+
+def target_rows(idx, meta):
+    """Issue 19's figures: (figure, target, value text)"""
+    for rw in meta["rw"]:
+        for t in meta["iothreads"]:
+            s, p, h = (idx.get((v, rw, 32, t)) for v in VARIANTS)
+            if p and h and h.get("iops"):
+                yield ("%s iodepth 32, %d IOThread(s): pfbd / fio rbd IOPS"
+                       % (rw, t), ">= 0.9", "%s / %s = **%s**" % (
+                           fmt(p["iops"]), fmt(h["iops"]),
+                           bench.ratio(p["iops"], h["iops"])))
+            if p and s and s.get("iops"):
+                yield ("%s iodepth 32, %d IOThread(s): pfbd / stock IOPS"
+                       % (rw, t), ">= 1.15", "%s / %s = **%s**" % (
+                           fmt(p["iops"]), fmt(s["iops"]),
+                           bench.ratio(p["iops"], s["iops"])))
+            s, p, h = (idx.get((v, rw, 1, t)) for v in VARIANTS)
+            if p and s and h and h.get("lat_avg_us"):
+                pa = p["lat_avg_us"] - h["lat_avg_us"]
+                sa = s["lat_avg_us"] - h["lat_avg_us"]
+                yield ("%s iodepth 1, %d IOThread(s): latency added over fio "
+                       "rbd, pfbd vs stock" % (rw, t), "pfbd <= stock",
+                       "%.0f vs %.0f us: **%s**" % (
+                           pa, sa, "met" if pa <= sa else "not met"))
 
 
 def report(doc):
@@ -135,16 +203,46 @@ def report(doc):
                 meta["loadavg_start"], meta["loadavg_end"]))
     L.append("")
     L.append("Cluster: tests/ceph/start-ceph.sh (1 mon, 1 memstore OSD, "
-             "127.0.0.1, cephx), image `rbd/%s` of %s filled before the "
+             "127.0.0.1, cephx), image `rbd/%s` of %s (feature `layering` "
+             "only: no exclusive lock, which fio's jobs, one image handle "
+             "each, would pass back and forth) filled before the "
              "runs; 4 KiB, %d run(s) per point interleaved, medians; "
              "%g s measured after %g s ramp.  stock: `virtio-blk-pci` + "
-             "`-blockdev driver=rbd,cache.direct=on` (block/rbd.c); pfbd: "
-             "`volume=rbd:rbd/%s:conf=...`; host: fio `--ioengine=rbd` "
-             "(librbd without QEMU, numjobs = IOThreads).  CPU: all threads of the QEMU process "
+             "`-blockdev driver=rbd,cache.direct=%s` (block/rbd.c); pfbd: "
+             "`volume=rbd:rbd/%s:conf=...%s`; host: fio `--ioengine=rbd` "
+             "(librbd without QEMU, numjobs = IOThreads) with `rbd_cache = "
+             "%s` added to its configuration.  **librbd's cache is %s for "
+             "all three.**  CPU: all threads of the QEMU process "
              "(librbd's messenger and finisher threads included) per IO."
              % (IMAGE, meta["size"], meta["runs"], meta["runtime_s"],
-                meta["ramp_s"], IMAGE))
+                meta["ramp_s"], "off" if meta["rbd_cache"] else "on", IMAGE,
+                ":rbd_cache=true" if meta["rbd_cache"] else "",
+                "true" if meta["rbd_cache"] else "false",
+                "on" if meta["rbd_cache"] else "off"))
     L.append("")
+    if meta.get("ceph_cpus"):
+        L.append("CPUs: the Ceph daemons (every thread) on CPU %s; the "
+                 "client on CPU %s: fio (the application and librbd), or "
+                 "QEMU (every thread).  The rig, which plays the "
+                 "application for QEMU and polls the used rings, shares "
+                 "CPU %s with the daemons under `SCHED_IDLE` "
+                 "(`pfbd-rig --idle`): it runs only when they leave the "
+                 "CPU idle.  Without that, its polling took CPU time from "
+                 "the OSD, which fio does not: pfbd randread 4 KiB at "
+                 "iodepth 32 went from 7.9k to 13.8k IOPS (fio 18.0k), "
+                 "and at iodepth 1 from 1.5k to 4.2k (fio 6.7k)." % (
+                     meta["ceph_cpus"], meta["qemu_cpus"],
+                     meta["rig_cpus"]))
+        L.append("")
+    rows = list(target_rows(idx, meta))
+    if rows:
+        L.append("Targets (issue 19), medians of this run:")
+        L.append("")
+        L.append("| figure | target | this run |")
+        L.append("| --- | --- | --- |")
+        for fig, tgt, val in rows:
+            L.append("| %s | %s | %s |" % (fig, tgt, val))
+        L.append("")
     L.append("| rw | IOThreads | iodepth | stock IOPS | pfbd IOPS | "
              "pfbd/stock | host IOPS | pfbd/host | "
              "stock / pfbd lat avg us | stock / pfbd QEMU CPU us/IO |")
@@ -189,16 +287,22 @@ def main():
     ap.add_argument("--rw", default="randread,randwrite")
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--rbd-cache", choices=("off", "on"), default="off",
+                    help="librbd's cache for all three (default off)")
     opts = ap.parse_args()
+    opts.rbd_cache = opts.rbd_cache == "on"
     build = opts.build if os.path.isabs(opts.build) else \
         os.path.join(REPO, opts.build)
     opts.qemu = os.path.join(build, "qemu-system-x86_64")
     opts.rig = os.path.join(build, "bench", "pfbd-rig")
     ncpu = os.cpu_count() or 1
-    opts.rig_cpus = opts.qemu_cpus = None
+    opts.rig_cpus = opts.qemu_cpus = opts.ceph_cpus = None
     if not opts.no_pin and ncpu >= 2:
-        opts.rig_cpus = "0"
+        # The cluster on CPU 0, and the rig there when the cluster leaves
+        # it idle; the client (fio, or QEMU) on the others
+        opts.ceph_cpus = opts.rig_cpus = "0"
         opts.qemu_cpus = "1" if ncpu == 2 else "1-%d" % (ncpu - 1)
+    opts.rig_args = ["--idle"]
     iodepths = [int(x) for x in opts.iodepth.split(",")]
     iothreads = [int(x) for x in opts.iothreads.split(",")]
     rws = opts.rw.split(",")
@@ -213,6 +317,9 @@ def main():
         bench.git_describe(), "size": opts.size, "runs": opts.runs,
         "runtime_s": opts.runtime, "ramp_s": opts.ramp,
         "iodepths": iodepths, "iothreads": iothreads, "rw": rws,
+        "rbd_cache": opts.rbd_cache, "rig_cpus": opts.rig_cpus,
+        "qemu_cpus": opts.qemu_cpus, "ceph_cpus": opts.ceph_cpus,
+        "rig_args": opts.rig_args,
     }
     # make sure a kill stops the cluster too (the finally block below)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit("bench-rbd: killed"))
@@ -222,7 +329,14 @@ def main():
     try:
         log("bench-rbd: cluster in %s; creating and filling %s" % (d,
                                                                    opts.size))
-        rbd(conf, "create", "--size", opts.size, "rbd/" + IMAGE)
+        if opts.ceph_cpus:
+            pin_daemons(d, opts.ceph_cpus)
+        fconf = fio_conf(conf, opts.rbd_cache)
+        # No exclusive-lock (nor what needs it): fio's jobs each open the
+        # image, and with the lock their writes took it from each other
+        # (474 IOPS at iodepth 1 with 2 jobs)
+        rbd(conf, "create", "--size", opts.size, "--image-feature",
+            "layering", "rbd/" + IMAGE)
         rbd(conf, "bench", "--io-type", "write", "--io-size", "4M",
             "--io-pattern", "seq", "--io-total", opts.size, "rbd/" + IMAGE)
         for rw in rws:
@@ -236,11 +350,12 @@ def main():
                         for m in members:
                             try:
                                 if m == "host":
-                                    r = run_host(opts, conf, rw, qd, t)
+                                    r = run_host(opts, fconf, rw, qd, t)
                                 else:
                                     r = bench.run_rig(
                                         opts, None, None, rw, 4096, qd, t,
-                                        dev_args=dev_args(m, conf, t, qd),
+                                        dev_args=dev_args(m, conf, t, qd,
+                                                          opts.rbd_cache),
                                         size=opts.size)
                             except (RuntimeError, ValueError,
                                     subprocess.TimeoutExpired) as e:
@@ -256,8 +371,11 @@ def main():
                     line = []
                     for m in members:
                         if runs[m]:
-                            s = bench.summarize(runs[m], variant=m, rw=rw,
-                                                iodepth=qd, iothreads=t)
+                            s = bench.summarize(
+                                runs[m], mode="host" if m == "host" else
+                                "rig", device=DEVICE[m], backend="rbd",
+                                variant=m, rw=rw, bs=4096, iodepth=qd,
+                                iothreads=t)
                             results.append(s)
                             line.append("%s %.1fk" % (m, s["iops"] / 1e3))
                     log("%s qd%d %d IOThread(s): %s" % (rw, qd, t,

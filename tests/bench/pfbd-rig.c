@@ -1140,6 +1140,9 @@ static void usage(FILE *f)
 "                     Linux's virtio_blk does\n"
 "  --rig-cpus LIST    pin the rig to these CPUs (e.g. 0)\n"
 "  --qemu-cpus LIST   pin QEMU (every thread) to these CPUs (e.g. 1-3)\n"
+"  --idle             run the rig under SCHED_IDLE once QEMU is up: it\n"
+"                     gets its CPUs only when nothing else wants them\n"
+"                     (when it shares them with, e.g., a storage cluster)\n"
 "  --daemon-pid PID   the device's back end runs in process PID (e.g.\n"
 "                     qemu-storage-daemon for vhost-user-blk-pci): its\n"
 "                     threads count as the data path\n"
@@ -1168,7 +1171,7 @@ int main(int argc, char **argv)
     enum { POLL_SPIN, POLL_YIELD, POLL_SLEEP } pollmode = POLL_YIELD;
     long sleep_ns = 2000;
     bool sync_kick = false, want_flush = true, indirect = false;
-    bool loopback = false;
+    bool loopback = false, idle = false;
     cpu_set_t rig_cpus, qemu_cpus;
     bool pin_rig = false, pin_qemu = false;
     int opt;
@@ -1192,6 +1195,7 @@ int main(int argc, char **argv)
         { "rig-cpus", required_argument, NULL, 'C' },
         { "qemu-cpus", required_argument, NULL, 'P' },
         { "daemon-pid", required_argument, NULL, 'D' },
+        { "idle", no_argument, NULL, 'i' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -1272,6 +1276,9 @@ int main(int argc, char **argv)
                 die("bad --qemu-cpus '%s'", optarg);
             }
             pin_qemu = true;
+            break;
+        case 'i':
+            idle = true;
             break;
         case 'D':
             daemon_pid = atoi(optarg);
@@ -1522,6 +1529,14 @@ int main(int argc, char **argv)
     }
     if (pollmode == POLL_SLEEP) {
         prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    }
+    if (idle) {
+        struct sched_param sp = { 0 };
+
+        /* Only now: QEMU, forked earlier, keeps the normal policy */
+        if (sched_setscheduler(0, SCHED_IDLE, &sp) < 0) {
+            die("--idle: %s", strerror(errno));
+        }
     }
     memset(&c0, 0, sizeof(c0));
     memset(&c1, 0, sizeof(c1));
