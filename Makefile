@@ -130,7 +130,8 @@ fuzz:
 	$(NINJA) -C $(FUZZ_BUILD)/qemu-build qemu-fuzz-x86_64
 	bash tests/fuzz/run-fuzz.sh $(FUZZ_BUILD)/qemu-build $(FUZZ_TIME)
 
-check-functional: build guest
+# (the rig and qemu-storage-daemon: tests/functional/test_bench_rig.py)
+check-functional: build guest bench-rig bench-qsd
 	PFBD_QEMU=$(abspath $(BUILD)/qemu-system-x86_64) \
 		$(PYTEST) -v -rs tests/functional
 

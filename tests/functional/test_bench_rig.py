@@ -1,0 +1,75 @@
+"""The benchmark rig's devices move the right data: every read that
+pfbd-rig completes on virtio-blk-pfbd, stock virtio-blk-pci and
+vhost-user-blk-pci (qemu-storage-daemon, the out-of-process peer of
+make bench) matches the backing file, and the daemon's CPU time is counted
+as the device path's.  Needs build/bench/pfbd-rig and qemu-storage-daemon
+(make check-functional builds both)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_DIR
+
+sys.path.insert(0, os.path.join(REPO_DIR, "tests", "bench"))
+
+import bench  # noqa: E402
+
+BUILD = os.environ.get("BUILD", os.path.join(REPO_DIR, "build"))
+RIG = os.path.join(BUILD, "bench", "pfbd-rig")
+QSD = os.path.join(BUILD, "qemu-build", "storage-daemon",
+                   "qemu-storage-daemon")
+SIZE = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """64 MiB of random data, on tmpfs (O_DIRECT) when there is room"""
+    d = "/dev/shm" if os.statvfs("/dev/shm").f_bavail * \
+        os.statvfs("/dev/shm").f_frsize > 4 * SIZE else \
+        str(tmp_path_factory.mktemp("rig"))
+    path = os.path.join(d, "pfbd-test-rig-%d.img" % os.getpid())
+    with open(path, "wb") as f:
+        f.write(os.urandom(SIZE))
+    yield path
+    os.unlink(path)
+
+
+def run_rig(qemu, image, args, daemon_pid=None):
+    for exe in (RIG, QSD):
+        assert os.access(exe, os.X_OK), \
+            "%s missing: make bench-rig bench-qsd" % exe
+    cmd = [RIG, "--qemu", qemu, "--rw", "randread", "--iodepth", "8",
+           "--runtime", "1", "--ramp", "0.2", "--size", str(SIZE),
+           "--verify", image]
+    if daemon_pid:
+        cmd += ["--daemon-pid", str(daemon_pid)]
+    p = subprocess.run(cmd + ["--"] + args, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip(), \
+        "pfbd-rig failed (rc %d): %s" % (
+            p.returncode, p.stderr.decode(errors="replace")[-2000:])
+    return json.loads(p.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("device", ["virtio-blk-pfbd", "virtio-blk-pci",
+                                    "vhost-user-blk"])
+def test_rig_reads_match_the_file(guest, image, device):
+    if device == "vhost-user-blk":
+        with bench.StorageDaemon(QSD, image, 1) as qsd:
+            r = run_rig(guest.qemu, image,
+                        bench.vhost_user_args(qsd.sock, 1, 8),
+                        qsd.proc.pid)
+        assert r["daemon_cpu_us_per_io"] > 0, r
+        # the daemon's threads are the device path
+        assert r["cpu_us_per_io"] >= r["daemon_cpu_us_per_io"], r
+    else:
+        r = run_rig(guest.qemu, image,
+                    bench.device_args(device, "file", 1, 8, image))
+        assert r["daemon_cpu_us_per_io"] == 0, r
+    assert r["errors"] == 0, r
+    assert r["mismatches"] == 0, r
+    assert r["verified"] > 100, r
