@@ -1162,7 +1162,8 @@ def plot(doc, opts, path):
                              squeeze=False)
     lines = [("rig", d, b) for d, b in RIG_DEVICES] + [("host", "host",
                                                         "file")]
-    styles = {"virtio-blk-pci": "--", "virtio-blk-pfbd": "-", "host": ":"}
+    styles = {"virtio-blk-pci": "--", "virtio-blk-pfbd": "-", "host": ":",
+              "vhost-user-blk": "-."}
     colors = {"null": "tab:blue", "file": "tab:orange"}
     for i, t in enumerate(opts.iothreads):
         for j, rw in enumerate(opts.rws):
@@ -1176,7 +1177,9 @@ def plot(doc, opts, path):
                         ys.append(r["iops"] / 1000.0)
                 if xs:
                     ax.plot(xs, ys, styles[dev], marker="o",
-                            color="black" if dev == "host" else colors[be],
+                            color="black" if dev == "host" else
+                            "tab:green" if dev == "vhost-user-blk" else
+                            colors[be],
                             label="%s %s" % (SHORT[dev], be))
             ax.set_xscale("log", base=2)
             ax.set_xticks(opts.iodepths)
