@@ -728,6 +728,12 @@ def target_rows(idx):
                    s.get("iothread_runs_per_io") or 0))
 
 
+def target_table(rows):
+    """The markdown lines of a targets table of (figure, target, value)"""
+    return ["| figure | target | this run |", "| --- | --- | --- |"] + \
+        ["| %s | %s | %s |" % row for row in rows] + [""]
+
+
 def report_md(doc, opts):
     meta, results = doc["meta"], doc["results"]
     idx = index(results)
@@ -835,11 +841,7 @@ def report_md(doc, opts):
                  "a floor: the rig's loopback (the rig's own round trip, no "
                  "device) or host fio.")
         L.append("")
-        L.append("| figure | target | this run |")
-        L.append("| --- | --- | --- |")
-        for fig, tgt, val in rows:
-            L.append("| %s | %s | %s |" % (fig, tgt, val))
-        L.append("")
+        L += target_table(rows)
 
     # ---------------- main table
     L.append("## IOPS (rig), ratios pfbd/stock and pfbd/host-limit")

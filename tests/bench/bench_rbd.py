@@ -238,11 +238,7 @@ def report(doc):
     if rows:
         L.append("Targets (issue 19), medians of this run:")
         L.append("")
-        L.append("| figure | target | this run |")
-        L.append("| --- | --- | --- |")
-        for fig, tgt, val in rows:
-            L.append("| %s | %s | %s |" % (fig, tgt, val))
-        L.append("")
+        L += bench.target_table(rows)
     L.append("| rw | IOThreads | iodepth | stock IOPS | pfbd IOPS | "
              "pfbd/stock | host IOPS | pfbd/host | "
              "stock / pfbd lat avg us | stock / pfbd QEMU CPU us/IO |")
