@@ -434,11 +434,14 @@ static int pfbd_file_ring_enable(FileQueue *fq)
 static int pfbd_file_iowq_bind(FileQueue *fq)
 {
     FileVolume *fv = (FileVolume *)fq->base.vol;
-    pthread_t self = pthread_self();
+    pthread_t self;
     int ret;
 
-    if (!fv->has_iowq_cpus ||
-        (fq->iowq_bound && pthread_equal(fq->iowq_thread, self))) {
+    if (!fv->has_iowq_cpus) {
+        return 0;
+    }
+    self = pthread_self();
+    if (fq->iowq_bound && pthread_equal(fq->iowq_thread, self)) {
         return 0;
     }
     ret = io_uring_register_ring_fd(&fq->ring);

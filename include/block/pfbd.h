@@ -66,7 +66,7 @@ typedef struct PfbdOpenOptions {
     /*
      * file: the CPUs the io_uring workers (io-wq) of every queue may run
      * on, a list like "0,2-3" (IORING_REGISTER_IOWQ_AFF); NULL: those of
-     * the thread that set the queue up.  Other engines refuse it.
+     * the thread that submits.  Other engines refuse it.
      */
     const char *iowq_cpus;
 } PfbdOpenOptions;
