@@ -155,7 +155,6 @@ def pin_daemons(d, cpus):
     for pid in pids:
         subprocess.run(["taskset", "-a", "-p", "-c", cpus, pid], check=True,
                        stdout=subprocess.DEVNULL)
-    return len(pids)
 
 
 def rbd(conf, *args):

@@ -855,19 +855,14 @@ static void cpu_sample_pid(struct cpu_sample *s, pid_t pid, bool daemon)
         ns = task_cpu_ns(path);
         if (daemon) {
             s->daemon_ns += ns;
-            if (!strncmp(comm, "iou-", 4)) {
-                s->iouring_ns += ns;
-            } else {
-                s->iothreads_ns += ns;
-            }
-            continue;
+        } else {
+            s->total_ns += ns;
         }
-        s->total_ns += ns;
-        if (!strncmp(comm, "IO ", 3)) {
-            s->iothreads_ns += ns;
-            s->n_iothreads++;
-        } else if (!strncmp(comm, "iou-", 4)) {
+        if (!strncmp(comm, "iou-", 4)) {
             s->iouring_ns += ns;
+        } else if (daemon || !strncmp(comm, "IO ", 3)) {
+            s->iothreads_ns += ns;
+            s->n_iothreads += !daemon;
         } else if (atoi(de->d_name) == (int)pid) {
             s->main_ns += ns;
         }

@@ -5,10 +5,10 @@ make bench) matches the backing file, and the daemon's CPU time is counted
 as the device path's.  Needs build/bench/pfbd-rig and qemu-storage-daemon
 (make check-functional builds both)."""
 
-import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -38,37 +38,31 @@ def image(tmp_path_factory):
     os.unlink(path)
 
 
-def run_rig(qemu, image, args, daemon_pid=None):
+def run_rig(qemu, image, device):
+    """One short bench.run_rig() of @device on @image, every read checked
+    against @image (pfbd-rig --verify); the rig's JSON result"""
     for exe in (RIG, QSD):
         assert os.access(exe, os.X_OK), \
             "%s missing: make bench-rig bench-qsd" % exe
-    cmd = [RIG, "--qemu", qemu, "--rw", "randread", "--iodepth", "8",
-           "--runtime", "1", "--ramp", "0.2", "--size", str(SIZE),
-           "--verify", image]
-    if daemon_pid:
-        cmd += ["--daemon-pid", str(daemon_pid)]
-    p = subprocess.run(cmd + ["--"] + args, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=120)
-    assert p.returncode == 0 and p.stdout.strip(), \
-        "pfbd-rig failed (rc %d): %s" % (
-            p.returncode, p.stderr.decode(errors="replace")[-2000:])
-    return json.loads(p.stdout.decode().strip().splitlines()[-1])
+    opts = types.SimpleNamespace(
+        rig=RIG, qemu=qemu, qsd=QSD, image=image, runtime=1, ramp=0.2,
+        rig_cpus=None, qemu_cpus=None, rig_args=["--verify", image])
+    try:
+        return bench.run_rig(opts, device, "file", "randread", 4096, 8, 1,
+                             size=str(SIZE))
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        pytest.fail("pfbd-rig failed: %s" % e)
 
 
 @pytest.mark.parametrize("device", ["virtio-blk-pfbd", "virtio-blk-pci",
                                     "vhost-user-blk"])
 def test_rig_reads_match_the_file(guest, image, device):
+    r = run_rig(guest.qemu, image, device)
     if device == "vhost-user-blk":
-        with bench.StorageDaemon(QSD, image, 1) as qsd:
-            r = run_rig(guest.qemu, image,
-                        bench.vhost_user_args(qsd.sock, 1, 8),
-                        qsd.proc.pid)
         assert r["daemon_cpu_us_per_io"] > 0, r
         # the daemon's threads are the device path
         assert r["cpu_us_per_io"] >= r["daemon_cpu_us_per_io"], r
     else:
-        r = run_rig(guest.qemu, image,
-                    bench.device_args(device, "file", 1, 8, image))
         assert r["daemon_cpu_us_per_io"] == 0, r
     assert r["errors"] == 0, r
     assert r["mismatches"] == 0, r
