@@ -27,6 +27,8 @@
 #include "qemu/atomic.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/memfd.h"
+#include "qapi/error.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "qobject/qnum.h"
@@ -71,6 +73,21 @@ static char *image_create(uint64_t size)
     g_assert(ftruncate(fd, size) == 0);
     close(fd);
     return path;
+}
+
+/*
+ * Shared memory of @size bytes for a memory-backend-file that has no name
+ * in any file system: a memfd called @name, which QEMU opens through the
+ * path returned in @mem_path, /proc/PID/fd/N of this process.  A test
+ * that fails or is killed leaves nothing behind in /dev/shm.  Returns the
+ * memfd, which the caller closes once QEMU has opened it.
+ */
+static int shared_ram_create(const char *name, size_t size, char **mem_path)
+{
+    int fd = qemu_memfd_create(name, size, false, 0, 0, &error_abort);
+
+    *mem_path = g_strdup_printf("/proc/%d/fd/%d", (int)getpid(), fd);
+    return fd;
 }
 
 /*
@@ -1365,19 +1382,21 @@ static bool qemu_maps_file(Pfbd *p, const char *path)
  */
 static void test_unplugged_ram_freed(void)
 {
-    g_autofree char *shm = g_strdup_printf("/dev/shm/qtest-pfbd-iv-%d",
-                                           (int)getpid());
+    g_autofree char *mem_path = NULL;
+    int fd = shared_ram_create("qtest-pfbd-iv", 1024 * 1024, &mem_path);
     g_autofree char *extra = g_strdup_printf(
         "-object iothread,id=io0 -object memory-backend-file,id=mb1,"
-        "size=1M,mem-path=%s,share=on", shm);
+        "size=1M,mem-path=%s,share=on", mem_path);
     Pfbd *p = pfbd_setup(VOLUME_SIZE, extra, ", \"iothread\": \"io0\"", 1);
+    /* QEMU's mapping of it, in its /proc/PID/maps */
+    const char *shm = "/memfd:qtest-pfbd-iv ";
     gint64 start;
     uint8_t wbuf[4096];
     QPCIDevice *iv;
     QPCIBar bar;
     QDict *rsp;
 
-    unlink(shm);
+    close(fd);
     qtest_qmp_device_add(p->qts, "ivshmem-plain", "iv1",
                          "{'addr': %s, 'memdev': 'mb1'}",
                          stringify(PCI_SLOT_HP));
@@ -1387,6 +1406,7 @@ static void test_unplugged_ram_freed(void)
     qpci_device_enable(iv);
     fill_pattern(wbuf, sizeof(wbuf), 23);
     pfbd_write_from(p, 16, bar.addr, wbuf, sizeof(wbuf));
+    g_assert_true(qemu_maps_file(p, shm));
 
     qpci_unplug_acpi_device_test(p->qts, "iv1", PCI_SLOT_HP);
     g_free(iv);
@@ -2064,8 +2084,8 @@ typedef enum StormEvent {
  */
 static Pfbd *kicker_boot(Kicker *k, const char *volume, const char *props)
 {
-    g_autofree char *mem_path = g_strdup_printf("/dev/shm/qtest-pfbd-%d",
-                                                (int)getpid());
+    g_autofree char *mem_path = NULL;
+    int fd = shared_ram_create("qtest-pfbd-ram", STORM_RAM_SIZE, &mem_path);
     g_autofree char *extra = g_strdup_printf(
         "-object iothread,id=io0 -m 256M -machine memory-backend=mem "
         "-object memory-backend-file,id=mem,size=256M,mem-path=%s,share=on",
@@ -2073,14 +2093,11 @@ static Pfbd *kicker_boot(Kicker *k, const char *volume, const char *props)
     g_autofree char *all_props = g_strdup_printf(", \"iothread\": \"io0\"%s",
                                                  props);
     Pfbd *p = pfbd_start_volume(volume, extra, all_props, 1);
-    int fd = open(mem_path, O_RDWR);
 
-    g_assert_cmpint(fd, >=, 0);
     k->ram = mmap(NULL, STORM_RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
                   fd, 0);
     g_assert(k->ram != MAP_FAILED);
     close(fd);
-    unlink(mem_path);
     return p;
 }
 
