@@ -15,8 +15,12 @@ off: rbd_cache = false in fio's configuration; stock cache.direct=on,
 which makes block/rbd.c turn rbd_cache off; pfbd's default), and the same
 CPUs: the Ceph daemons (every thread) on CPU 0, the client (fio, or QEMU)
 on the others.  The rig, which plays the application for QEMU and polls
-the used rings, shares CPU 0 under SCHED_IDLE (pfbd-rig --idle): it runs
-only when the daemons leave the CPU idle, as it would be under fio.
+the used rings, runs on the client's CPUs as fio's application does, under
+SCHED_IDLE (pfbd-rig --idle): it runs only when QEMU's threads leave them
+idle, so its polling takes no CPU time from them.  --rig-on cluster puts
+it on the cluster's CPU instead (where it runs only when the daemons leave
+it idle); --rig-on both runs the QEMU devices with the rig in each place,
+side by side ("stock@cluster" and "pfbd@cluster" are the second one).
 
 x {randread, randwrite} x 4 KiB x iodepth {1, 32} x IOThreads {1, 2}, medians
 of --runs runs.  Output: BUILD/bench/rbd.json, BUILD/bench/rbd.md, and the
@@ -24,6 +28,7 @@ of --runs runs.  Output: BUILD/bench/rbd.json, BUILD/bench/rbd.md, and the
 """
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -147,6 +152,17 @@ def fio_conf(conf, cache):
     return path
 
 
+def rig_opts(opts, member):
+    """@opts with the rig's CPUs for @member ("stock", "pfbd@cluster"...):
+    the client's or the cluster's"""
+    where = member.split("@")[1] if "@" in member else opts.rig_on[0]
+    if not opts.qemu_cpus:
+        return opts
+    o = copy.copy(opts)
+    o.rig_cpus = opts.qemu_cpus if where == "client" else opts.ceph_cpus
+    return o
+
+
 def pin_daemons(d, cpus):
     """Pin every thread of the cluster's daemons (the pids file of
     start-ceph.sh) to @cpus"""
@@ -191,6 +207,39 @@ def target_rows(idx, meta):
                            pa, sa, "met" if pa <= sa else "not met"))
 
 
+def placement_table(idx, meta):
+    """--rig-on both: the QEMU devices with the rig on the cluster's CPU
+    and on the client's, from the same interleaved runs"""
+    first, second = meta["rig_on"]
+    cpus = {"client": meta["qemu_cpus"], "cluster": meta["ceph_cpus"]}
+    L = ["The rig's CPU (`--rig-on both`): the same interleaved runs with "
+         "the rig on the %s's CPU %s (as above) and on the %s's CPU %s, "
+         "both under `SCHED_IDLE`; IOPS, and latency average in us:" % (
+             first, cpus[first], second, cpus[second]), "",
+         "| rw | IOThreads | iodepth | host IOPS | rig on | stock | pfbd "
+         "| pfbd/stock | pfbd/host |",
+         "| --- | --: | --: | --: | --- | --: | --: | --: | --: |"]
+    for rw in meta["rw"]:
+        for t in meta["iothreads"]:
+            for qd in meta["iodepths"]:
+                h = idx.get(("host", rw, qd, t))
+                for sfx, where in (("", first), ("@" + second, second)):
+                    s = idx.get(("stock" + sfx, rw, qd, t))
+                    p = idx.get(("pfbd" + sfx, rw, qd, t))
+                    if not s or not p:
+                        continue
+                    L.append("| %s | %d | %d | %s | %s | %s (%s) | %s (%s) "
+                             "| %s | %s |" % (
+                                 rw, t, qd, fmt(h and h["iops"]), where,
+                                 fmt(s["iops"]),
+                                 fmt(s.get("lat_avg_us"), 1),
+                                 fmt(p["iops"]),
+                                 fmt(p.get("lat_avg_us"), 1),
+                                 bench.ratio(p["iops"], s["iops"]),
+                                 bench.ratio(p["iops"], h and h["iops"])))
+    return L + [""]
+
+
 def report(doc):
     meta, res = doc["meta"], doc["results"]
     idx = {(r["variant"], r["rw"], r["iodepth"], r["iothreads"]): r
@@ -219,7 +268,18 @@ def report(doc):
                 "true" if meta["rbd_cache"] else "false",
                 "on" if meta["rbd_cache"] else "off"))
     L.append("")
-    if meta.get("ceph_cpus"):
+    rig_on = meta.get("rig_on") or ["cluster"]
+    if meta.get("ceph_cpus") and rig_on[0] == "client":
+        L.append("CPUs: the Ceph daemons (every thread) on CPU %s; the "
+                 "client on CPU %s: fio (the application and librbd), or "
+                 "QEMU (every thread) and the rig, which plays the "
+                 "application for QEMU as fio's own thread does for fio "
+                 "and polls the used rings, under `SCHED_IDLE` (`pfbd-rig "
+                 "--idle`): it runs only when QEMU's threads leave the CPU "
+                 "idle, so its polling takes no CPU time from them." % (
+                     meta["ceph_cpus"], meta["qemu_cpus"]))
+        L.append("")
+    elif meta.get("ceph_cpus"):
         L.append("CPUs: the Ceph daemons (every thread) on CPU %s; the "
                  "client on CPU %s: fio (the application and librbd), or "
                  "QEMU (every thread).  The rig, which plays the "
@@ -262,6 +322,8 @@ def report(doc):
                              fmt(g(s, "qemu_cpu_us_per_io"), 1),
                              fmt(g(p, "qemu_cpu_us_per_io"), 1)))
     L.append("")
+    if len(rig_on) > 1:
+        L += placement_table(idx, meta)
     if doc["errors"]:
         L.append("Errors: " + "; ".join(doc["errors"]))
         L.append("")
@@ -282,6 +344,10 @@ def main():
     ap.add_argument("--rw", default="randread,randwrite")
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--rig-on", choices=("client", "cluster", "both"),
+                    default="client",
+                    help="the rig's CPUs: the client's (default, as fio's "
+                    "application), the cluster's, or both side by side")
     ap.add_argument("--rbd-cache", choices=("off", "on"), default="off",
                     help="librbd's cache for all three (default off)")
     opts = ap.parse_args()
@@ -293,11 +359,14 @@ def main():
     ncpu = os.cpu_count() or 1
     opts.rig_cpus = opts.qemu_cpus = opts.ceph_cpus = None
     if not opts.no_pin and ncpu >= 2:
-        # The cluster on CPU 0, and the rig there when the cluster leaves
-        # it idle; the client (fio, or QEMU) on the others
-        opts.ceph_cpus = opts.rig_cpus = "0"
+        # The cluster on CPU 0; the client (fio, or QEMU and the rig)
+        # on the others
+        opts.ceph_cpus = "0"
         opts.qemu_cpus = "1" if ncpu == 2 else "1-%d" % (ncpu - 1)
     opts.rig_args = ["--idle"]
+    opts.rig_on = ["client", "cluster"] if opts.rig_on == "both" else \
+        [opts.rig_on]
+    opts.rig_cpus = rig_opts(opts, "stock").rig_cpus
     iodepths = [int(x) for x in opts.iodepth.split(",")]
     iothreads = [int(x) for x in opts.iothreads.split(",")]
     rws = opts.rw.split(",")
@@ -314,7 +383,7 @@ def main():
         "iodepths": iodepths, "iothreads": iothreads, "rw": rws,
         "rbd_cache": opts.rbd_cache, "rig_cpus": opts.rig_cpus,
         "qemu_cpus": opts.qemu_cpus, "ceph_cpus": opts.ceph_cpus,
-        "rig_args": opts.rig_args,
+        "rig_args": opts.rig_args, "rig_on": opts.rig_on,
     }
     # make sure a kill stops the cluster too (the finally block below)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit("bench-rbd: killed"))
@@ -337,7 +406,10 @@ def main():
         for rw in rws:
             for t in iothreads:
                 for qd in iodepths:
-                    members = ["stock", "pfbd"]
+                    members = []
+                    for i, where in enumerate(opts.rig_on):
+                        sfx = "@" + where if i else ""
+                        members += ["stock" + sfx, "pfbd" + sfx]
                     if host_ok:
                         members.append("host")
                     runs = {m: [] for m in members}
@@ -348,9 +420,10 @@ def main():
                                     r = run_host(opts, fconf, rw, qd, t)
                                 else:
                                     r = bench.run_rig(
-                                        opts, None, None, rw, 4096, qd, t,
-                                        dev_args=dev_args(m, conf, t, qd,
-                                                          opts.rbd_cache),
+                                        rig_opts(opts, m), None, None, rw,
+                                        4096, qd, t, dev_args=dev_args(
+                                            m.split("@")[0], conf, t, qd,
+                                            opts.rbd_cache),
                                         size=opts.size)
                             except (RuntimeError, ValueError,
                                     subprocess.TimeoutExpired) as e:
@@ -368,9 +441,11 @@ def main():
                         if runs[m]:
                             s = bench.summarize(
                                 runs[m], mode="host" if m == "host" else
-                                "rig", device=DEVICE[m], backend="rbd",
-                                variant=m, rw=rw, bs=4096, iodepth=qd,
-                                iothreads=t)
+                                "rig", device=DEVICE[m.split("@")[0]],
+                                backend="rbd", variant=m, rw=rw, bs=4096,
+                                iodepth=qd, iothreads=t,
+                                rig_cpus=None if m == "host" else
+                                rig_opts(opts, m).rig_cpus)
                             results.append(s)
                             line.append("%s %.1fk" % (m, s["iops"] / 1e3))
                     log("%s qd%d %d IOThread(s): %s" % (rw, qd, t,
