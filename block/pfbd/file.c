@@ -208,6 +208,36 @@ static bool pfbd_file_parse_cpus(const char *list, cpu_set_t *set)
     }
 }
 
+/*
+ * Whether every CPU of @set is online.  The kernel takes the io_uring
+ * workers' CPUs as a mask of its own size and leaves out, without a word,
+ * a CPU it does not have.  True when the list of online CPUs cannot be
+ * read: the kernel then has the last word.
+ */
+static bool pfbd_file_cpus_online(const cpu_set_t *set)
+{
+    int fd = open("/sys/devices/system/cpu/online", O_RDONLY | O_CLOEXEC);
+    cpu_set_t online, both;
+    char buf[4096];
+    ssize_t n;
+
+    if (fd < 0) {
+        return true;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return true;
+    }
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    if (!pfbd_file_parse_cpus(buf, &online)) {
+        return true;
+    }
+    CPU_AND(&both, set, &online);
+    return CPU_EQUAL(&both, set);
+}
+
 static int pfbd_file_volume_open(const char *spec, const char *path,
                                  const PfbdOpenOptions *opts, PfbdVolume **volp,
                                  char **errmsg)
@@ -284,6 +314,12 @@ static int pfbd_file_volume_open(const char *spec, const char *path,
             pfbd_set_error(errmsg, "volume '%s': iowq-cpus '%s' is not a "
                            "list of CPUs like '0,2-3'", spec,
                            opts->iowq_cpus);
+            ret = -EINVAL;
+            goto fail;
+        }
+        if (!pfbd_file_cpus_online(&fv->iowq_cpus)) {
+            pfbd_set_error(errmsg, "volume '%s': iowq-cpus '%s' names a CPU "
+                           "that is not online", spec, opts->iowq_cpus);
             ret = -EINVAL;
             goto fail;
         }

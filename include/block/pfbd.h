@@ -66,7 +66,8 @@ typedef struct PfbdOpenOptions {
     /*
      * file: the CPUs the io_uring workers (io-wq) of every queue may run
      * on, a list like "0,2-3" (IORING_REGISTER_IOWQ_AFF); NULL: those of
-     * the thread that submits.  Other engines refuse it.
+     * the thread that submits.  A CPU that is not online is refused at
+     * open, as is the option with other engines.
      */
     const char *iowq_cpus;
 } PfbdOpenOptions;

@@ -99,6 +99,9 @@ def cases(image):
         "iowq-cpus not a CPU list": (
             dev(volume=vol, **{"iowq-cpus": "1-0"}),
             "iowq-cpus '1-0' is not a list of CPUs like '0,2-3'"),
+        "iowq-cpus with a CPU the host lacks": (
+            dev(volume=vol, **{"iowq-cpus": "0,1023"}),
+            "iowq-cpus '0,1023' names a CPU that is not online"),
         "iowq-cpus on the null engine": (
             dev(volume="null:16M", **{"iowq-cpus": "0"}),
             "iowq-cpus applies to the file engine only, not to null"),

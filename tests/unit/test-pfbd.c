@@ -944,6 +944,19 @@ static void test_file_iowq_cpus(void)
         free(err);
     }
     {
+        /* A CPU the host does not have: refused, not left out silently */
+        PfbdOpenOptions opts = { .iowq_cpus = "0,1023" };
+        PfbdVolume *vol = NULL;
+        char *err = NULL;
+
+        g_assert_cmpint(sysconf(_SC_NPROCESSORS_CONF), <, 1024);
+        g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, &err), ==,
+                        -EINVAL);
+        g_assert_null(vol);
+        g_assert_nonnull(strstr(err, "not online"));
+        free(err);
+    }
+    {
         PfbdOpenOptions opts = { .iowq_cpus = "0" };
         PfbdVolume *vol = NULL;
         char *err = NULL;
