@@ -54,7 +54,8 @@ typedef struct Pfbd {
     QVirtioDevice *dev;
     QVirtQueue *vq[MAX_VQS];
     unsigned int nvqs;
-    char *image;
+    char *image;        /* the volume's file, as /proc/PID/fd/N */
+    int image_fd;       /* N */
 } Pfbd;
 
 /* One request laid out in guest memory */
@@ -64,15 +65,21 @@ typedef struct PfbdReq {
     size_t len;         /* data bytes */
 } PfbdReq;
 
-static char *image_create(uint64_t size)
+/*
+ * A fresh file of @size bytes for a volume that leaves no name behind in
+ * /tmp: QEMU, and the test's own checks, open it through the returned
+ * path, /proc/PID/fd/N of this process, which keeps N (in *@fd) until
+ * pfbd_stop().  A test that fails or is killed leaves nothing behind.
+ */
+static char *image_create(uint64_t size, int *fd)
 {
-    char *path = NULL;
-    int fd = g_file_open_tmp("qtest-pfbd.XXXXXX", &path, NULL);
+    g_autofree char *path = NULL;
 
-    g_assert(fd >= 0);
-    g_assert(ftruncate(fd, size) == 0);
-    close(fd);
-    return path;
+    *fd = g_file_open_tmp("qtest-pfbd.XXXXXX", &path, NULL);
+    g_assert(*fd >= 0);
+    unlink(path);
+    g_assert(ftruncate(*fd, size) == 0);
+    return g_strdup_printf("/proc/%d/fd/%d", (int)getpid(), *fd);
 }
 
 /*
@@ -129,11 +136,13 @@ static Pfbd *pfbd_start_volume(const char *volume, const char *extra,
 static Pfbd *pfbd_start(uint64_t size, const char *extra, const char *props,
                         unsigned int nvqs)
 {
-    g_autofree char *image = image_create(size);
+    int fd;
+    g_autofree char *image = image_create(size, &fd);
     g_autofree char *volume = g_strdup_printf("file:%s", image);
     Pfbd *p = pfbd_start_volume(volume, extra, props, nvqs);
 
     p->image = g_steal_pointer(&image);
+    p->image_fd = fd;
     return p;
 }
 
@@ -191,7 +200,7 @@ static void pfbd_stop(Pfbd *p)
     qos_object_destroy((QOSGraphObject *)p->pdev);
     qtest_shutdown(p->qs);
     if (p->image) {
-        unlink(p->image);
+        close(p->image_fd);
         g_free(p->image);
     }
     g_free(p);
