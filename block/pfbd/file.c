@@ -28,6 +28,7 @@
 #include <linux/fs.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <liburing.h>
 #include "pfbd-int.h"
@@ -63,6 +64,8 @@ typedef struct FileReq {
     int iovcnt_rest;
     void *bounce;               /* aligned copy of the data, or NULL */
     uint64_t bounce_len;        /* counted in base.bounce_bytes */
+    void *bounce_map;           /* the mapping bounce is in; kept while */
+    size_t bounce_map_len;      /* the request is free, for its next use */
     struct iovec bounce_iov;
     const struct iovec *caller_iov; /* where a bounced read goes */
     int caller_iovcnt;
@@ -82,6 +85,7 @@ struct FileQueue {
     unsigned sqe_flags;         /* IOSQE_FIXED_FILE with the fd registered */
     FileReq *reqs;              /* base.depth requests */
     FileReq *free_reqs;
+    uint64_t bounce_kept;       /* bytes of the mappings free requests keep */
     void *zero_buf;             /* FILE_ZERO_BUF_SIZE zeroes, on demand */
     struct iovec *mem;          /* fixed buffers: registered memory, */
     unsigned nmem;              /* at most 1 GiB each, by address */
@@ -545,6 +549,13 @@ static void pfbd_file_queue_free(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
 
+    unsigned i;
+
+    for (i = 0; i < q->depth; i++) {
+        if (fq->reqs[i].bounce_map) {
+            munmap(fq->reqs[i].bounce_map, fq->reqs[i].bounce_map_len);
+        }
+    }
     pfbd_file_ring_exit(fq, &fq->ring);
     close(fq->epfd);
     free(fq->mem);
@@ -766,12 +777,75 @@ static int pfbd_file_req_queue(FileQueue *fq, FileReq *req)
     return 0;
 }
 
+/*
+ * Free requests keep the mappings of their last bounce buffers for reuse,
+ * up to the queue's bounce limit in all (or this much without one)
+ */
+#define FILE_BOUNCE_KEEP_MAX    (4 * 1024 * 1024)
+
+/*
+ * Give @req a bounce buffer of @len bytes aligned to @align (a power of
+ * 2): the mapping it kept if that is large enough, else a new one.  From
+ * mmap(), not malloc(): the guest sets the sizes (up to a request's
+ * maximum), and glibc keeps freed heap memory resident (in holes between
+ * chunks, and at the top of the heap up to a trim threshold that grows
+ * with the sizes freed), so the bound on the bounce bytes in flight
+ * (pfbd_bounce_get()) would not bound the memory QEMU holds.  With the
+ * mappings free requests keep (pfbd_file_req_release()), a queue holds at
+ * most twice its bounce limit.
+ */
+static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
+                                uint32_t align)
+{
+    /* A mapping starts on a page, and pages are 4 KiB or more */
+    size_t extra = align > 4096 ? align : 0;
+    uintptr_t addr;
+    size_t need;
+
+    if (len > SIZE_MAX - extra - 8192) {
+        return -ENOMEM;
+    }
+    need = ((len ? len : 1) + extra + 4095) & ~(size_t)4095;
+    if (req->bounce_map) {
+        fq->bounce_kept -= req->bounce_map_len;
+        if (req->bounce_map_len < need) {
+            munmap(req->bounce_map, req->bounce_map_len);
+            req->bounce_map = NULL;
+        }
+    }
+    if (!req->bounce_map) {
+        req->bounce_map = mmap(NULL, need, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (req->bounce_map == MAP_FAILED) {
+            req->bounce_map = NULL;
+            return -ENOMEM;
+        }
+        req->bounce_map_len = need;
+    }
+    addr = (uintptr_t)req->bounce_map;
+    if (extra) {
+        addr = (addr + align - 1) & ~(uintptr_t)(align - 1);
+    }
+    req->bounce = (void *)addr;
+    req->bounce_len = len;
+    return 0;
+}
+
 static void pfbd_file_req_release(FileQueue *fq, FileReq *req)
 {
+    uint64_t keep = fq->base.bounce_limit ? fq->base.bounce_limit :
+                    FILE_BOUNCE_KEEP_MAX;
+
     if (req->bounce) {
         pfbd_bounce_put(&fq->base, req->bounce_len);
+        if (req->bounce_map_len <= keep - fq->bounce_kept &&
+            fq->bounce_kept <= keep) {
+            fq->bounce_kept += req->bounce_map_len;
+        } else {
+            munmap(req->bounce_map, req->bounce_map_len);
+            req->bounce_map = NULL;
+        }
     }
-    free(req->bounce);
     free(req->iov_rest);
     req->bounce = NULL;
     req->iov_rest = NULL;
@@ -893,6 +967,7 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     FileVolume *fv = (FileVolume *)q->vol;
     uint32_t mem_align = q->vol->info.mem_align;
     FileReq *req = fq->free_reqs;
+    bool fresh;
     char *p;
     int i, ret;
 
@@ -911,6 +986,8 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
         .len = len,
         .iov = iov,
         .iovcnt = iovcnt,
+        .bounce_map = req->bounce_map,
+        .bounce_map_len = req->bounce_map_len,
         .cb = cb,
         .opaque = opaque,
     };
@@ -921,22 +998,19 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
         if (ret < 0) {
             goto fail;
         }
-        if ((size_t)len != len ||
-            posix_memalign(&req->bounce, pfbd_file_max_u32(mem_align, 64),
-                           len)) {
+        fresh = !req->bounce_map;
+        ret = pfbd_file_bounce_map(fq, req, len, mem_align);
+        if (ret < 0) {
             pfbd_bounce_put(q, len);
-            req->bounce = NULL;
-            ret = -ENOMEM;
             goto fail;
         }
-        req->bounce_len = len;
-        if (op == PFBD_OP_READ) {
+        if (op == PFBD_OP_READ && !fresh) {
             /*
              * Cheap next to the copy out, and tools like memcheck cannot
-             * see io_uring write the buffer
+             * see io_uring write the buffer (a new mapping is zeroed)
              */
             memset(req->bounce, 0, len);
-        } else {
+        } else if (op == PFBD_OP_WRITE) {
             p = req->bounce;
             for (i = 0; i < iovcnt; i++) {
                 memcpy(p, iov[i].iov_base, iov[i].iov_len);
