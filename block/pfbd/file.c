@@ -548,7 +548,6 @@ fail:
 static void pfbd_file_queue_free(PfbdQueue *q)
 {
     FileQueue *fq = (FileQueue *)q;
-
     unsigned i;
 
     for (i = 0; i < q->depth; i++) {
