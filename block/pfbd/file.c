@@ -837,8 +837,8 @@ static void pfbd_file_req_release(FileQueue *fq, FileReq *req)
 
     if (req->bounce) {
         pfbd_bounce_put(&fq->base, req->bounce_len);
-        if (req->bounce_map_len <= keep - fq->bounce_kept &&
-            fq->bounce_kept <= keep) {
+        if (fq->bounce_kept <= keep &&
+            req->bounce_map_len <= keep - fq->bounce_kept) {
             fq->bounce_kept += req->bounce_map_len;
         } else {
             munmap(req->bounce_map, req->bounce_map_len);
