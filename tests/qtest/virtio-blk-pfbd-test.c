@@ -98,21 +98,17 @@ static int shared_ram_create(const char *name, size_t size, char **mem_path)
 }
 
 /*
- * Start QEMU with a virtio-blk-pfbd device "drv0" in slot 4 whose volume
- * is a fresh file of @size bytes.  @props are more JSON members for the
- * device ("" or ", \"key\": value, ..."), @extra more command line.
- * The device is set up with @nvqs virtqueues (the driver's side), without
+ * Start QEMU with @extra on its command line and the virtio-pci block
+ * device @device (JSON for -device) in slot 4, and enable it.  The
+ * device is set up with @nvqs virtqueues (the driver's side), without
  * EVENT_IDX and INDIRECT_DESC.
  */
-static Pfbd *pfbd_start_volume(const char *volume, const char *extra,
-                               const char *props, unsigned int nvqs)
+static Pfbd *dev_start(const char *extra, const char *device,
+                       unsigned int nvqs)
 {
     Pfbd *p = g_new0(Pfbd, 1);
 
-    p->qs = qtest_pc_boot("-nodefaults %s -device '{\"driver\": "
-                          "\"virtio-blk-pfbd-pci\", \"id\": \"drv0\", "
-                          "\"addr\": \"%x.0\", \"volume\": \"%s\"%s}'",
-                          extra, PCI_SLOT, volume, props);
+    p->qs = qtest_pc_boot("-nodefaults %s -device '%s'", extra, device);
     p->qts = p->qs->qts;
     p->pdev = virtio_pci_new(p->qs->pcibus,
                              &(QPCIAddress) {
@@ -124,6 +120,49 @@ static Pfbd *pfbd_start_volume(const char *volume, const char *extra,
     qvirtio_pci_device_enable(p->pdev);
     p->nvqs = nvqs;
     return p;
+}
+
+/* -device JSON of virtio-blk-pfbd "drv0" on @volume, with @props */
+static char *pfbd_device_json(const char *volume, const char *props)
+{
+    return g_strdup_printf("{\"driver\": \"virtio-blk-pfbd-pci\", "
+                           "\"id\": \"drv0\", \"addr\": \"%x.0\", "
+                           "\"volume\": \"%s\"%s}", PCI_SLOT, volume, props);
+}
+
+/*
+ * A stock virtio-blk-pci "drv0" on IOThread io0, for the holes that the
+ * virtio core and virtio-pci share between virtio-blk-pfbd and stock
+ * devices: -device JSON, and the -blockdev of its disk, a null-co node of
+ * 16 MiB that takes @latency_ns per request
+ */
+static char *stock_device_json(void)
+{
+    return g_strdup_printf("{\"driver\": \"virtio-blk-pci\", "
+                           "\"id\": \"drv0\", \"addr\": \"%x.0\", "
+                           "\"drive\": \"disk0\", \"iothread\": \"io0\"}",
+                           PCI_SLOT);
+}
+
+static char *stock_blockdev(uint64_t latency_ns)
+{
+    return g_strdup_printf("-blockdev '{\"driver\": \"null-co\", "
+                           "\"node-name\": \"disk0\", \"size\": %d, "
+                           "\"latency-ns\": %" PRIu64 "}'", VOLUME_SIZE,
+                           latency_ns);
+}
+
+/*
+ * Start QEMU with a virtio-blk-pfbd device "drv0" in slot 4 on @volume.
+ * @props are more JSON members for the device ("" or ", \"key\": value,
+ * ..."), @extra more command line.
+ */
+static Pfbd *pfbd_start_volume(const char *volume, const char *extra,
+                               const char *props, unsigned int nvqs)
+{
+    g_autofree char *device = pfbd_device_json(volume, props);
+
+    return dev_start(extra, device, nvqs);
 }
 
 /*
@@ -2088,26 +2127,38 @@ typedef enum StormEvent {
 } StormEvent;
 
 /*
- * Start QEMU with @volume on an IOThread (more device properties in
- * @props) and guest RAM that @k maps
+ * Start QEMU with the virtio-pci block device @device (-device JSON) on
+ * IOThread io0, @extra more command line, and guest RAM that @k maps
  */
-static Pfbd *kicker_boot(Kicker *k, const char *volume, const char *props)
+static Pfbd *kicker_boot_device(Kicker *k, const char *device,
+                                const char *extra)
 {
     g_autofree char *mem_path = NULL;
     int fd = shared_ram_create("qtest-pfbd-ram", STORM_RAM_SIZE, &mem_path);
-    g_autofree char *extra = g_strdup_printf(
+    g_autofree char *all_extra = g_strdup_printf(
         "-object iothread,id=io0 -m 256M -machine memory-backend=mem "
-        "-object memory-backend-file,id=mem,size=256M,mem-path=%s,share=on",
-        mem_path);
-    g_autofree char *all_props = g_strdup_printf(", \"iothread\": \"io0\"%s",
-                                                 props);
-    Pfbd *p = pfbd_start_volume(volume, extra, all_props, 1);
+        "-object memory-backend-file,id=mem,size=256M,mem-path=%s,share=on "
+        "%s", mem_path, extra);
+    Pfbd *p = dev_start(all_extra, device, 1);
 
     k->ram = mmap(NULL, STORM_RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
                   fd, 0);
     g_assert(k->ram != MAP_FAILED);
     close(fd);
     return p;
+}
+
+/*
+ * Start QEMU with @volume on IOThread io0 (more device properties in
+ * @props) and guest RAM that @k maps
+ */
+static Pfbd *kicker_boot(Kicker *k, const char *volume, const char *props)
+{
+    g_autofree char *all_props = g_strdup_printf(", \"iothread\": \"io0\"%s",
+                                                 props);
+    g_autofree char *device = pfbd_device_json(volume, all_props);
+
+    return kicker_boot_device(k, device, "");
 }
 
 static void kick_storm(StormEvent event)
@@ -2216,6 +2267,70 @@ static void test_pam_toggle(void)
     g_free(host);
     munmap(k.ram, STORM_RAM_SIZE);
     pfbd_stop(p);
+}
+
+/*
+ * The driver rewrites queue_size, or writes queue_enable again, on a queue
+ * that its IOThread serves while another vCPU keeps publishing requests
+ * and kicking.  The virtio spec forbids both on an enabled queue; QEMU
+ * used to take the new size at once and rebuild the ring caches after it,
+ * and in between the IOThread indexed the used ring with the new size
+ * through the old cache: an assertion failure, SIGABRT.  virtio-pci now
+ * ignores such writes (patches/0012): the queue keeps its size and serves
+ * every request published.
+ */
+static void queue_resize_live(Pfbd *p, Kicker *k)
+{
+    enum { WRITES = 3000 };
+    g_autoptr(GHashTable) before = g_hash_table_new(NULL, NULL);
+    gint64 start;
+    uint16_t size;
+    unsigned int i;
+
+    qemu_eventfds(qtest_pid(p->qts), before);
+    pfbd_driver_ok(p, 0);
+    size = p->vq[0]->size;
+    /* A quarter still holds every chain the kicker publishes */
+    g_assert_cmpuint(size / 4, >=, 2 * STORM_CHAINS);
+    kicker_start(k, p, before, -1);
+    for (i = 0; i < WRITES; i++) {
+        pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
+        pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SIZE,
+                           i % 2 ? size : size / 4);
+        if (i % 16 == 0) {
+            pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_ENABLE, 1);
+        }
+    }
+    kicker_stop(k);
+    start = g_get_monotonic_time();
+    while (qtest_readw(p->qts, p->vq[0]->used + 2) != k->idx) {
+        g_assert(!pfbd_broken(p));
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(1000);
+    }
+    g_test_message("%u requests served while the driver wrote queue_size",
+                   k->idx);
+    g_assert(!pfbd_broken(p));
+    munmap(k->ram, STORM_RAM_SIZE);
+    pfbd_stop(p);
+}
+
+static void test_queue_resize_live(void)
+{
+    Kicker k = { 0 };
+
+    queue_resize_live(kicker_boot(&k, "null:16M:completion_nsec=2000000",
+                                  ""), &k);
+}
+
+/* The same on a stock virtio-blk-pci on an IOThread */
+static void test_queue_resize_live_stock(void)
+{
+    Kicker k = { 0 };
+    g_autofree char *device = stock_device_json();
+    g_autofree char *blockdev = stock_blockdev(2000000);
+
+    queue_resize_live(kicker_boot_device(&k, device, blockdev), &k);
 }
 
 static void test_kick_storm_reset(void)
@@ -2333,6 +2448,10 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live",
+                   test_queue_resize_live);
+    qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live-stock",
+                   test_queue_resize_live_stock);
     qtest_add_func("/virtio-blk-pfbd/bad/huge-request", test_huge_request);
     qtest_add_func("/virtio-blk-pfbd/bad/huge-in-buffers",
                    test_huge_in_buffers);
