@@ -2333,6 +2333,67 @@ static void test_queue_resize_live_stock(void)
     queue_resize_live(kicker_boot_device(&k, device, blockdev), &k);
 }
 
+/*
+ * Guest-physical addresses outside RAM: nothing (the PCI hole below the
+ * BARs libqos assigns), MMIO (the I/O APIC) and ROM (the BIOS)
+ */
+static const uint64_t outside_ram[] = { 0xd0000000, 0xfec00000, 0xffff0000 };
+
+/*
+ * A read whose data buffer, or whose status byte, lies outside guest RAM,
+ * on a queue served by an IOThread.  QEMU used to bounce such a buffer,
+ * and the bounce reads or writes the region under the BQL: every stop
+ * path (reset, queue reset, stop, unplug) waits for the IOThread while
+ * it holds the BQL, so QEMU hung for good once a completion needed it.
+ * A queue served without the BQL now maps RAM only (patches/0013): the
+ * chain is refused and the device needs a reset, as for any malformed
+ * chain, and the reset brings it back.
+ */
+static void buffer_outside_ram_iothread(Pfbd *p)
+{
+    QVirtQueue *vq;
+    unsigned int i, data;
+
+    pfbd_driver_ok(p, 0);
+    for (i = 0; i < ARRAY_SIZE(outside_ram); i++) {
+        for (data = 0; data < 2; data++) {
+            PfbdReq r = pfbd_req_prepare(p, VIRTIO_BLK_T_IN, 0, NULL, 512);
+            uint32_t head;
+
+            vq = p->vq[0];
+            head = qvirtqueue_add(p->qts, vq, r.addr, 16, false, true);
+            qvirtqueue_add(p->qts, vq, data ? outside_ram[i] : r.addr + 16,
+                           512, true, true);
+            qvirtqueue_add(p->qts, vq,
+                           data ? r.addr + 16 + 512 : outside_ram[i], 1,
+                           true, false);
+            qvirtqueue_kick(p->qts, p->dev, vq, head);
+            assert_broken_and_alive(p, vq);
+            assert_recovers(p);
+            guest_free(&p->qs->alloc, r.addr);
+        }
+    }
+    pfbd_stop(p);
+}
+
+static void test_buffer_outside_ram_iothread(void)
+{
+    buffer_outside_ram_iothread(
+        pfbd_start_volume("null:16M:completion_nsec=100000000",
+                          "-object iothread,id=io0",
+                          ", \"iothread\": \"io0\"", 1));
+}
+
+static void test_buffer_outside_ram_iothread_stock(void)
+{
+    g_autofree char *device = stock_device_json();
+    g_autofree char *blockdev = stock_blockdev(100000000);
+    g_autofree char *extra = g_strdup_printf("-object iothread,id=io0 %s",
+                                             blockdev);
+
+    buffer_outside_ram_iothread(dev_start(extra, device, 1));
+}
+
 static void test_kick_storm_reset(void)
 {
     kick_storm(STORM_RESET);
@@ -2448,6 +2509,10 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/descriptor-loop",
                    test_descriptor_loop);
     qtest_add_func("/virtio-blk-pfbd/bad/out-of-ram", test_out_of_ram);
+    qtest_add_func("/virtio-blk-pfbd/bad/buffer-outside-ram-iothread",
+                   test_buffer_outside_ram_iothread);
+    qtest_add_func("/virtio-blk-pfbd/bad/buffer-outside-ram-iothread-stock",
+                   test_buffer_outside_ram_iothread_stock);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live",
                    test_queue_resize_live);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live-stock",
