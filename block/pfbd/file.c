@@ -784,14 +784,19 @@ static int pfbd_file_req_queue(FileQueue *fq, FileReq *req)
 
 /*
  * Give @req a bounce buffer of @len bytes aligned to @align (a power of
- * 2): the mapping it kept if that is large enough, else a new one.  From
- * mmap(), not malloc(): the guest sets the sizes (up to a request's
- * maximum), and glibc keeps freed heap memory resident (in holes between
- * chunks, and at the top of the heap up to a trim threshold that grows
- * with the sizes freed), so the bound on the bounce bytes in flight
- * (pfbd_bounce_get()) would not bound the memory QEMU holds.  With the
- * mappings free requests keep (pfbd_file_req_release()), a queue holds at
- * most twice its bounce limit.
+ * 2): the mapping it kept if that fits, else a new one.  From mmap(), not
+ * malloc(): the guest sets the sizes (up to a request's maximum), and
+ * glibc keeps freed heap memory resident (in holes between chunks, and at
+ * the top of the heap up to a trim threshold that grows with the sizes
+ * freed), so the bound on the bounce bytes in flight would not bound the
+ * memory QEMU holds.
+ *
+ * What counts against the queue's bounce limit (pfbd_bounce_get()) is the
+ * mapping, not @len: a kept mapping is reused only while it is at most
+ * twice the size needed, so that a small request cannot hold a large
+ * mapping that the limit does not see.  With the mappings free requests
+ * keep (pfbd_file_req_release()), a queue holds at most its bounce limit
+ * in flight (or one larger request alone) plus its bounce limit kept.
  */
 static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
                                 uint32_t align)
@@ -800,6 +805,7 @@ static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
     size_t extra = align > 4096 ? align : 0;
     uintptr_t addr;
     size_t need;
+    int ret;
 
     if (len > SIZE_MAX - extra - 8192) {
         return -ENOMEM;
@@ -807,16 +813,22 @@ static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
     need = ((len ? len : 1) + extra + 4095) & ~(size_t)4095;
     if (req->bounce_map) {
         fq->bounce_kept -= req->bounce_map_len;
-        if (req->bounce_map_len < need) {
+        if (req->bounce_map_len < need || req->bounce_map_len / 2 > need) {
             munmap(req->bounce_map, req->bounce_map_len);
             req->bounce_map = NULL;
         }
+    }
+    ret = pfbd_bounce_get(&fq->base, req->bounce_map ? req->bounce_map_len :
+                                                       need);
+    if (ret < 0) {
+        goto fail;
     }
     if (!req->bounce_map) {
         req->bounce_map = mmap(NULL, need, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (req->bounce_map == MAP_FAILED) {
             req->bounce_map = NULL;
+            pfbd_bounce_put(&fq->base, need);
             return -ENOMEM;
         }
         req->bounce_map_len = need;
@@ -826,8 +838,16 @@ static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
         addr = (addr + align - 1) & ~(uintptr_t)(align - 1);
     }
     req->bounce = (void *)addr;
-    req->bounce_len = len;
+    req->bounce_len = req->bounce_map_len;
     return 0;
+
+fail:
+    /* Its room in the kept bytes is gone: do not keep it uncounted */
+    if (req->bounce_map) {
+        munmap(req->bounce_map, req->bounce_map_len);
+        req->bounce_map = NULL;
+    }
+    return ret;
 }
 
 static void pfbd_file_req_release(FileQueue *fq, FileReq *req)
@@ -993,14 +1013,9 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
         (iovcnt > IOV_MAX || !pfbd_iov_is_aligned(iov, iovcnt, mem_align))) {
-        ret = pfbd_bounce_get(q, len);
-        if (ret < 0) {
-            goto fail;
-        }
         fresh = !req->bounce_map;
         ret = pfbd_file_bounce_map(fq, req, len, mem_align);
         if (ret < 0) {
-            pfbd_bounce_put(q, len);
             goto fail;
         }
         if (op == PFBD_OP_READ && !fresh) {

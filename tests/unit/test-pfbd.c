@@ -771,6 +771,70 @@ static void test_file_bounce_limit(void)
     unmount_fs(mnt);
 }
 
+/* This process's resident memory, in KiB */
+static long rss_kib(void)
+{
+    g_autofree char *text = NULL;
+    const char *p;
+
+    g_assert_true(g_file_get_contents("/proc/self/status", &text, NULL,
+                                      NULL));
+    p = strstr(text, "VmRSS:");
+    g_assert_nonnull(p);
+    return atol(p + strlen("VmRSS:"));
+}
+
+/*
+ * What counts against the bounce limit is what a request maps: a small
+ * bounced request does not take over the large mapping that an earlier
+ * one left for reuse.  It used to, with only its own length counted, so
+ * that a guest pairing small writes on slow storage with large reads
+ * made every write in flight hold a read's mapping: QEMU grew by 800 MiB
+ * on one queue where the limit saw 4 KiB per write.
+ */
+static void test_file_bounce_mapping_counted(void)
+{
+    TestVolume tv = { 0 };
+    char *mnt = mount_fs("tmpfs", "size=64m");
+    size_t big = 16 * MiB;
+    uint8_t *mem = alloc_aligned(big + 8192);
+    uint8_t *check = alloc_aligned(4096);
+    struct iovec rd = { mem + 1, big }, wr = { mem + 1, 4096 };
+    Completion c[2] = { { 0 } };
+    long kept, now;
+
+    open_file(&tv, mnt, 32 * MiB, false, 4);
+    g_assert_cmpuint(tv.info.mem_align, >, 1);
+    pfbd_queue_set_bounce_limit(tv.q, big);
+    memset(mem, 0, big + 8192);
+
+    /* A large bounced read; its request keeps the mapping, resident */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &rd, 1, big, 0,
+                                complete_cb, &c[0]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[0].count, ==, 1);
+    g_assert_cmpint(c[0].ret, ==, 0);
+    kept = rss_kib();
+
+    /* A small bounced write takes that request, and maps 4 KiB of its own */
+    fill_pattern(mem + 1, 4096, 9);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 8192, &wr, 1, 4096, 0,
+                                complete_cb, &c[1]), ==, 0);
+    now = rss_kib();
+    g_test_message("RSS with the read's mapping kept %ld KiB, with a 4 KiB "
+                   "write in flight %ld KiB", kept, now);
+    g_assert_cmpint(kept - now, >, big / 2 / 1024);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[1].count, ==, 1);
+    g_assert_cmpint(c[1].ret, ==, 0);
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 8192, check, 4096, 0), ==, 0);
+    g_assert_true(memcmp(check, mem + 1, 4096) == 0);
+    free(check);
+    free(mem);
+    close_volume(&tv);
+    unmount_fs(mnt);
+}
+
 typedef struct OtherThread {
     PfbdQueue *q;
     void *buf;
@@ -2203,6 +2267,8 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/write-zeroes-unmap",
                     test_file_write_zeroes_unmap);
     g_test_add_func("/pfbd/file/bounce-limit", test_file_bounce_limit);
+    g_test_add_func("/pfbd/file/bounce-mapping-counted",
+                    test_file_bounce_mapping_counted);
     g_test_add_func("/pfbd/file/any-thread", test_file_any_thread);
     g_test_add_func("/pfbd/file/iowq-cpus", test_file_iowq_cpus);
     g_test_add_func("/pfbd/file/misaligned-buffers",
