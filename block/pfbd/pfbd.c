@@ -244,11 +244,17 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info)
     info->size = __atomic_load_n(&vol->info.size, __ATOMIC_RELAXED);
 }
 
-int pfbd_volume_refresh_size(PfbdVolume *vol)
+int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size)
 {
     uint64_t size;
     int ret;
 
+    if (!block_size) {
+        block_size = vol->info.block_size;
+    }
+    if (block_size % vol->info.block_size) {
+        return -EINVAL;
+    }
     if (!vol->engine->volume_get_size) {
         return 0;
     }
@@ -256,7 +262,7 @@ int pfbd_volume_refresh_size(PfbdVolume *vol)
     if (ret < 0) {
         return ret;
     }
-    size -= size % vol->info.block_size;
+    size -= size % block_size;
     if (size == 0) {
         return -EINVAL;
     }

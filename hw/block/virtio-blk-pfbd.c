@@ -1432,6 +1432,15 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
     s->writeback = true;
     s->seg_max = s->conf.seg_max_adjust ? s->conf.queue_size - 2 : 128 - 2;
     s->max_request_bytes = (uint64_t)s->seg_max * VIRTIO_BLK_PFBD_SIZE_MAX;
+    if (s->conf.logical_block_size > s->max_request_bytes) {
+        /* Not one read or write could carry a whole block */
+        error_setg(errp, "logical_block_size %" PRIu32 " is larger than the "
+                   "largest request the device takes (%" PRIu32 " segments "
+                   "of %d KiB): raise queue-size, or set seg-max-adjust=on",
+                   s->conf.logical_block_size, s->seg_max,
+                   (int)(VIRTIO_BLK_PFBD_SIZE_MAX / KiB));
+        goto fail_volume;
+    }
     s->config_size = virtio_get_config_size(&virtio_blk_cfg_size_params,
                                             s->host_features);
     virtio_init(vdev, VIRTIO_ID_BLOCK, s->config_size);
@@ -1552,21 +1561,21 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
         error_setg(errp, "the device has no volume open yet");
         return;
     }
-    ret = pfbd_volume_refresh_size(s->volume);
+    /* In the device's blocks: a size it refuses changes nothing */
+    ret = pfbd_volume_refresh_size(s->volume, s->conf.logical_block_size);
+    if (ret == -EINVAL) {
+        error_setg(errp, "volume '%s' is now smaller than one block (%"
+                   PRIu32 " bytes)", s->conf.volume,
+                   s->conf.logical_block_size);
+        return;
+    }
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot re-read the size of volume "
                          "'%s'", s->conf.volume);
         return;
     }
     pfbd_volume_get_info(s->volume, &info);
-    capacity = QEMU_ALIGN_DOWN(info.size, s->conf.logical_block_size) >>
-               SECTOR_BITS;
-    if (capacity == 0) {
-        error_setg(errp, "volume '%s' is now smaller than one block (%"
-                   PRIu32 " bytes)", s->conf.volume,
-                   s->conf.logical_block_size);
-        return;
-    }
+    capacity = info.size >> SECTOR_BITS;
     trace_virtio_blk_pfbd_resize(s, qatomic_read(&s->capacity), capacity);
     if (capacity != qatomic_read(&s->capacity)) {
         qatomic_set(&s->capacity, capacity);

@@ -128,13 +128,18 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info);
 
 /**
  * pfbd_volume_refresh_size: re-read the size of the backing store.
+ * @block_size: the size is rounded down to a multiple of it: 0 for the
+ * volume's own block size, else a multiple of that (a user's larger
+ * logical block size)
  *
  * Returns 0 and updates what pfbd_volume_get_info() reports and what
- * pfbd_submit() checks ranges against, or a negative errno.  Safe while
- * queues of the volume have requests in flight; a request checked against
- * the old size may still complete, or fail in the engine.
+ * pfbd_submit() checks ranges against, or a negative errno with nothing
+ * changed: -EINVAL when the store is now smaller than one block (or
+ * @block_size is not a multiple of the volume's).  Safe while queues of
+ * the volume have requests in flight; a request checked against the old
+ * size may still complete, or fail in the engine.
  */
-int pfbd_volume_refresh_size(PfbdVolume *vol);
+int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size);
 
 /**
  * pfbd_queue_new: create a submission/completion context on @vol

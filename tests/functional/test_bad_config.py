@@ -78,6 +78,11 @@ def cases(image):
             dev(volume=vol, logical_block_size=4096,
                 physical_block_size=512),
             "logical_block_size > physical_block_size"),
+        "a block larger than the largest request": (
+            dev(volume=vol, logical_block_size=262144,
+                physical_block_size=262144, **{"queue-size": 4}),
+            "logical_block_size 262144 is larger than the largest request "
+            "the device takes (2 segments of 64 KiB)"),
         "iothread and iothread-vq-mapping": (
             iothreads("io0") + dev(volume=vol, iothread="io0", **{
                 "iothread-vq-mapping": [{"iothread": "io0"}]}),

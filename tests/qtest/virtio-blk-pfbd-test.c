@@ -2334,6 +2334,39 @@ static void test_queue_resize_live_stock(void)
 }
 
 /*
+ * The volume shrinks below one of the device's 4 KiB blocks, though not
+ * below the engine's own block: re-reading its size (volume-size 0) is
+ * refused and must change nothing.  libpfbd used to keep the new size
+ * anyway, so that once the file had its size back every request past
+ * the shrunk size failed with IOERR, the device still showing the old
+ * capacity.
+ */
+static void test_resize_refused(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "", ", \"logical_block_size\": 4096, "
+                         "\"physical_block_size\": 4096", 1);
+    g_autofree char *want = g_strdup_printf("volume 'file:%s' is now "
+                                            "smaller than one block (4096 "
+                                            "bytes)", p->image);
+    uint8_t buf[4096];
+    QDict *rsp;
+
+    g_assert_cmpint(truncate(p->image, 2048), ==, 0);
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-set', 'arguments': "
+                    "{ 'path': %s, 'property': 'volume-size', 'value': 0 } }",
+                    STATS_PATH);
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"), ==,
+                    want);
+    qobject_unref(rsp);
+    g_assert_cmpint(truncate(p->image, VOLUME_SIZE), ==, 0);
+    fill_pattern(buf, sizeof(buf), 3);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_OUT, 64, buf,
+                                sizeof(buf)), ==, VIRTIO_BLK_S_OK);
+    assert_file_bytes(p, 64 * 512, buf, sizeof(buf));
+    pfbd_stop(p);
+}
+
+/*
  * Guest-physical addresses outside RAM: nothing (the PCI hole below the
  * BARs libqos assigns), MMIO (the I/O APIC) and ROM (the BIOS)
  */
@@ -2513,6 +2546,8 @@ int main(int argc, char **argv)
                    test_buffer_outside_ram_iothread);
     qtest_add_func("/virtio-blk-pfbd/bad/buffer-outside-ram-iothread-stock",
                    test_buffer_outside_ram_iothread_stock);
+    qtest_add_func("/virtio-blk-pfbd/req/resize-refused",
+                   test_resize_refused);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live",
                    test_queue_resize_live);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live-stock",

@@ -552,7 +552,7 @@ static void test_file_refresh_size(void)
 
     open_file(&tv, NULL, MiB, false, 1);
     g_assert_cmpint(truncate(tv.path, 2 * MiB), ==, 0);
-    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol, 0), ==, 0);
     pfbd_volume_get_info(tv.vol, &tv.info);
     g_assert_cmpuint(tv.info.size, ==, 2 * MiB);
     close_volume(&tv);
@@ -1616,7 +1616,7 @@ static void test_file_short_read_eof(void)
     }
     g_assert_cmpint(do_req(tv.q, PFBD_OP_READ, MiB - N * 4096, iov, N,
                            N * 4096, 0), ==, -EIO);
-    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol, 0), ==, 0);
     pfbd_volume_get_info(tv.vol, &tv.info);
     g_assert_cmpuint(tv.info.size, ==, MiB - 3 * 4096);
     free(buf);
@@ -2038,7 +2038,7 @@ static void test_rbd_refresh_size(void)
     g_assert_cmpint(rbd_open(test_ioctx, name, &image, NULL), ==, 0);
     g_assert_cmpint(rbd_resize(image, 12 * MiB), ==, 0);
     g_assert_cmpint(rbd_close(image), ==, 0);
-    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol), ==, 0);
+    g_assert_cmpint(pfbd_volume_refresh_size(tv.vol, 0), ==, 0);
     pfbd_volume_get_info(tv.vol, &tv.info);
     g_assert_cmpuint(tv.info.size, ==, 12 * MiB);
     close_rbd(&tv, name);
