@@ -1027,6 +1027,26 @@ static void test_bounce_bound(void)
 }
 
 /*
+ * Set the device up with queue 0 (the only one) of @size entries, as a
+ * driver may choose up to 1024 whatever the device offers
+ */
+static void pfbd_driver_ok_ring(Pfbd *p, uint16_t size)
+{
+    uint64_t features;
+
+    qvirtio_start_device(p->dev);
+    features = qvirtio_get_features(p->dev) &
+               ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                 (1ull << VIRTIO_RING_F_INDIRECT_DESC));
+    qvirtio_set_features(p->dev, features);
+    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
+    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SIZE, size);
+    p->vq[0] = qvirtqueue_setup(p->dev, &p->qs->alloc, 0);
+    g_assert_cmpuint(p->vq[0]->size, ==, size);
+    qvirtio_set_driver_ok(p->dev);
+}
+
+/*
  * The driver may size a virtqueue up to 1024 entries, above the device's
  * queue-size and so above the engine queue's depth: the requests over the
  * depth wait for room (back-pressure), they do not fail.
@@ -1037,20 +1057,9 @@ static void test_ring_above_depth(void)
     Pfbd *p = pfbd_start_volume("null:16M:completion_nsec=20000000", "",
                                 ", \"queue-size\": 16", 1);
     g_autofree PfbdReq *r = g_new(PfbdReq, N);
-    uint64_t features;
     unsigned int i;
 
-    qvirtio_start_device(p->dev);
-    features = qvirtio_get_features(p->dev) &
-               ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_RING_F_EVENT_IDX) |
-                 (1ull << VIRTIO_RING_F_INDIRECT_DESC));
-    qvirtio_set_features(p->dev, features);
-    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
-    pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SIZE, 4 * N);
-    p->vq[0] = qvirtqueue_setup(p->dev, &p->qs->alloc, 0);
-    g_assert_cmpuint(p->vq[0]->size, ==, 4 * N);
-    qvirtio_set_driver_ok(p->dev);
-
+    pfbd_driver_ok_ring(p, 4 * N);
     for (i = 0; i < N; i++) {
         r[i] = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
         pfbd_req_add(p, p->vq[0], &r[i], false);
@@ -2427,6 +2436,133 @@ static void test_buffer_outside_ram_iothread_stock(void)
     buffer_outside_ram_iothread(dev_start(extra, device, 1));
 }
 
+/* Migrate the VM of @p to a file and wait until that completed */
+static void migrate_to_file(Pfbd *p)
+{
+    g_autofree char *path = NULL;
+    g_autofree char *uri = NULL;
+    gint64 start = g_get_monotonic_time();
+    int fd = g_file_open_tmp("qtest-pfbd-mig.XXXXXX", &path, NULL);
+
+    g_assert(fd >= 0);
+    close(fd);
+    uri = g_strdup_printf("file:%s", path);
+    qtest_qmp_assert_success(p->qts, "{ 'execute': 'migrate', 'arguments': "
+                             "{ 'uri': %s } }", uri);
+    for (;;) {
+        QDict *rsp = qtest_qmp(p->qts, "{ 'execute': 'query-migrate' }");
+        const char *status = qdict_get_try_str(qdict_get_qdict(rsp, "return"),
+                                               "status");
+        bool done = status && !strcmp(status, "completed");
+
+        g_assert_cmpstr(status, !=, "failed");
+        qobject_unref(rsp);
+        if (done) {
+            break;
+        }
+        g_assert(g_get_monotonic_time() - start <= TIMEOUT_US);
+        g_usleep(10000);
+    }
+    unlink(path);
+}
+
+/* The in-flight count of the last drain in the trace file @path */
+static unsigned long last_drain_in_flight(const char *path)
+{
+    g_autofree char *log = NULL;
+    const char *drain, *end;
+    unsigned long n;
+
+    g_assert_true(g_file_get_contents(path, &log, NULL, NULL));
+    drain = g_strrstr(log, "virtio_blk_pfbd_drain ");
+    g_assert_nonnull(drain);
+    drain = strstr(drain, "in-flight ");
+    g_assert_nonnull(drain);
+    g_assert_cmpint(qemu_strtoul(drain + strlen("in-flight "), &end, 10, &n),
+                    ==, 0);
+    return n;
+}
+
+/*
+ * Queues without an IOThread are served by whichever thread holds the BQL
+ * and runs the main loop: a migration's final stop drains them from the
+ * migration thread, while the guest keeps them busy from a thread of its
+ * own (64 KiB reads of data on the disk, a ring as deep as the engine
+ * queue).  The stop finds requests in flight (the drain's trace says how
+ * many; the test migrates again until it does), completes them all
+ * without an error, and the guest gets the data on the disk.
+ */
+static void test_migrate_main_loop_inflight(void)
+{
+    Kicker k = { 0 };
+    g_autofree char *trace = NULL;
+    g_autofree char *device = NULL;
+    g_autofree char *extra = NULL;
+    g_autofree char *image = NULL;
+    g_autofree char *volume = NULL;
+    g_autofree uint8_t *data = g_malloc(65536);
+    unsigned long in_flight = 0;
+    unsigned int round;
+    QDict *stats;
+    PfbdReq r;
+    int fd, image_fd;
+    Pfbd *p;
+
+    fd = g_file_open_tmp("qtest-pfbd-trace.XXXXXX", &trace, NULL);
+    g_assert(fd >= 0);
+    close(fd);
+    image = image_create(VOLUME_SIZE, &image_fd);
+    /*
+     * Data on the disk, not a hole: O_DIRECT reads of a disk's file
+     * complete from its interrupt, as task work of the thread that
+     * submitted them (on tmpfs, or with fsync, io_uring's workers post
+     * the completions themselves)
+     */
+    memset(data, 0x6b, 65536);
+    g_assert_cmpint(pwrite(image_fd, data, 65536, 0), ==, 65536);
+    g_assert_cmpint(fsync(image_fd), ==, 0);
+    volume = g_strdup_printf("file:%s", image);
+    device = pfbd_device_json(volume, ", \"queue-size\": 16");
+    extra = g_strdup_printf("-trace virtio_blk_pfbd_drain -D %s", trace);
+    p = kicker_boot_device(&k, device, extra);
+
+    /* Until a migration's stop finds requests in flight */
+    for (round = 0; round < 10 && !in_flight; round++) {
+        g_autoptr(GHashTable) before = g_hash_table_new(NULL, NULL);
+
+        /* Stopped, the device has no notifier: the new ones are its own */
+        qemu_eventfds(qtest_pid(p->qts), before);
+        if (round == 0) {
+            pfbd_driver_ok_ring(p, 16);
+            r = pfbd_req_prepare(p, VIRTIO_BLK_T_IN, 0, NULL, 65536);
+            pfbd_req_add(p, p->vq[0], &r, true);
+        } else {
+            qtest_qmp_assert_success(p->qts, "{ 'execute': 'cont' }");
+        }
+        kicker_start(&k, p, before, r.head);
+        wait_in_flight(p->qts, STATS_PATH, 0, 1);
+        migrate_to_file(p);
+        kicker_stop(&k);
+        in_flight = last_drain_in_flight(trace);
+        g_test_message("round %u: the stop's drain found %lu in flight",
+                       round, in_flight);
+    }
+    unlink(trace);
+    g_assert_cmpuint(in_flight, >, 0);
+
+    stats = pfbd_stats(p);
+    g_assert_cmpint(qdict_get_int(stats_queue(stats, 0), "errors"), ==, 0);
+    g_assert_cmpint(qdict_get_int(stats_queue(stats, 0), "in-flight"), ==, 0);
+    qobject_unref(stats);
+    g_assert(!pfbd_broken(p));
+    qtest_memread(p->qts, r.addr + 16, data, 65536);
+    g_assert_cmphex(data[0], ==, 0x6b);
+    g_assert_cmphex(data[65535], ==, 0x6b);
+    munmap(k.ram, STORM_RAM_SIZE);
+    close(image_fd);
+    pfbd_stop(p);
+}
+
 static void test_kick_storm_reset(void)
 {
     kick_storm(STORM_RESET);
@@ -2571,6 +2707,8 @@ int main(int argc, char **argv)
                    test_stop_cont_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/hotplug-cycles",
                    test_hotplug_cycles);
+    qtest_add_func("/virtio-blk-pfbd/lifecycle/migrate-main-loop-inflight",
+                   test_migrate_main_loop_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-reset",
                    test_kick_storm_reset);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-stop",
