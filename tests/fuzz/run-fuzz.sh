@@ -1,17 +1,25 @@
 #!/bin/bash
 # run-fuzz.sh QEMU_BUILD_DIR [SECONDS [TARGET...]]: fuzz virtio-blk-pfbd
 # with libFuzzer + ASan + UBSan (the build of `make fuzz`), SECONDS per target
-# (default 600).  Targets (default: both):
+# (default 600).  Targets (default: all three):
 #
 #   virtio-blk-pfbd-fuzz  tests/qtest/fuzz/virtio_blk_pfbd_fuzz.c: shaped
 #                         virtio-blk requests on two virtqueues of the
 #                         device's libqos node (a file volume): the
-#                         request path, including malformed chains, with
-#                         device and queue resets, stop/cont, PAM changes
-#                         and unplug/replug between requests;
+#                         request path, including malformed chains and
+#                         buffers outside guest RAM, with device and queue
+#                         resets, stop/cont, PAM changes, unplug/replug
+#                         and writes to the common configuration (queue
+#                         size, enable and select, device status) between
+#                         requests;
+#   virtio-blk-pfbd-iothread-fuzz
+#                         the same with the queues on an IOThread, which
+#                         serves them while the fuzzer's thread writes the
+#                         configuration and drives the lifecycle;
 #   generic-fuzz          QEMU's generic fuzzer on the device's MMIO/PIO
-#                         and guest memory: config space, status, resets,
-#                         ioeventfd start and stop.
+#                         and guest memory, the queues on an IOThread:
+#                         config space, status, resets, ioeventfd start
+#                         and stop.
 #
 # Both run in one process each, with ASan's and libFuzzer's leak checks
 # and libFuzzer's RSS limit (2 GiB).  Each target keeps its corpus and log
@@ -32,7 +40,7 @@ secs=${2:-600}
 shift $(($# < 2 ? $# : 2))
 targets=("$@")
 if [ ${#targets[@]} = 0 ]; then
-    targets=(virtio-blk-pfbd-fuzz generic-fuzz)
+    targets=(virtio-blk-pfbd-fuzz virtio-blk-pfbd-iothread-fuzz generic-fuzz)
 fi
 runs=$(dirname "$qb")/fuzz-run
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -52,7 +60,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$run/corpus" "$art"
     fuzz_env=()
     if [ "$t" = generic-fuzz ]; then
-        fuzz_env=("QEMU_FUZZ_ARGS=-machine q35 -device virtio-blk-pfbd,volume=file:$vol,num-queues=2,serial=fuzz"
+        fuzz_env=("QEMU_FUZZ_ARGS=-machine q35 -object iothread,id=io0 -device virtio-blk-pfbd,volume=file:$vol,num-queues=2,iothread=io0,serial=fuzz"
                   "QEMU_FUZZ_OBJECTS=virtio* pfbd*")
         echo "run-fuzz: ${fuzz_env[*]}"
     fi

@@ -22,8 +22,17 @@
  * and the management make them: after a request the input may reset the
  * device, reset one virtqueue (virtio-pci's queue_reset), stop and resume
  * the VM, change the memory map (a PAM segment of the low 1 MiB, where
- * requests may lie, turned to PCI and back to RAM), or unplug the device
- * with its requests in flight and plug an identical one into its slot.
+ * requests may lie, turned to PCI and back to RAM), unplug the device
+ * with its requests in flight and plug an identical one into its slot,
+ * or write the common configuration as a driver must not: queue_size or
+ * queue_enable of a live queue, queue_select, device_status.  Requests
+ * may point their data or status at addresses outside guest RAM (an
+ * unassigned address, MMIO, ROM).
+ *
+ * Two targets: virtio-blk-pfbd-fuzz serves the queues in the main loop;
+ * virtio-blk-pfbd-iothread-fuzz on an IOThread, where the device's data
+ * path runs in another thread than the one that writes the configuration
+ * and drives the lifecycle, as with a KVM guest.
  */
 
 #include "qemu/osdep.h"
@@ -76,7 +85,20 @@ typedef enum PfbdFuzzEvent {
     PFBD_FUZZ_EV_STOP_CONT,     /* VM stop, then cont */
     PFBD_FUZZ_EV_PAM,           /* 0xC0000-0xC3FFF to PCI and back to RAM */
     PFBD_FUZZ_EV_REPLUG,        /* unplug, plug an identical device */
+    PFBD_FUZZ_EV_COMMON_CFG,    /* a write to the common configuration */
+    PFBD_FUZZ_EV_RESIZE_LIVE,   /* queue_size of the live queue, 16 times */
 } PfbdFuzzEvent;
+
+/*
+ * Guest-physical addresses outside RAM for layout 7: nothing there (the
+ * PCI hole below the BARs libqos maps), MMIO (I/O APIC, HPET) and ROM
+ */
+static const uint64_t pfbd_fuzz_outside_ram[] = {
+    0xd0000000, 0xfec00000, 0xfed00000, 0xffff0000,
+};
+
+/* Serve the queues on IOThread io0 (virtio-blk-pfbd-iothread-fuzz) */
+static bool pfbd_fuzz_iothread;
 
 /* The ACPI PCI hotplug eject register of the PIIX4 PM (libqos/pci-pc.c) */
 #define PFBD_FUZZ_ACPI_PCIHP_EJ 0xae08
@@ -120,7 +142,7 @@ static uint32_t pfbd_fuzz_add(QTestState *s, const PfbdFuzzReq *r,
     bool data_in = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
     size_t len = MIN((size_t)r->sectors * 512 + (r->tail & 511),
                      PFBD_FUZZ_MAX_DATA);
-    uint64_t addr;
+    uint64_t addr, outside;
     uint32_t head;
 
     hdr.type = cpu_to_le32(type);
@@ -184,6 +206,17 @@ static uint32_t pfbd_fuzz_add(QTestState *s, const PfbdFuzzReq *r,
         qvirtqueue_add(s, vq, addr + 16, len, !data_in, true);
         qvirtqueue_add(s, vq, addr + 16 + len, 1, true, false);
         break;
+    case 7: /* data (0x40 set: status) outside guest RAM */
+        outside = pfbd_fuzz_outside_ram[(r->tail >> 9) %
+                                        ARRAY_SIZE(pfbd_fuzz_outside_ram)];
+        head = qvirtqueue_add(s, vq, addr, 16, false, true);
+        if (len) {
+            qvirtqueue_add(s, vq, (r->layout & 0x40) ? addr + 16 : outside,
+                           len, data_in, true);
+        }
+        qvirtqueue_add(s, vq, (r->layout & 0x40) ? outside : addr + 16 + len,
+                       1, true, false);
+        break;
     }
     return head;
 }
@@ -199,6 +232,16 @@ static void pfbd_fuzz_queue_reset(QVirtioDevice *dev, int i)
                    VIRTIO_PCI_COMMON_Q_RESET, 1);
     qvirtqueue_cleanup(dev->bus, pfbd_fuzz_vq[i], fuzz_qos_alloc);
     pfbd_fuzz_vq[i] = qvirtqueue_setup(dev, fuzz_qos_alloc, i);
+}
+
+/* Write @val to the common configuration field at @offset of @dev */
+static void pfbd_fuzz_common_writew(QVirtioDevice *dev, uint32_t offset,
+                                    uint16_t val)
+{
+    QVirtioPCIDevice *pdev = container_of(dev, QVirtioPCIDevice, vdev);
+
+    qpci_io_writew(pdev->pdev, pdev->bar, pdev->common_cfg_offset + offset,
+                   val);
 }
 
 /*
@@ -244,6 +287,9 @@ static void pfbd_fuzz_replug(QTestState *s, QVirtioDevice *dev)
     qdict_put_str(opts, "addr", addr);
     qdict_put_str(opts, "volume", volume);
     qdict_put_str(opts, "num-queues", stringify(PFBD_FUZZ_QUEUES));
+    if (pfbd_fuzz_iothread) {
+        qdict_put_str(opts, "iothread", "io0");
+    }
     new = qdev_device_add_from_qdict(opts, false, &error_abort);
     object_unref(OBJECT(new));
     qobject_unref(opts);
@@ -255,13 +301,50 @@ static void pfbd_fuzz_replug(QTestState *s, QVirtioDevice *dev)
 }
 
 /*
- * Run @ev; returns false if the device's queues were set up again (what
- * was added to them is gone)
+ * Run @ev (@arg: the fuzzer's choice of register and value); returns false
+ * if the device's queues were set up again (what was added to them is
+ * gone)
  */
 static bool pfbd_fuzz_event(QTestState *s, QVirtioDevice *dev,
-                            PfbdFuzzEvent ev, int queue, uint64_t mask)
+                            PfbdFuzzEvent ev, int queue, uint64_t mask,
+                            uint32_t arg)
 {
+    static const uint32_t cfg[] = {
+        VIRTIO_PCI_COMMON_Q_SIZE, VIRTIO_PCI_COMMON_Q_ENABLE,
+        VIRTIO_PCI_COMMON_Q_SELECT, VIRTIO_PCI_COMMON_STATUS,
+    };
+    QVirtioPCIDevice *pdev = container_of(dev, QVirtioPCIDevice, vdev);
+    uint32_t offset;
     int i;
+
+    switch (ev) {
+    case PFBD_FUZZ_EV_COMMON_CFG:
+        /* On the request's queue, or on the one the input selects */
+        offset = cfg[arg % ARRAY_SIZE(cfg)];
+        if (offset != VIRTIO_PCI_COMMON_Q_SELECT) {
+            pfbd_fuzz_common_writew(dev, VIRTIO_PCI_COMMON_Q_SELECT, queue);
+        }
+        if (offset == VIRTIO_PCI_COMMON_STATUS) {
+            qpci_io_writeb(pdev->pdev, pdev->bar,
+                           pdev->common_cfg_offset + offset, arg >> 16);
+            /* Whatever the status did, start over */
+            ev = PFBD_FUZZ_EV_RESET;
+            break;
+        }
+        pfbd_fuzz_common_writew(dev, offset, arg >> 16);
+        return true;
+    case PFBD_FUZZ_EV_RESIZE_LIVE:
+        /* The queue's IOThread may be serving it meanwhile */
+        for (i = 0; i < 16; i++) {
+            pfbd_fuzz_common_writew(dev, VIRTIO_PCI_COMMON_Q_SELECT, queue);
+            pfbd_fuzz_common_writew(dev, VIRTIO_PCI_COMMON_Q_SIZE,
+                                    i % 2 ? pfbd_fuzz_vq[queue]->size :
+                                            (arg >> 16) % 1025);
+        }
+        return true;
+    default:
+        break;
+    }
 
     switch (ev) {
     case PFBD_FUZZ_EV_RESET:
@@ -341,7 +424,8 @@ static void pfbd_fuzz(QTestState *s, const unsigned char *data, size_t size)
             pending[i] = false;
             flush_events(s);
         }
-        if (!pfbd_fuzz_event(s, dev, (r.kick >> 1) & 7, i, mask)) {
+        if (!pfbd_fuzz_event(s, dev, (r.kick >> 1) & 7, i, mask,
+                             r.dwz_flags)) {
             /* Queues set up again: nothing of theirs is pending */
             memset(pending, 0, sizeof(pending));
             flush_events(s);
@@ -381,6 +465,12 @@ static void pfbd_fuzz_pre(QTestState *s)
     qos_init_path(s);
 }
 
+static void pfbd_fuzz_iothread_pre(QTestState *s)
+{
+    pfbd_fuzz_iothread = true;
+    qos_init_path(s);
+}
+
 static void register_virtio_blk_pfbd_fuzz_targets(void)
 {
     fuzz_add_qos_target(&(FuzzTarget){
@@ -393,6 +483,18 @@ static void register_virtio_blk_pfbd_fuzz_targets(void)
                 "virtio-blk-pfbd-pci",
                 &(QOSGraphTestOptions){
                     .edge.extra_device_opts = "num-queues=2",
+                });
+    fuzz_add_qos_target(&(FuzzTarget){
+                .name = "virtio-blk-pfbd-iothread-fuzz",
+                .description = "Fuzz virtio-blk-pfbd on an IOThread with "
+                "shaped virtio-blk requests on two virtqueues",
+                .pre_fuzz = &pfbd_fuzz_iothread_pre,
+                .fuzz = pfbd_fuzz,
+                },
+                "virtio-blk-pfbd-pci",
+                &(QOSGraphTestOptions){
+                    .edge.before_cmd_line = "-object iothread,id=io0",
+                    .edge.extra_device_opts = "num-queues=2,iothread=io0",
                 });
 }
 
