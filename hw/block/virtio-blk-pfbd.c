@@ -1660,7 +1660,8 @@ static const struct {
     { "serial", "serial number reported by VIRTIO_BLK_T_GET_ID "
       "(at most 20 bytes are visible)" },
     { "num-queues", "number of virtqueues (default: one per vCPU)" },
-    { "queue-size", "virtqueue size, a power of 2 (default 256)" },
+    { "queue-size", "virtqueue size offered and engine queue depth, a "
+      "power of 2 (default 256); the driver may set rings up to 1024" },
     { "seg-max-adjust", "offer queue-size - 2 segments per request "
       "(off: 126)" },
     { "iothread", "the IOThread that serves every virtqueue "

@@ -1028,16 +1028,17 @@ static void test_bounce_bound(void)
 
 /*
  * Set the device up with queue 0 (the only one) of @size entries, as a
- * driver may choose up to 1024 whatever the device offers
+ * driver may choose up to 1024 whatever the device offers; with indirect
+ * descriptors if @indirect
  */
-static void pfbd_driver_ok_ring(Pfbd *p, uint16_t size)
+static void pfbd_driver_ok_ring(Pfbd *p, uint16_t size, bool indirect)
 {
     uint64_t features;
 
     qvirtio_start_device(p->dev);
     features = qvirtio_get_features(p->dev) &
                ~(QVIRTIO_F_BAD_FEATURE | (1ull << VIRTIO_RING_F_EVENT_IDX) |
-                 (1ull << VIRTIO_RING_F_INDIRECT_DESC));
+                 (indirect ? 0 : 1ull << VIRTIO_RING_F_INDIRECT_DESC));
     qvirtio_set_features(p->dev, features);
     pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
     pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SIZE, size);
@@ -1059,7 +1060,7 @@ static void test_ring_above_depth(void)
     g_autofree PfbdReq *r = g_new(PfbdReq, N);
     unsigned int i;
 
-    pfbd_driver_ok_ring(p, 4 * N);
+    pfbd_driver_ok_ring(p, 4 * N, false);
     for (i = 0; i < N; i++) {
         r[i] = pfbd_req_prepare(p, VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
         pfbd_req_add(p, p->vq[0], &r[i], false);
@@ -2533,7 +2534,7 @@ static void test_migrate_main_loop_inflight(void)
         /* Stopped, the device has no notifier: the new ones are its own */
         qemu_eventfds(qtest_pid(p->qts), before);
         if (round == 0) {
-            pfbd_driver_ok_ring(p, 16);
+            pfbd_driver_ok_ring(p, 16, false);
             r = pfbd_req_prepare(p, VIRTIO_BLK_T_IN, 0, NULL, 65536);
             pfbd_req_add(p, p->vq[0], &r, true);
         } else {
@@ -2560,6 +2561,75 @@ static void test_migrate_main_loop_inflight(void)
     g_assert_cmphex(data[65535], ==, 0x6b);
     munmap(k.ram, STORM_RAM_SIZE);
     close(image_fd);
+    pfbd_stop(p);
+}
+
+/*
+ * What popped requests cost (the user guide, "What a guest can make QEMU
+ * allocate"): a driver sets a 1024-entry ring on a device of the default
+ * queue-size, and fills it with reads of 1024 descriptors each (indirect
+ * tables; the last carries data and the status byte, which costs the
+ * device a copy of the iovec) on a volume whose requests take a second.
+ * All 1024 are popped and held, 256 in the engine queue and the rest
+ * waiting for room; QEMU's private memory grows by no more than the
+ * guide's 42 MiB per virtqueue (plus 6 MiB for everything else), and
+ * every read completes.
+ */
+static void test_popped_requests_bound(void)
+{
+    enum { RING = 1024, NDESC = 1024 };
+    Kicker k = { 0 };
+    Pfbd *p = kicker_boot(&k, "null:16M:completion_nsec=1000000000", "");
+    g_autofree uint32_t *heads = g_new(uint32_t, RING);
+    uint64_t hdrs, tables, status, buf;
+    unsigned int i, j;
+    long anon, now;
+
+    pfbd_driver_ok_ring(p, RING, true);
+    hdrs = guest_alloc(&p->qs->alloc, RING * 16);
+    /* The last data segment and the status byte, merged: 513 bytes */
+    status = guest_alloc(&p->qs->alloc, RING * 513);
+    buf = guest_alloc(&p->qs->alloc, 512);
+    tables = guest_alloc(&p->qs->alloc, RING * NDESC * 16);
+    g_assert_cmphex(tables + RING * NDESC * 16, <=, STORM_RAM_SIZE);
+    memset(k.ram + status, 0xff, RING * 513);
+    for (i = 0; i < RING; i++) {
+        struct virtio_blk_outhdr *hdr = (void *)(k.ram + hdrs + 16 * i);
+        struct vring_desc *d = (void *)(k.ram + tables + i * NDESC * 16);
+        QVRingIndirectDesc indirect = {
+            .desc = tables + i * NDESC * 16, .index = NDESC, .elem = NDESC,
+        };
+
+        hdr->type = cpu_to_le32(VIRTIO_BLK_T_IN);
+        hdr->ioprio = 0;
+        hdr->sector = 0;
+        for (j = 0; j < NDESC; j++) {
+            d[j].addr = cpu_to_le64(j == 0 ? hdrs + 16 * i :
+                                    j == NDESC - 1 ? status + 513 * i : buf);
+            d[j].len = cpu_to_le32(j == 0 ? 16 : j == NDESC - 1 ? 513 : 512);
+            d[j].flags = cpu_to_le16((j ? VRING_DESC_F_WRITE : 0) |
+                                     (j < NDESC - 1 ? VRING_DESC_F_NEXT : 0));
+            d[j].next = cpu_to_le16(j + 1);
+        }
+        heads[i] = qvirtqueue_add_indirect(p->qts, p->vq[0], &indirect);
+    }
+    /* Private memory: guest RAM is shared, and QEMU reads the tables */
+    anon = proc_status_kib(qtest_pid(p->qts), "RssAnon:");
+    kick_heads(p->qts, p->dev, p->vq[0], heads, RING);
+    wait_in_flight(p->qts, STATS_PATH, 0, RING);
+    now = proc_status_kib(qtest_pid(p->qts), "RssAnon:");
+    g_test_message("%d requests of %d descriptors popped: RssAnon %ld -> "
+                   "%ld KiB", RING, NDESC, anon, now);
+    /* ASan adds a shadow byte per 8 and redzones around each element */
+    g_assert_cmpint(now - anon, <=, (getenv("ASAN_OPTIONS") ?
+                                     42 * 5 / 4 + 8 : 42 + 6) * 1024);
+
+    pfbd_wait_used(p, p->vq[0], NULL, RING);
+    for (i = 0; i < RING; i++) {
+        g_assert_cmpint(k.ram[status + 513 * i + 512], ==, VIRTIO_BLK_S_OK);
+    }
+    g_assert(!pfbd_broken(p));
+    munmap(k.ram, STORM_RAM_SIZE);
     pfbd_stop(p);
 }
 
@@ -2692,6 +2762,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/bad/huge-in-buffers",
                    test_huge_in_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/bounce-bound", test_bounce_bound);
+    qtest_add_func("/virtio-blk-pfbd/mem/popped-requests-bound",
+                   test_popped_requests_bound);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-ram-removed",
                    test_fixed_buffers_ram_removed);
