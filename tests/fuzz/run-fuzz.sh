@@ -21,8 +21,10 @@
 #                         config space, status, resets, ioeventfd start
 #                         and stop.
 #
-# Both run in one process each, with ASan's and libFuzzer's leak checks
-# and libFuzzer's RSS limit (2 GiB).  Each target keeps its corpus and log
+# Each runs in one process, with ASan's and libFuzzer's leak checks,
+# libFuzzer's RSS limit (2 GiB) and a hang limit (-timeout: an input that
+# runs 60 s is a finding), on inputs of up to 4 KiB from the start (a
+# shaped request is 32 bytes: short inputs reach little).  Each target keeps its corpus and log
 # under QEMU_BUILD_DIR/../fuzz-run/TARGET, and this run's reproducers
 # (crash-*, leak-*, oom-*, timeout-*, slow-unit-*) in a new directory
 # fuzz-run/TARGET/artifacts/DATE.  Exit status 0 only if no target found
@@ -67,7 +69,8 @@ for t in "${targets[@]}"; do
     echo "run-fuzz: $t for ${secs}s"
     rc=0
     env "${fuzz_env[@]}" "$qb/qemu-fuzz-x86_64" --fuzz-target="$t" \
-        -rss_limit_mb=2048 -detect_leaks=1 \
+        -rss_limit_mb=2048 -detect_leaks=1 -timeout=60 \
+        -max_len=4096 -len_control=0 \
         -max_total_time="$secs" -print_final_stats=1 \
         -artifact_prefix="$art/" "$run/corpus" \
         >"$run/fuzz.log" 2>&1 || rc=$?

@@ -493,7 +493,7 @@ static void register_virtio_blk_pfbd_fuzz_targets(void)
                 },
                 "virtio-blk-pfbd-pci",
                 &(QOSGraphTestOptions){
-                    .edge.before_cmd_line = "-object iothread,id=io0",
+                    .edge.after_cmd_line = "-object iothread,id=io0",
                     .edge.extra_device_opts = "num-queues=2,iothread=io0",
                 });
 }
