@@ -62,10 +62,7 @@ typedef struct FileReq {
     int iovcnt;
     struct iovec *iov_rest;     /* what is left after a short transfer */
     int iovcnt_rest;
-    void *bounce;               /* aligned copy of the data, or NULL */
-    uint64_t bounce_len;        /* counted in base.bounce_bytes */
-    void *bounce_map;           /* the mapping bounce is in; kept while */
-    size_t bounce_map_len;      /* the request is free, for its next use */
+    PfbdBounce bounce;          /* an aligned copy of the data */
     struct iovec bounce_iov;
     const struct iovec *caller_iov; /* where a bounced read goes */
     int caller_iovcnt;
@@ -85,7 +82,6 @@ struct FileQueue {
     unsigned sqe_flags;         /* IOSQE_FIXED_FILE with the fd registered */
     FileReq *reqs;              /* base.depth requests */
     FileReq *free_reqs;
-    uint64_t bounce_kept;       /* bytes of the mappings free requests keep */
     void *zero_buf;             /* FILE_ZERO_BUF_SIZE zeroes, on demand */
     struct iovec *mem;          /* fixed buffers: registered memory, */
     unsigned nmem;              /* at most 1 GiB each, by address */
@@ -551,9 +547,7 @@ static void pfbd_file_queue_free(PfbdQueue *q)
     unsigned i;
 
     for (i = 0; i < q->depth; i++) {
-        if (fq->reqs[i].bounce_map) {
-            munmap(fq->reqs[i].bounce_map, fq->reqs[i].bounce_map_len);
-        }
+        pfbd_bounce_free(&fq->reqs[i].bounce);
     }
     pfbd_file_ring_exit(fq, &fq->ring);
     close(fq->epfd);
@@ -776,97 +770,10 @@ static int pfbd_file_req_queue(FileQueue *fq, FileReq *req)
     return 0;
 }
 
-/*
- * Free requests keep the mappings of their last bounce buffers for reuse,
- * up to the queue's bounce limit in all (or this much without one)
- */
-#define FILE_BOUNCE_KEEP_MAX    (4 * 1024 * 1024)
-
-/*
- * Give @req a bounce buffer of @len bytes aligned to @align (a power of
- * 2): the mapping it kept if that fits, else a new one.  From mmap(), not
- * malloc(): the guest sets the sizes (up to a request's maximum), and
- * glibc keeps freed heap memory resident (in holes between chunks, and at
- * the top of the heap up to a trim threshold that grows with the sizes
- * freed), so the bound on the bounce bytes in flight would not bound the
- * memory QEMU holds.
- *
- * What counts against the queue's bounce limit (pfbd_bounce_get()) is the
- * mapping, not @len: a kept mapping is reused only while it is at most
- * twice the size needed, so that a small request cannot hold a large
- * mapping that the limit does not see.  With the mappings free requests
- * keep (pfbd_file_req_release()), a queue holds at most its bounce limit
- * in flight (or one larger request alone) plus its bounce limit kept.
- */
-static int pfbd_file_bounce_map(FileQueue *fq, FileReq *req, uint64_t len,
-                                uint32_t align)
-{
-    /* A mapping starts on a page, and pages are 4 KiB or more */
-    size_t extra = align > 4096 ? align : 0;
-    uintptr_t addr;
-    size_t need;
-    int ret;
-
-    if (len > SIZE_MAX - extra - 8192) {
-        return -ENOMEM;
-    }
-    need = ((len ? len : 1) + extra + 4095) & ~(size_t)4095;
-    if (req->bounce_map) {
-        fq->bounce_kept -= req->bounce_map_len;
-        if (req->bounce_map_len < need || req->bounce_map_len / 2 > need) {
-            munmap(req->bounce_map, req->bounce_map_len);
-            req->bounce_map = NULL;
-        }
-    }
-    ret = pfbd_bounce_get(&fq->base, req->bounce_map ? req->bounce_map_len :
-                                                       need);
-    if (ret < 0) {
-        goto fail;
-    }
-    if (!req->bounce_map) {
-        req->bounce_map = mmap(NULL, need, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (req->bounce_map == MAP_FAILED) {
-            req->bounce_map = NULL;
-            pfbd_bounce_put(&fq->base, need);
-            return -ENOMEM;
-        }
-        req->bounce_map_len = need;
-    }
-    addr = (uintptr_t)req->bounce_map;
-    if (extra) {
-        addr = (addr + align - 1) & ~(uintptr_t)(align - 1);
-    }
-    req->bounce = (void *)addr;
-    req->bounce_len = req->bounce_map_len;
-    return 0;
-
-fail:
-    /* Its room in the kept bytes is gone: do not keep it uncounted */
-    if (req->bounce_map) {
-        munmap(req->bounce_map, req->bounce_map_len);
-        req->bounce_map = NULL;
-    }
-    return ret;
-}
-
 static void pfbd_file_req_release(FileQueue *fq, FileReq *req)
 {
-    uint64_t keep = fq->base.bounce_limit ? fq->base.bounce_limit :
-                    FILE_BOUNCE_KEEP_MAX;
-
-    if (req->bounce) {
-        pfbd_bounce_put(&fq->base, req->bounce_len);
-        if (fq->bounce_kept <= keep &&
-            req->bounce_map_len <= keep - fq->bounce_kept) {
-            fq->bounce_kept += req->bounce_map_len;
-        } else {
-            munmap(req->bounce_map, req->bounce_map_len);
-            req->bounce_map = NULL;
-        }
-    }
+    pfbd_bounce_release(&fq->base, &req->bounce);
     free(req->iov_rest);
-    req->bounce = NULL;
     req->iov_rest = NULL;
     req->next_free = fq->free_reqs;
     fq->free_reqs = req;
@@ -876,10 +783,10 @@ static void pfbd_file_req_finish(FileQueue *fq, FileReq *req, int ret)
 {
     PfbdCompletionFunc *cb = req->cb;
     void *opaque = req->opaque;
-    const char *p = req->bounce;
+    const char *p = req->bounce.buf;
     int i;
 
-    if (req->bounce && req->op == PFBD_OP_READ && ret == 0) {
+    if (p && req->op == PFBD_OP_READ && ret == 0) {
         for (i = 0; i < req->caller_iovcnt; i++) {
             memcpy(req->caller_iov[i].iov_base, p,
                    req->caller_iov[i].iov_len);
@@ -1005,16 +912,15 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
         .len = len,
         .iov = iov,
         .iovcnt = iovcnt,
-        .bounce_map = req->bounce_map,
-        .bounce_map_len = req->bounce_map_len,
+        .bounce = req->bounce,     /* the mapping it kept */
         .cb = cb,
         .opaque = opaque,
     };
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
         (iovcnt > IOV_MAX || !pfbd_iov_is_aligned(iov, iovcnt, mem_align))) {
-        fresh = !req->bounce_map;
-        ret = pfbd_file_bounce_map(fq, req, len, mem_align);
+        fresh = !req->bounce.map;
+        ret = pfbd_bounce_map(q, &req->bounce, len, mem_align);
         if (ret < 0) {
             goto fail;
         }
@@ -1023,9 +929,9 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
              * Cheap next to the copy out, and tools like memcheck cannot
              * see io_uring write the buffer (a new mapping is zeroed)
              */
-            memset(req->bounce, 0, len);
+            memset(req->bounce.buf, 0, len);
         } else if (op == PFBD_OP_WRITE) {
-            p = req->bounce;
+            p = req->bounce.buf;
             for (i = 0; i < iovcnt; i++) {
                 memcpy(p, iov[i].iov_base, iov[i].iov_len);
                 p += iov[i].iov_len;
@@ -1033,7 +939,7 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
         }
         req->caller_iov = iov;
         req->caller_iovcnt = iovcnt;
-        req->bounce_iov.iov_base = req->bounce;
+        req->bounce_iov.iov_base = req->bounce.buf;
         req->bounce_iov.iov_len = len;
         req->iov = &req->bounce_iov;
         req->iovcnt = 1;

@@ -17,8 +17,16 @@
  * With "completion_nsec=N" (like Linux null_blk's parameter) a request
  * completes N nanoseconds after the flush that sent it: a device with a
  * fixed latency, for benchmarks, and requests that stay in flight long
- * enough for tests to act on them.  The completion fd is a timerfd armed
- * for the oldest request sent: readable once it is due, cleared by reap.
+ * enough for tests to act on them.  With "write_nsec=N" writes take N
+ * nanoseconds instead, and complete out of order with the rest: a disk
+ * whose writes are slow (a blkio throttle).  The completion fd is a
+ * timerfd armed for the request due first: readable once it is due,
+ * cleared by reap.
+ *
+ * With "mem_align=N" the volume asks for buffers aligned to N bytes, as
+ * O_DIRECT does, and bounces the others as the file engine does (with
+ * the same helpers and limit): a writes' data is copied into the bounce
+ * buffer, a read's bounce buffer is zeroed.
  */
 
 #include <errno.h>
@@ -40,6 +48,8 @@ typedef struct NullOptions {
     uint64_t completion_nsec;
     uint64_t flush_eagain;
     uint64_t complete_errno;
+    uint64_t write_nsec;
+    uint64_t mem_align;
 } NullOptions;
 
 typedef struct NullVolume {
@@ -51,18 +61,37 @@ typedef struct NullReq {
     PfbdCompletionFunc *cb;
     void *opaque;
     uint64_t due_ns;    /* CLOCK_MONOTONIC time it completes */
+    PfbdBounce bounce;  /* mem_align: the bounce buffer, or its mapping */
+    struct NullReq *next_free;
 } NullReq;
 
-typedef struct NullQueue {
-    PfbdQueue base;
-    int tfd;            /* timerfd: the oldest request sent is due */
-    uint64_t completion_nsec;
-    uint64_t flush_eagain;  /* flushes left to fail */
-    int complete_errno;     /* every request fails with it, or 0 */
-    NullReq *reqs;      /* a ring of base.depth requests */
+/* Requests that complete in the order they were submitted */
+typedef struct NullFifo {
+    NullReq **reqs;     /* a ring of base.depth requests */
     unsigned head;      /* the oldest request */
     unsigned count;     /* requests in the ring */
     unsigned sent;      /* the first @sent requests were flushed */
+    uint64_t nsec;      /* how long they take, from the flush */
+} NullFifo;
+
+/* Everything; writes when they take write_nsec */
+#define NULL_FIFOS 2
+
+typedef struct NullQueue {
+    PfbdQueue base;
+    int tfd;            /* timerfd: the request due first is due */
+    uint64_t flush_eagain;  /* flushes left to fail */
+    int complete_errno;     /* every request fails with it, or 0 */
+    uint32_t mem_align;
+    uint64_t armed_ns;  /* what the timerfd is armed for, or 0 */
+    /*
+     * base.depth requests; the free ones in a list, last freed first, as
+     * the file engine has them (a request keeps its bounce mapping)
+     */
+    NullReq *reqs;
+    NullReq *free_reqs;
+    NullFifo fifo[NULL_FIFOS];
+    unsigned nfifos;
 } NullQueue;
 
 static uint64_t pfbd_null_now_ns(void)
@@ -130,6 +159,9 @@ static const struct {
       NULL_MAX_COMPLETION_NSEC },
     { "flush_eagain", offsetof(NullOptions, flush_eagain), 1000000 },
     { "complete_errno", offsetof(NullOptions, complete_errno), 4095 },
+    { "write_nsec", offsetof(NullOptions, write_nsec),
+      NULL_MAX_COMPLETION_NSEC },
+    { "mem_align", offsetof(NullOptions, mem_align), 65536 },
 };
 
 static int pfbd_null_parse_options(const char *spec, const char *opts,
@@ -149,7 +181,7 @@ static int pfbd_null_parse_options(const char *spec, const char *opts,
         if (i == sizeof(null_options) / sizeof(null_options[0])) {
             pfbd_set_error(errmsg, "volume spec '%s': unknown option '%s' "
                            "(known: completion_nsec=N, flush_eagain=N, "
-                           "complete_errno=N)",
+                           "complete_errno=N, write_nsec=N, mem_align=N)",
                            spec, p);
             return -EINVAL;
         }
@@ -214,6 +246,11 @@ static int pfbd_null_volume_open(const char *spec, const char *arg,
         return -EINVAL;
     }
     free(size_arg);
+    if (no.mem_align & (no.mem_align - 1)) {
+        pfbd_set_error(errmsg, "volume spec '%s': mem_align must be a power "
+                       "of 2", spec);
+        return -EINVAL;
+    }
     if (size == 0 || size % NULL_BLOCK_SIZE) {
         pfbd_set_error(errmsg, "volume spec '%s': the size must be a "
                        "non-zero multiple of %d bytes", spec, NULL_BLOCK_SIZE);
@@ -229,7 +266,7 @@ static int pfbd_null_volume_open(const char *spec, const char *arg,
     vol = &nv->base;
     vol->info.size = size;
     vol->info.block_size = NULL_BLOCK_SIZE;
-    vol->info.mem_align = 1;
+    vol->info.mem_align = no.mem_align ? no.mem_align : 1;
     vol->info.caps = PFBD_CAP_FLUSH | PFBD_CAP_DISCARD |
                      PFBD_CAP_WRITE_ZEROES;
     *volp = vol;
@@ -243,7 +280,10 @@ static void pfbd_null_volume_close(PfbdVolume *vol)
 
 static int pfbd_null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 {
+    NullOptions *no = &((NullVolume *)vol)->opts;
     NullQueue *nq;
+    unsigned i;
+    int ret = -ENOMEM;
 
     nq = calloc(1, sizeof(*nq));
     if (!nq) {
@@ -251,29 +291,53 @@ static int pfbd_null_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     }
     nq->reqs = calloc(depth, sizeof(nq->reqs[0]));
     if (!nq->reqs) {
-        free(nq);
-        return -ENOMEM;
+        goto fail;
     }
-    nq->completion_nsec = ((NullVolume *)vol)->opts.completion_nsec;
-    nq->flush_eagain = ((NullVolume *)vol)->opts.flush_eagain;
-    nq->complete_errno = ((NullVolume *)vol)->opts.complete_errno;
+    for (i = 0; i < depth; i++) {
+        nq->reqs[i].next_free = nq->free_reqs;
+        nq->free_reqs = &nq->reqs[i];
+    }
+    nq->nfifos = no->write_nsec ? 2 : 1;
+    for (i = 0; i < nq->nfifos; i++) {
+        nq->fifo[i].reqs = calloc(depth, sizeof(nq->fifo[i].reqs[0]));
+        if (!nq->fifo[i].reqs) {
+            goto fail;
+        }
+    }
+    nq->fifo[0].nsec = no->completion_nsec;
+    nq->fifo[1].nsec = no->write_nsec;
+    nq->flush_eagain = no->flush_eagain;
+    nq->complete_errno = no->complete_errno;
+    nq->mem_align = vol->info.mem_align;
     nq->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (nq->tfd < 0) {
-        int ret = -errno;
-
-        free(nq->reqs);
-        free(nq);
-        return ret;
+        ret = -errno;
+        goto fail;
     }
     *qp = &nq->base;
     return 0;
+
+fail:
+    for (i = 0; i < NULL_FIFOS; i++) {
+        free(nq->fifo[i].reqs);
+    }
+    free(nq->reqs);
+    free(nq);
+    return ret;
 }
 
 static void pfbd_null_queue_free(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
+    unsigned i;
 
     close(nq->tfd);
+    for (i = 0; i < q->depth; i++) {
+        pfbd_bounce_free(&nq->reqs[i].bounce);
+    }
+    for (i = 0; i < nq->nfifos; i++) {
+        free(nq->fifo[i].reqs);
+    }
     free(nq->reqs);
     free(nq);
 }
@@ -283,42 +347,103 @@ static int pfbd_null_queue_get_fd(PfbdQueue *q)
     return ((NullQueue *)q)->tfd;
 }
 
+/* Bounce @iov as an engine that needs aligned buffers would */
+static int pfbd_null_bounce(NullQueue *nq, NullReq *req, PfbdOp op,
+                            const struct iovec *iov, int iovcnt,
+                            uint64_t len)
+{
+    char *p;
+    int i, ret;
+
+    ret = pfbd_bounce_map(&nq->base, &req->bounce, len, nq->mem_align);
+    if (ret < 0) {
+        return ret;
+    }
+    p = req->bounce.buf;
+    if (op == PFBD_OP_READ) {
+        /* What a read into it does: the pages are the process's now */
+        memset(p, 0, len);
+        return 0;
+    }
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(p, iov[i].iov_base, iov[i].iov_len);
+        p += iov[i].iov_len;
+    }
+    return 0;
+}
+
 static int pfbd_null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
                             const struct iovec *iov, int iovcnt, uint64_t len,
                             unsigned flags, PfbdCompletionFunc *cb,
                             void *opaque)
 {
     NullQueue *nq = (NullQueue *)q;
-    NullReq *req = &nq->reqs[(nq->head + nq->count) % q->depth];
+    NullFifo *f = &nq->fifo[op == PFBD_OP_WRITE && nq->nfifos > 1];
+    NullReq *req = nq->free_reqs;
+    int ret;
 
+    if (nq->mem_align > 1 && (op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
+        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align)) {
+        ret = pfbd_null_bounce(nq, req, op, iov, iovcnt, len);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    nq->free_reqs = req->next_free;
     req->cb = cb;
     req->opaque = opaque;
-    nq->count++;
+    f->reqs[(f->head + f->count) % q->depth] = req;
+    f->count++;
     return 0;
 }
 
-/* Arm the timerfd for the oldest request sent, or disarm it */
+/* The oldest request sent of @f is complete at @now */
+static bool pfbd_null_head_done(NullFifo *f, uint64_t now)
+{
+    return f->sent > 0 && (!f->nsec || f->reqs[f->head]->due_ns <= now);
+}
+
+/* The FIFO whose oldest request sent is due first, or NULL */
+static NullFifo *pfbd_null_first_due(NullQueue *nq)
+{
+    NullFifo *first = NULL;
+    unsigned i;
+
+    for (i = 0; i < nq->nfifos; i++) {
+        NullFifo *f = &nq->fifo[i];
+
+        if (f->sent && (!first || !f->nsec ||
+                        (first->nsec &&
+                         f->reqs[f->head]->due_ns <
+                         first->reqs[first->head]->due_ns))) {
+            first = f;
+        }
+    }
+    return first;
+}
+
+/* Arm the timerfd for the request sent that is due first, or disarm it */
 static void pfbd_null_arm(NullQueue *nq)
 {
     struct itimerspec its = { 0 };
-    uint64_t due;
+    NullFifo *f = pfbd_null_first_due(nq);
+    uint64_t due = f && f->nsec ? f->reqs[f->head]->due_ns : 0;
 
-    if (nq->sent) {
-        due = nq->reqs[nq->head].due_ns;
-        its.it_value.tv_sec = due / NULL_NSEC_PER_SEC;
-        its.it_value.tv_nsec = due % NULL_NSEC_PER_SEC;
-    }
+    its.it_value.tv_sec = due / NULL_NSEC_PER_SEC;
+    its.it_value.tv_nsec = due % NULL_NSEC_PER_SEC;
     timerfd_settime(nq->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+    nq->armed_ns = due;
 }
 
 static int pfbd_null_flush(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
-    unsigned sent = nq->count - nq->sent;
-    bool was_idle;
-    uint64_t due;
-    unsigned i;
+    unsigned sent = 0, i, j;
+    uint64_t now = 0;
 
+    for (i = 0; i < nq->nfifos; i++) {
+        sent += nq->fifo[i].count - nq->fifo[i].sent;
+    }
     if (!sent) {
         return 0;
     }
@@ -327,64 +452,71 @@ static int pfbd_null_flush(PfbdQueue *q)
         nq->flush_eagain--;
         return -EAGAIN;
     }
-    if (!nq->completion_nsec) {
-        /*
-         * Everything completes here, and the caller checks for completions
-         * after a flush (pfbd_queue_get_fd()): the fd is never readable.
-         */
-        nq->sent = nq->count;
-        return sent;
+    for (i = 0; i < nq->nfifos; i++) {
+        NullFifo *f = &nq->fifo[i];
+
+        if (f->nsec) {
+            now = now ? now : pfbd_null_now_ns();
+            for (j = f->sent; j < f->count; j++) {
+                f->reqs[(f->head + j) % q->depth]->due_ns = now + f->nsec;
+            }
+        }
+        f->sent = f->count;
     }
-    due = pfbd_null_now_ns() + nq->completion_nsec;
-    for (i = nq->sent; i < nq->count; i++) {
-        nq->reqs[(nq->head + i) % q->depth].due_ns = due;
-    }
-    was_idle = !nq->sent;
-    nq->sent = nq->count;
-    if (was_idle) {
-        pfbd_null_arm(nq);
+    /*
+     * Without a delay everything completes here, and the caller checks for
+     * completions after a flush (pfbd_queue_get_fd()): no fd to arm.  The
+     * timerfd changes only when what is due first changed.
+     */
+    if (now) {
+        NullFifo *f = pfbd_null_first_due(nq);
+
+        if (f->nsec && f->reqs[f->head]->due_ns != nq->armed_ns) {
+            pfbd_null_arm(nq);
+        }
     }
     return sent;
-}
-
-/* The oldest request sent is complete */
-static bool pfbd_null_head_done(NullQueue *nq, uint64_t now)
-{
-    return nq->sent > 0 &&
-           (!nq->completion_nsec || nq->reqs[nq->head].due_ns <= now);
 }
 
 static bool pfbd_null_completions_ready(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
+    NullFifo *f = pfbd_null_first_due(nq);
 
-    return pfbd_null_head_done(nq,
-                               nq->completion_nsec ? pfbd_null_now_ns() : 0);
+    return f && pfbd_null_head_done(f, f->nsec ? pfbd_null_now_ns() : 0);
 }
 
 static int pfbd_null_reap(PfbdQueue *q, unsigned max)
 {
     NullQueue *nq = (NullQueue *)q;
-    uint64_t now = 0, expirations;
+    uint64_t now, expirations;
+    bool timed = nq->fifo[0].nsec || nq->nfifos > 1;
+    NullFifo *f;
     int n = 0;
 
-    if (nq->completion_nsec) {
+    if (timed) {
         /* Clear the fd before looking, so that no due request is missed */
         if (read(nq->tfd, &expirations, sizeof(expirations)) < 0) {
             /* EAGAIN: not due yet */
         }
-        now = pfbd_null_now_ns();
     }
-    while (pfbd_null_head_done(nq, now) && (max == 0 || n < max)) {
-        NullReq req = nq->reqs[nq->head];
+    now = timed ? pfbd_null_now_ns() : 0;
+    while ((max == 0 || n < max) && (f = pfbd_null_first_due(nq)) &&
+           pfbd_null_head_done(f, now)) {
+        NullReq *req = f->reqs[f->head];
+        PfbdCompletionFunc *cb = req->cb;
+        void *opaque = req->opaque;
 
-        nq->head = (nq->head + 1) % q->depth;
-        nq->count--;
-        nq->sent--;
+        pfbd_bounce_release(q, &req->bounce);
+        req->next_free = nq->free_reqs;
+        nq->free_reqs = req;
+        f->head = (f->head + 1) % q->depth;
+        f->count--;
+        f->sent--;
         n++;
-        pfbd_complete(q, req.cb, req.opaque, -nq->complete_errno);
+        pfbd_complete(q, cb, opaque, -nq->complete_errno);
     }
-    if (nq->completion_nsec) {
+    if (timed) {
         /* For what is left: due later, or due now and over @max */
         pfbd_null_arm(nq);
     }
@@ -394,12 +526,14 @@ static int pfbd_null_reap(PfbdQueue *q, unsigned max)
 static void pfbd_null_wait(PfbdQueue *q)
 {
     NullQueue *nq = (NullQueue *)q;
+    NullFifo *f;
     struct timespec ts;
     uint64_t due;
 
     pfbd_null_flush(q);
-    if (nq->completion_nsec && nq->sent) {
-        due = nq->reqs[nq->head].due_ns;
+    f = pfbd_null_first_due(nq);
+    if (f && f->nsec) {
+        due = f->reqs[f->head]->due_ns;
         ts.tv_sec = due / NULL_NSEC_PER_SEC;
         ts.tv_nsec = due % NULL_NSEC_PER_SEC;
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts,

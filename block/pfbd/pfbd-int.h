@@ -31,30 +31,48 @@ struct PfbdQueue {
     unsigned depth;
     unsigned inflight;      /* submitted, callback not run yet */
     uint64_t bounce_limit;  /* pfbd_queue_set_bounce_limit(), 0: none */
-    uint64_t bounce_bytes;  /* bounce buffers of the requests in flight */
+    uint64_t bounce_bytes;  /* bounce mappings of the requests in flight */
+    uint64_t bounce_kept;   /* bounce mappings that free requests keep */
 };
 
 /*
- * pfbd_bounce_get: account for a bounce buffer of @len bytes for a request
- * of @q.  Returns 0, or -EAGAIN if it would go over the queue's limit
- * while other requests hold bounce buffers.  pfbd_bounce_put() gives it
- * back.
+ * A request's bounce buffer, for buffers that the engine cannot take as
+ * they are (O_DIRECT's alignment).  An engine embeds one in each of its
+ * request slots; the slot keeps the mapping while it is free, for reuse.
  */
-static inline int pfbd_bounce_get(PfbdQueue *q, uint64_t len)
-{
-    if (q->bounce_limit && q->bounce_bytes &&
-        (q->bounce_bytes >= q->bounce_limit ||
-         len > q->bounce_limit - q->bounce_bytes)) {
-        return -EAGAIN;
-    }
-    q->bounce_bytes += len;
-    return 0;
-}
+typedef struct PfbdBounce {
+    void *buf;              /* aligned, in @map; NULL while not in use */
+    void *map;              /* the mapping, or NULL */
+    size_t map_len;
+} PfbdBounce;
 
-static inline void pfbd_bounce_put(PfbdQueue *q, uint64_t len)
-{
-    q->bounce_bytes -= len;
-}
+/*
+ * pfbd_bounce_map: give @b a buffer of @len bytes aligned to @align (a
+ * power of 2) for a request of @q: the mapping @b kept if it fits, else a
+ * new one.  Returns 0, -EAGAIN if the queue's bounce limit has no room
+ * for it while other requests hold bounce buffers (the request must wait
+ * for completions), or -ENOMEM.
+ *
+ * What counts against the limit is the mapping, not @len, and a kept
+ * mapping is reused only while it is at most twice the size needed, so
+ * that a small request cannot hold a large mapping the limit does not
+ * see.  With what free requests keep (pfbd_bounce_release()), a queue
+ * holds at most its limit in flight (or one larger request alone) plus
+ * its limit kept.
+ */
+int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
+                    uint32_t align);
+
+/*
+ * pfbd_bounce_release: the request of @b completed (or failed to start):
+ * give back what its buffer counted, and keep the mapping for the slot's
+ * next use while the queue keeps no more than its limit.  Does nothing if
+ * @b has no buffer in use.
+ */
+void pfbd_bounce_release(PfbdQueue *q, PfbdBounce *b);
+
+/* pfbd_bounce_free: unmap what @b kept (the queue goes away) */
+void pfbd_bounce_free(PfbdBounce *b);
 
 /*
  * The operations of one engine.  pfbd.c has already validated every

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include "pfbd-int.h"
 
 #define PFBD_DEFAULT_POOL_DIR "/var/lib/pfbd"
@@ -289,6 +290,7 @@ int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     q->inflight = 0;
     q->bounce_limit = 0;
     q->bounce_bytes = 0;
+    q->bounce_kept = 0;
     vol->nqueues++;
     *qp = q;
     return 0;
@@ -412,6 +414,103 @@ int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     }
     q->inflight++;
     return 0;
+}
+
+/*
+ * Free requests keep the mappings of their last bounce buffers for reuse,
+ * up to the queue's bounce limit in all (or this much without one)
+ */
+#define PFBD_BOUNCE_KEEP_MAX    (4 * 1024 * 1024)
+
+/*
+ * Account for a bounce mapping of @len bytes for a request of @q.
+ * Returns 0, or -EAGAIN if it would go over the queue's limit while other
+ * requests hold bounce buffers.
+ */
+static int pfbd_bounce_get(PfbdQueue *q, uint64_t len)
+{
+    if (q->bounce_limit && q->bounce_bytes &&
+        (q->bounce_bytes >= q->bounce_limit ||
+         len > q->bounce_limit - q->bounce_bytes)) {
+        return -EAGAIN;
+    }
+    q->bounce_bytes += len;
+    return 0;
+}
+
+/*
+ * From mmap(), not malloc(): the guest sets the sizes (up to a request's
+ * maximum), and glibc keeps freed heap memory resident (in holes between
+ * chunks, and at the top of the heap up to a trim threshold that grows
+ * with the sizes freed), so the bound on the bounce bytes in flight would
+ * not bound the memory the process holds.
+ */
+int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
+                    uint32_t align)
+{
+    /* A mapping starts on a page, and pages are 4 KiB or more */
+    size_t extra = align > 4096 ? align : 0;
+    uintptr_t addr;
+    size_t need;
+    int ret;
+
+    if (len > SIZE_MAX - extra - 8192) {
+        return -ENOMEM;
+    }
+    need = ((len ? len : 1) + extra + 4095) & ~(size_t)4095;
+    if (b->map) {
+        q->bounce_kept -= b->map_len;
+        if (b->map_len < need || b->map_len / 2 > need) {
+            pfbd_bounce_free(b);
+        }
+    }
+    ret = pfbd_bounce_get(q, b->map ? b->map_len : need);
+    if (ret < 0) {
+        /* Its room in the kept bytes is gone: do not keep it uncounted */
+        pfbd_bounce_free(b);
+        return ret;
+    }
+    if (!b->map) {
+        b->map = mmap(NULL, need, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (b->map == MAP_FAILED) {
+            b->map = NULL;
+            q->bounce_bytes -= need;
+            return -ENOMEM;
+        }
+        b->map_len = need;
+    }
+    addr = (uintptr_t)b->map;
+    if (extra) {
+        addr = (addr + align - 1) & ~(uintptr_t)(align - 1);
+    }
+    b->buf = (void *)addr;
+    return 0;
+}
+
+void pfbd_bounce_release(PfbdQueue *q, PfbdBounce *b)
+{
+    uint64_t keep = q->bounce_limit ? q->bounce_limit :
+                    PFBD_BOUNCE_KEEP_MAX;
+
+    if (!b->buf) {
+        return;
+    }
+    b->buf = NULL;
+    q->bounce_bytes -= b->map_len;
+    if (q->bounce_kept <= keep && b->map_len <= keep - q->bounce_kept) {
+        q->bounce_kept += b->map_len;
+    } else {
+        pfbd_bounce_free(b);
+    }
+}
+
+void pfbd_bounce_free(PfbdBounce *b)
+{
+    if (b->map) {
+        munmap(b->map, b->map_len);
+        b->map = NULL;
+    }
 }
 
 void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes)

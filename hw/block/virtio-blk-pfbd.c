@@ -1654,9 +1654,10 @@ static const struct {
 } virtio_blk_pfbd_property_help[] = {
     { "volume", "the volume: file:PATH (io_uring, O_DIRECT), "
       "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]... (Ceph, "
-      "if built in), null:SIZE[:completion_nsec=N] (no data, at once or "
-      "after N ns; e.g. null:1G) or a name in the pool directory "
-      "($PFBD_POOL_DIR, default /var/lib/pfbd)" },
+      "if built in), null:SIZE[:completion_nsec=N][:write_nsec=N]"
+      "[:mem_align=N] (no data, at once or after N ns; e.g. null:1G) or "
+      "a name in the pool directory ($PFBD_POOL_DIR, default "
+      "/var/lib/pfbd)" },
     { "serial", "serial number reported by VIRTIO_BLK_T_GET_ID "
       "(at most 20 bytes are visible)" },
     { "num-queues", "number of virtqueues (default: one per vCPU)" },

@@ -418,6 +418,55 @@ static void test_null_completes_at_flush(void)
 #define NULL_DELAY_NS (50 * 1000 * 1000)
 
 /*
+ * write_nsec=N: writes take their own time and complete out of order with
+ * the rest; mem_align=N: misaligned buffers are bounced, within the
+ * queue's bounce limit
+ */
+static void test_null_write_nsec_mem_align(void)
+{
+    TestVolume tv = { 0 };
+    Completion c[3] = { { 0 } };
+    uint8_t *mem = alloc_aligned(3 * 8192);
+    struct iovec w = { mem + 1, 4096 }, r = { mem + 8192 + 1, 4096 };
+    struct iovec big = { mem + 1, 2 * 8192 };
+    struct pollfd pfd;
+
+    open_spec(&tv, "null:1M:completion_nsec=1000000:write_nsec=200000000:"
+              "mem_align=4096", false, 3);
+    g_assert_cmpuint(tv.info.mem_align, ==, 4096);
+    pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
+    pfbd_queue_set_bounce_limit(tv.q, 8192);
+
+    /* The write first, then the read: the read completes first */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 0, &w, 1, 4096, 0,
+                                complete_cb, &c[0]), ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &r, 1, 4096, 0,
+                                complete_cb, &c[1]), ==, 0);
+    /* Both bounced: the limit has no room for a third */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &r, 1, 4096, 0,
+                                complete_cb, &c[2]), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 2);
+    g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
+    g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 1);
+    g_assert_cmpint(c[1].count, ==, 1);
+    g_assert_cmpint(c[0].count, ==, 0);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, 1);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+
+    /* The read's room is free again; a larger one waits for the write */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &big, 1, 2 * 8192, 0,
+                                complete_cb, &c[2]), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &r, 1, 4096, 0,
+                                complete_cb, &c[2]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[0].count, ==, 1);
+    g_assert_cmpint(c[2].count, ==, 1);
+    g_assert_cmpint(c[0].ret, ==, 0);
+    free(mem);
+    close_volume(&tv);
+}
+
+/*
  * completion_nsec=N: requests stay in flight N ns after the flush that
  * sent them, then the fd becomes readable; reap clears it.
  */
@@ -507,7 +556,8 @@ static void test_null_bad_options(void)
         "null:1M:completion_nsec=60000000001", "null:1M:completion_nsec=1:",
         "null:1M:delay=1", "null::completion_nsec=1",
         "null:1M:flush_eagain=1000001", "null:1M:flush_eagain=1x",
-        "null:1M:complete_errno=4096",
+        "null:1M:complete_errno=4096", "null:1M:mem_align=3000",
+        "null:1M:write_nsec=60000000001",
     };
     size_t i;
 
@@ -2244,6 +2294,8 @@ int main(int argc, char **argv)
                     test_null_completes_at_flush);
     g_test_add_func("/pfbd/null/depth-exceeded", test_null_depth_exceeded);
     g_test_add_func("/pfbd/null/completion-nsec", test_null_completion_nsec);
+    g_test_add_func("/pfbd/null/write-nsec-mem-align",
+                    test_null_write_nsec_mem_align);
     g_test_add_func("/pfbd/null/flush-eagain", test_null_flush_eagain);
     g_test_add_func("/pfbd/null/complete-errno", test_null_complete_errno);
     g_test_add_func("/pfbd/null/bad-options", test_null_bad_options);
