@@ -2498,6 +2498,81 @@ static void buffer_outside_ram_iothread(Pfbd *p)
     pfbd_stop(p);
 }
 
+/*
+ * A driver that puts a ring outside guest RAM.  The ring caches used to
+ * take it, and each access to such a ring dispatches to the region under
+ * the BQL: an IOThread serving the queue took the BQL for every index it
+ * read and every used entry it wrote, the hazard that hung QEMU with
+ * buffers outside RAM.  Enabling such a queue now marks the device broken
+ * (patches/0014).  (A ring in ROM is read as RAM is: only a used
+ * ring there is refused.)
+ */
+static void ring_outside_ram_iothread(Pfbd *p)
+{
+    static const unsigned int ring_cfg[] = {
+        VIRTIO_PCI_COMMON_Q_DESCLO, VIRTIO_PCI_COMMON_Q_AVAILLO,
+        VIRTIO_PCI_COMMON_Q_USEDLO,
+    };
+    uint64_t features;
+    unsigned int i, r, k;
+
+    for (i = 0; i < ARRAY_SIZE(outside_ram); i++) {
+        for (r = 0; r < ARRAY_SIZE(ring_cfg); r++) {
+            uint64_t addr[ARRAY_SIZE(ring_cfg)];
+
+            if (outside_ram[i] == 0xffff0000 && r != 2) {
+                continue;   /* ROM reads like RAM: the used ring only */
+            }
+            qvirtio_start_device(p->dev);
+            features = qvirtio_get_features(p->dev) &
+                       ~(QVIRTIO_F_BAD_FEATURE |
+                         (1ull << VIRTIO_RING_F_EVENT_IDX) |
+                         (1ull << VIRTIO_RING_F_INDIRECT_DESC));
+            qvirtio_set_features(p->dev, features);
+            pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_SELECT, 0);
+            for (k = 0; k < ARRAY_SIZE(ring_cfg); k++) {
+                addr[k] = k == r ? outside_ram[i] :
+                                   guest_alloc(&p->qs->alloc, 16384);
+                qpci_io_writel(p->pdev->pdev, p->pdev->bar,
+                               p->pdev->common_cfg_offset + ring_cfg[k],
+                               addr[k]);
+                qpci_io_writel(p->pdev->pdev, p->pdev->bar,
+                               p->pdev->common_cfg_offset + ring_cfg[k] + 4,
+                               addr[k] >> 32);
+            }
+            pfbd_common_writew(p, VIRTIO_PCI_COMMON_Q_ENABLE, 1);
+            p->dev->bus->set_status(p->dev, p->dev->bus->get_status(p->dev) |
+                                    VIRTIO_CONFIG_S_DRIVER_OK);
+            g_assert(pfbd_broken(p));
+            for (k = 0; k < ARRAY_SIZE(ring_cfg); k++) {
+                if (k != r) {
+                    guest_free(&p->qs->alloc, addr[k]);
+                }
+            }
+            qvirtio_reset(p->dev);
+        }
+    }
+    assert_recovers(p);
+    pfbd_stop(p);
+}
+
+static void test_ring_outside_ram_iothread(void)
+{
+    ring_outside_ram_iothread(
+        pfbd_start_volume("null:16M", "-object iothread,id=io0",
+                          ", \"iothread\": \"io0\"", 1));
+}
+
+static void test_ring_outside_ram_iothread_stock(void)
+{
+    g_autofree char *device = stock_device_json();
+    g_autofree char *blockdev = stock_blockdev(0);
+    g_autofree char *extra = g_strdup_printf("-object iothread,id=io0 %s",
+                                             blockdev);
+
+    ring_outside_ram_iothread(dev_start(extra, device, 1));
+}
+
 static void test_buffer_outside_ram_iothread(void)
 {
     buffer_outside_ram_iothread(
@@ -2833,6 +2908,10 @@ int main(int argc, char **argv)
                    test_buffer_outside_ram_iothread_stock);
     qtest_add_func("/virtio-blk-pfbd/req/resize-refused",
                    test_resize_refused);
+    qtest_add_func("/virtio-blk-pfbd/bad/ring-outside-ram-iothread",
+                   test_ring_outside_ram_iothread);
+    qtest_add_func("/virtio-blk-pfbd/bad/ring-outside-ram-iothread-stock",
+                   test_ring_outside_ram_iothread_stock);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live",
                    test_queue_resize_live);
     qtest_add_func("/virtio-blk-pfbd/bad/queue-resize-live-stock",
