@@ -152,6 +152,17 @@ static char *stock_blockdev(uint64_t latency_ns)
                            latency_ns);
 }
 
+/* Start QEMU with the stock device of stock_device_json() */
+static Pfbd *stock_start(uint64_t latency_ns)
+{
+    g_autofree char *device = stock_device_json();
+    g_autofree char *blockdev = stock_blockdev(latency_ns);
+    g_autofree char *extra = g_strdup_printf("-object iothread,id=io0 %s",
+                                             blockdev);
+
+    return dev_start(extra, device, 1);
+}
+
 /*
  * Start QEMU with a virtio-blk-pfbd device "drv0" in slot 4 on @volume.
  * @props are more JSON members for the device ("" or ", \"key\": value,
@@ -2565,12 +2576,7 @@ static void test_ring_outside_ram_iothread(void)
 
 static void test_ring_outside_ram_iothread_stock(void)
 {
-    g_autofree char *device = stock_device_json();
-    g_autofree char *blockdev = stock_blockdev(0);
-    g_autofree char *extra = g_strdup_printf("-object iothread,id=io0 %s",
-                                             blockdev);
-
-    ring_outside_ram_iothread(dev_start(extra, device, 1));
+    ring_outside_ram_iothread(stock_start(0));
 }
 
 static void test_buffer_outside_ram_iothread(void)
@@ -2583,12 +2589,7 @@ static void test_buffer_outside_ram_iothread(void)
 
 static void test_buffer_outside_ram_iothread_stock(void)
 {
-    g_autofree char *device = stock_device_json();
-    g_autofree char *blockdev = stock_blockdev(100000000);
-    g_autofree char *extra = g_strdup_printf("-object iothread,id=io0 %s",
-                                             blockdev);
-
-    buffer_outside_ram_iothread(dev_start(extra, device, 1));
+    buffer_outside_ram_iothread(stock_start(100000000));
 }
 
 /* Migrate the VM of @p to a file and wait until that completed */
