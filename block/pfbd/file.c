@@ -918,7 +918,9 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     };
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
-        (iovcnt > IOV_MAX || !pfbd_iov_is_aligned(iov, iovcnt, mem_align))) {
+        (iovcnt > IOV_MAX ||
+         !pfbd_iov_is_aligned(iov, iovcnt, mem_align,
+                              mem_align > 1 ? q->vol->info.block_size : 1))) {
         fresh = !req->bounce.map;
         ret = pfbd_bounce_map(q, &req->bounce, len, mem_align);
         if (ret < 0) {

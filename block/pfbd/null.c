@@ -383,7 +383,8 @@ static int pfbd_null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     int ret;
 
     if (nq->mem_align > 1 && (op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
-        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align)) {
+        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align,
+                             q->vol->info.block_size)) {
         ret = pfbd_null_bounce(nq, req, op, iov, iovcnt, len);
         if (ret < 0) {
             return ret;

@@ -146,10 +146,15 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /*
- * pfbd_iov_is_aligned: true if every base and length in @iov is a multiple
- * of @align (a power of two).
+ * pfbd_iov_is_aligned: true if every base in @iov is a multiple of
+ * @mem_align and every length a multiple of @len_align (powers of two).
+ * For O_DIRECT: the memory alignment for the bases, the block size for
+ * the lengths, as the kernel's block layer checks them (Linux 6.1 wants
+ * every segment a multiple of the logical block size) and as QEMU's
+ * file-posix decides what to bounce.
  */
-bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt, uint32_t align);
+bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt,
+                         uint32_t mem_align, uint32_t len_align);
 
 /*
  * pfbd_iov_seek: where the byte @skip bytes into @iov lies.  Returns the

@@ -48,13 +48,16 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
     va_end(ap);
 }
 
-bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt, uint32_t align)
+bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt,
+                         uint32_t mem_align, uint32_t len_align)
 {
-    uintptr_t mask = align - 1;
+    uintptr_t mem_mask = mem_align - 1;
+    size_t len_mask = len_align - 1;
     int i;
 
     for (i = 0; i < iovcnt; i++) {
-        if (((uintptr_t)iov[i].iov_base & mask) || (iov[i].iov_len & mask)) {
+        if (((uintptr_t)iov[i].iov_base & mem_mask) ||
+            (iov[i].iov_len & len_mask)) {
             return false;
         }
     }

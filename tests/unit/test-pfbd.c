@@ -885,6 +885,99 @@ static void test_file_bounce_mapping_counted(void)
     unmount_fs(mnt);
 }
 
+/*
+ * A loop device of 4 KiB logical blocks over a new file of @size bytes;
+ * returns its path (losetup -d it when done)
+ */
+static char *loop_device_4k(uint64_t size, char **file)
+{
+    g_autofree char *cmd = NULL;
+    g_autofree char *err = NULL;
+    char *out = NULL;
+    int status;
+
+    *file = make_file(NULL, size);
+    cmd = g_strdup_printf("losetup --find --show --sector-size 4096 "
+                          "--direct-io=on %s", *file);
+    g_assert_true(g_spawn_command_line_sync(cmd, &out, &err, &status, NULL));
+    if (status) {
+        g_test_message("%s: %s", cmd, err);
+    }
+    g_assert_cmpint(status, ==, 0);
+    g_strchomp(out);
+    return out;
+}
+
+static void loop_device_remove(const char *dev, char *file)
+{
+    g_autofree char *cmd = g_strdup_printf("losetup -d %s", dev);
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+    unlink(file);
+    g_free(file);
+}
+
+/*
+ * O_DIRECT takes buffers whose addresses are multiples of the memory
+ * alignment and whose lengths are multiples of the logical block size:
+ * Linux 6.1 refuses a segment of another length with -EINVAL (file-posix
+ * bounces on the same rule).  The file engine compared the lengths with
+ * the memory alignment, so that two 2 KiB segments on a device of 4 KiB
+ * blocks went to the kernel as they were.  They are bounced now: with
+ * the queue's bounce limit held by another request, they wait.
+ */
+static void test_file_segment_len_block_size(void)
+{
+    TestVolume tv = { 0 };
+    char *file;
+    g_autofree char *dev = loop_device_4k(4 * MiB, &file);
+    g_autofree char *spec = g_strdup_printf("file:%s", dev);
+    uint8_t *mem = alloc_aligned(4 * 4096);
+    uint8_t *check = alloc_aligned(4096);
+    struct iovec odd = { mem + 1, 4096 };
+    struct iovec two[2] = { { mem + 4096, 2048 }, { mem + 8192, 2048 } };
+    Completion c[3] = { { 0 } };
+
+    open_spec(&tv, spec, false, 4);
+    g_assert_cmpuint(tv.info.block_size, ==, 4096);
+    g_assert_cmpuint(tv.info.mem_align, <=, 2048);
+    pfbd_queue_set_bounce_limit(tv.q, 4096);
+
+    /* An odd address takes the limit; the 2 KiB segments must wait */
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &odd, 1, 4096, 0,
+                                complete_cb, &c[0]), ==, 0);
+    fill_pattern(mem + 4096, 2048, 4);
+    fill_pattern(mem + 8192, 2048, 5);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 8192, two, 2, 4096, 0,
+                                complete_cb, &c[1]), ==, -EAGAIN);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[0].ret, ==, 0);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 8192, two, 2, 4096, 0,
+                                complete_cb, &c[1]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[1].count, ==, 1);
+    g_assert_cmpint(c[1].ret, ==, 0);
+
+    /* What reached the device, and the same read back through segments */
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 8192, check, 4096, 0), ==, 0);
+    g_assert_true(memcmp(check, mem + 4096, 2048) == 0);
+    g_assert_true(memcmp(check + 2048, mem + 8192, 2048) == 0);
+    memset(mem + 4096, 0, 2048);
+    memset(mem + 8192, 0, 2048);
+    g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 8192, two, 2, 4096, 0,
+                                complete_cb, &c[2]), ==, 0);
+    pfbd_queue_drain(tv.q);
+    g_assert_cmpint(c[2].ret, ==, 0);
+    g_assert_true(memcmp(check, mem + 4096, 2048) == 0);
+    g_assert_true(memcmp(check + 2048, mem + 8192, 2048) == 0);
+    free(check);
+    free(mem);
+    close_volume(&tv);
+    loop_device_remove(dev, file);
+}
+
 typedef struct OtherThread {
     PfbdQueue *q;
     void *buf;
@@ -2321,6 +2414,8 @@ int main(int argc, char **argv)
     g_test_add_func("/pfbd/file/bounce-limit", test_file_bounce_limit);
     g_test_add_func("/pfbd/file/bounce-mapping-counted",
                     test_file_bounce_mapping_counted);
+    g_test_add_func("/pfbd/file/segment-len-block-size",
+                    test_file_segment_len_block_size);
     g_test_add_func("/pfbd/file/any-thread", test_file_any_thread);
     g_test_add_func("/pfbd/file/iowq-cpus", test_file_iowq_cpus);
     g_test_add_func("/pfbd/file/misaligned-buffers",
