@@ -372,29 +372,55 @@ static int pfbd_null_bounce(NullQueue *nq, NullReq *req, PfbdOp op,
     return 0;
 }
 
+/* Queue the first free request of @nq for @op */
+static inline void pfbd_null_enqueue(NullQueue *nq, PfbdOp op,
+                                     PfbdCompletionFunc *cb, void *opaque)
+{
+    NullFifo *f = &nq->fifo[op == PFBD_OP_WRITE && nq->nfifos > 1];
+    NullReq *req = nq->free_reqs;
+
+    nq->free_reqs = req->next_free;
+    req->cb = cb;
+    req->opaque = opaque;
+    f->reqs[(f->head + f->count) % nq->base.depth] = req;
+    f->count++;
+}
+
+/*
+ * mem_align: bounce what an O_DIRECT engine would bounce, then queue.  Out
+ * of line, so that the common path stays short.
+ */
+static __attribute__((noinline)) int
+pfbd_null_submit_aligned(NullQueue *nq, PfbdOp op, const struct iovec *iov,
+                         int iovcnt, uint64_t len, PfbdCompletionFunc *cb,
+                         void *opaque)
+{
+    int ret;
+
+    if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
+        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align,
+                             nq->base.vol->info.block_size)) {
+        ret = pfbd_null_bounce(nq, nq->free_reqs, op, iov, iovcnt, len);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    pfbd_null_enqueue(nq, op, cb, opaque);
+    return 0;
+}
+
 static int pfbd_null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
                             const struct iovec *iov, int iovcnt, uint64_t len,
                             unsigned flags, PfbdCompletionFunc *cb,
                             void *opaque)
 {
     NullQueue *nq = (NullQueue *)q;
-    NullFifo *f = &nq->fifo[op == PFBD_OP_WRITE && nq->nfifos > 1];
-    NullReq *req = nq->free_reqs;
-    int ret;
 
-    if (nq->mem_align > 1 && (op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
-        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align,
-                             q->vol->info.block_size)) {
-        ret = pfbd_null_bounce(nq, req, op, iov, iovcnt, len);
-        if (ret < 0) {
-            return ret;
-        }
+    if (__builtin_expect(nq->mem_align > 1, 0)) {
+        return pfbd_null_submit_aligned(nq, op, iov, iovcnt, len, cb,
+                                        opaque);
     }
-    nq->free_reqs = req->next_free;
-    req->cb = cb;
-    req->opaque = opaque;
-    f->reqs[(f->head + f->count) % q->depth] = req;
-    f->count++;
+    pfbd_null_enqueue(nq, op, cb, opaque);
     return 0;
 }
 
@@ -492,6 +518,7 @@ static int pfbd_null_reap(PfbdQueue *q, unsigned max)
     NullQueue *nq = (NullQueue *)q;
     uint64_t now, expirations;
     bool timed = nq->fifo[0].nsec || nq->nfifos > 1;
+    bool single = nq->nfifos == 1;
     NullFifo *f;
     int n = 0;
 
@@ -502,13 +529,21 @@ static int pfbd_null_reap(PfbdQueue *q, unsigned max)
         }
     }
     now = timed ? pfbd_null_now_ns() : 0;
-    while ((max == 0 || n < max) && (f = pfbd_null_first_due(nq)) &&
-           pfbd_null_head_done(f, now)) {
-        NullReq *req = f->reqs[f->head];
-        PfbdCompletionFunc *cb = req->cb;
-        void *opaque = req->opaque;
+    while (max == 0 || n < max) {
+        NullReq *req;
+        PfbdCompletionFunc *cb;
+        void *opaque;
 
-        pfbd_bounce_release(q, &req->bounce);
+        f = single ? &nq->fifo[0] : pfbd_null_first_due(nq);
+        if (!f || !pfbd_null_head_done(f, now)) {
+            break;
+        }
+        req = f->reqs[f->head];
+        cb = req->cb;
+        opaque = req->opaque;
+        if (req->bounce.buf) {
+            pfbd_bounce_release(q, &req->bounce);
+        }
         req->next_free = nq->free_reqs;
         nq->free_reqs = req;
         f->head = (f->head + 1) % q->depth;
