@@ -90,6 +90,7 @@ struct FileQueue {
     pthread_t owner;
     bool iowq_bound;            /* iowq_thread has the iowq-cpus */
     pthread_t iowq_thread;
+    int (*submit_fn)(struct io_uring *ring);    /* tests: see pfbd-int.h */
 };
 
 static uint32_t pfbd_file_max_u32(uint32_t a, uint32_t b)
@@ -672,6 +673,29 @@ static int pfbd_file_zero_mode(FileVolume *fv, FileReq *req)
     return 0;
 }
 
+void pfbd_file_queue_set_submit_fn(PfbdQueue *q,
+                                   int (*fn)(struct io_uring *ring))
+{
+    ((FileQueue *)q)->submit_fn = fn;
+}
+
+/*
+ * Send the SQEs queued in @fq's ring.  Returns how many the kernel took,
+ * or a negative errno; -EAGAIN if it took only some: io_uring_enter()
+ * stops early when it cannot allocate requests, or at an SQE it refuses,
+ * and leaves the others in the ring for the next call.
+ */
+static int pfbd_file_submit_sqes(FileQueue *fq)
+{
+    int ret = fq->submit_fn ? fq->submit_fn(&fq->ring) :
+                              io_uring_submit(&fq->ring);
+
+    if (ret >= 0 && io_uring_sq_ready(&fq->ring)) {
+        return -EAGAIN;
+    }
+    return ret;
+}
+
 /* Get an SQE, sending what is queued if the ring is full */
 static struct io_uring_sqe *pfbd_file_get_sqe(FileQueue *fq)
 {
@@ -679,7 +703,8 @@ static struct io_uring_sqe *pfbd_file_get_sqe(FileQueue *fq)
 
     sqe = io_uring_get_sqe(&fq->ring);
     if (!sqe) {
-        io_uring_submit(&fq->ring);
+        /* What the kernel leaves, a flush sends */
+        pfbd_file_submit_sqes(fq);
         sqe = io_uring_get_sqe(&fq->ring);
     }
     return sqe;
@@ -968,14 +993,15 @@ static int pfbd_file_flush(PfbdQueue *q)
     FileQueue *fq = (FileQueue *)q;
     int ret;
 
-    if (q->inflight == 0) {
+    /* Nothing to send: no system call (the device flushes after reaps) */
+    if (q->inflight == 0 || !io_uring_sq_ready(&fq->ring)) {
         return 0;
     }
     ret = pfbd_file_ring_bind(fq);
     if (ret < 0) {
         return ret;
     }
-    return io_uring_submit(&fq->ring);
+    return pfbd_file_submit_sqes(fq);
 }
 
 static bool pfbd_file_completions_ready(PfbdQueue *q)
@@ -1015,8 +1041,11 @@ static int pfbd_file_reap(PfbdQueue *q, unsigned max)
         }
     }
     if (requeued) {
-        /* Continue short transfers and fallbacks without waiting */
-        io_uring_submit(&fq->ring);
+        /*
+         * Continue short transfers and fallbacks without waiting; what
+         * the kernel does not take, the caller's next flush sends
+         */
+        pfbd_file_submit_sqes(fq);
     }
     return n;
 }

@@ -122,6 +122,16 @@ struct PfbdEngine {
 extern const PfbdEngine pfbd_engine_null;
 #ifdef PFBD_HAVE_IO_URING
 extern const PfbdEngine pfbd_engine_file;
+
+struct io_uring;
+
+/*
+ * For tests: the file engine's queue @q sends its SQEs with @fn instead of
+ * io_uring_submit(), which @fn stands for (NULL: io_uring_submit() again).
+ * A test makes the kernel take fewer SQEs than it was given this way.
+ */
+void pfbd_file_queue_set_submit_fn(PfbdQueue *q,
+                                   int (*fn)(struct io_uring *ring));
 #endif
 #ifdef PFBD_HAVE_RBD
 extern const PfbdEngine pfbd_engine_rbd;

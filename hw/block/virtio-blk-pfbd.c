@@ -610,12 +610,18 @@ static void virtio_blk_pfbd_retry_flush(void *opaque)
     virtio_blk_pfbd_notify(q);
 }
 
-/* Context: the virtqueue's AioContext */
+/*
+ * The flush sends what the completions let through from the waiting
+ * list, and what the engine could not send before: an engine submit the
+ * kernel took only part of, or the next step of a short transfer.  It
+ * costs no system call when there is nothing to send.
+ *
+ * Context: the virtqueue's AioContext
+ */
 static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
 {
-    if (virtio_blk_pfbd_complete_ready(q)) {
-        virtio_blk_pfbd_flush(q);
-    }
+    virtio_blk_pfbd_complete_ready(q);
+    virtio_blk_pfbd_flush(q);
     virtio_blk_pfbd_notify(q);
 }
 

@@ -27,8 +27,10 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <glib.h>
+#include <liburing.h>
 #ifdef PFBD_HAVE_RBD
 #include <rados/librados.h>
 #include <rbd/librbd.h>
@@ -976,6 +978,58 @@ static void test_file_segment_len_block_size(void)
     free(mem);
     close_volume(&tv);
     loop_device_remove(dev, file);
+}
+
+/*
+ * Send the SQEs queued in @ring, as io_uring_submit() does, but have the
+ * kernel take only the first: as io_uring_enter() does when it cannot
+ * allocate requests for the rest, or stops at an SQE it refuses
+ */
+static int submit_one(struct io_uring *ring)
+{
+    ring->sq.sqe_head = ring->sq.sqe_tail;
+    io_uring_smp_store_release(ring->sq.ktail, ring->sq.sqe_tail);
+    return syscall(__NR_io_uring_enter, ring->ring_fd, 1, 0, 0, NULL, 0);
+}
+
+/*
+ * The kernel takes some of the SQEs a flush sends and leaves the others
+ * in the ring.  pfbd_queue_flush() used to report them sent (a positive
+ * count), and the device then waited for completions that nothing would
+ * bring until the guest kicked again.  It reports -EAGAIN now (the
+ * device tries again shortly), and a later flush sends the rest.
+ */
+static void test_file_partial_submit(void)
+{
+    TestVolume tv = { 0 };
+    uint8_t *mem = alloc_aligned(6 * 4096);
+    struct iovec iov[3];
+    Completion c[3] = { { 0 } };
+    int i;
+
+    open_file(&tv, NULL, MiB, false, 4);
+    fill_pattern(mem, 3 * 4096, 7);
+    for (i = 0; i < 3; i++) {
+        /* The kernel reads each iovec when it takes the SQE */
+        iov[i] = (struct iovec) { mem + i * 4096, 4096 };
+        g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, i * 4096, &iov[i],
+                                    1, 4096, 0, complete_cb, &c[i]), ==, 0);
+    }
+    pfbd_file_queue_set_submit_fn(tv.q, submit_one);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, -EAGAIN);
+    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 1);
+    pfbd_file_queue_set_submit_fn(tv.q, NULL);
+    pfbd_queue_drain(tv.q);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpint(c[i].count, ==, 1);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem + 3 * 4096, 3 * 4096,
+                          0), ==, 0);
+    g_assert_true(memcmp(mem, mem + 3 * 4096, 3 * 4096) == 0);
+    free(mem);
+    close_volume(&tv);
 }
 
 typedef struct OtherThread {
@@ -2416,6 +2470,7 @@ int main(int argc, char **argv)
                     test_file_bounce_mapping_counted);
     g_test_add_func("/pfbd/file/segment-len-block-size",
                     test_file_segment_len_block_size);
+    g_test_add_func("/pfbd/file/partial-submit", test_file_partial_submit);
     g_test_add_func("/pfbd/file/any-thread", test_file_any_thread);
     g_test_add_func("/pfbd/file/iowq-cpus", test_file_iowq_cpus);
     g_test_add_func("/pfbd/file/misaligned-buffers",
