@@ -1581,7 +1581,9 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
         return;
     }
     pfbd_volume_get_info(s->volume, &info);
-    capacity = info.size >> SECTOR_BITS;
+    /* (An engine whose size never changes did not round it) */
+    capacity = QEMU_ALIGN_DOWN(info.size, s->conf.logical_block_size) >>
+               SECTOR_BITS;
     trace_virtio_blk_pfbd_resize(s, qatomic_read(&s->capacity), capacity);
     if (capacity != qatomic_read(&s->capacity)) {
         qatomic_set(&s->capacity, capacity);
