@@ -983,6 +983,32 @@ static void test_huge_request(void)
 }
 
 /*
+ * Under ASan, freed bounce buffers would stay in its quarantine and in the
+ * peak RSS: have the QEMU started next reuse them at once, as glibc does.
+ * Returns what asan_quarantine_restore() puts back once QEMU runs.
+ */
+static char *asan_quarantine_off(void)
+{
+    const char *asan = getenv("ASAN_OPTIONS");
+    g_autofree char *off = NULL;
+
+    if (!asan) {
+        return NULL;
+    }
+    off = g_strdup_printf("%s:quarantine_size_mb=0", asan);
+    g_setenv("ASAN_OPTIONS", off, true);
+    return g_strdup(asan);
+}
+
+static void asan_quarantine_restore(char *saved)
+{
+    if (saved) {
+        g_setenv("ASAN_OPTIONS", saved, true);
+        g_free(saved);
+    }
+}
+
+/*
  * 32 of the largest requests, misaligned so that the file engine bounces
  * them, in one kick: they all complete, and the bounce buffers QEMU holds
  * at once stay within the per-queue bound (documented in the user guide)
@@ -991,27 +1017,15 @@ static void test_huge_request(void)
 static void test_bounce_bound(void)
 {
     enum { N = 32 };
-    const char *asan = getenv("ASAN_OPTIONS");
-    g_autofree char *asan_saved = g_strdup(asan);
-    g_autofree char *asan_test = NULL;
+    char *asan_saved = asan_quarantine_off();
     uint64_t features, max, hdrs, buf;
     uint32_t heads[N];
     unsigned int i;
     long hwm;
     Pfbd *p;
 
-    /*
-     * Under ASan the freed bounce buffers would stay in its quarantine and
-     * in the peak RSS: let QEMU reuse them at once, as glibc does
-     */
-    if (asan) {
-        asan_test = g_strdup_printf("%s:quarantine_size_mb=0", asan);
-        g_setenv("ASAN_OPTIONS", asan_test, true);
-    }
     p = pfbd_start(64 << 20, "-m 512M", "", 1);
-    if (asan_saved) {
-        g_setenv("ASAN_OPTIONS", asan_saved, true);
-    }
+    asan_quarantine_restore(asan_saved);
     features = pfbd_driver_ok(p, 0);
     max = max_request_bytes(p, features);
     hdrs = guest_alloc(&p->qs->alloc, N * 64);
@@ -1071,9 +1085,7 @@ static void pfbd_driver_ok_ring(Pfbd *p, uint16_t size, bool indirect)
 static void test_bounce_bound_slow_writes(void)
 {
     enum { PAIRS = 40 };
-    const char *asan = getenv("ASAN_OPTIONS");
-    g_autofree char *asan_saved = g_strdup(asan);
-    g_autofree char *asan_test = NULL;
+    char *asan_saved = asan_quarantine_off();
     uint64_t features, max, hdrs, buf;
     uint8_t wdata[4096];
     unsigned int i;
@@ -1081,17 +1093,10 @@ static void test_bounce_bound_slow_writes(void)
     long hwm;
     Pfbd *p;
 
-    /* ASan would keep the freed mappings' pages in its quarantine */
-    if (asan) {
-        asan_test = g_strdup_printf("%s:quarantine_size_mb=0", asan);
-        g_setenv("ASAN_OPTIONS", asan_test, true);
-    }
     p = pfbd_start_volume("null:64M:completion_nsec=1000000:"
                           "write_nsec=50000000:mem_align=4096", "-m 512M",
                           "", 1);
-    if (asan_saved) {
-        g_setenv("ASAN_OPTIONS", asan_saved, true);
-    }
+    asan_quarantine_restore(asan_saved);
     features = pfbd_driver_ok(p, 0);
     max = max_request_bytes(p, features);
     hdrs = guest_alloc(&p->qs->alloc, PAIRS * 128);
