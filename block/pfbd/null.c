@@ -25,7 +25,7 @@
  *
  * With "mem_align=N" the volume asks for buffers aligned to N bytes, as
  * O_DIRECT does, and bounces the others as the file engine does (with
- * the same helpers and limit): a writes' data is copied into the bounce
+ * the same helpers and limit): a write's data is copied into the bounce
  * buffer, a read's bounce buffer is zeroed.
  */
 
