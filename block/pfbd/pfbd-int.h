@@ -156,6 +156,16 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /*
+ * pfbd_next_token: split off the next token of *@p at the first unescaped
+ * @delim (any character of @delims; '\\' escapes the next character),
+ * unescaping it.  Returns a malloc'ed token (NULL if out of memory) and
+ * advances *@p past the delimiter, or to NULL at the end.  Stores the
+ * delimiter found (or '\0') in *@found.  For specs like rbd's
+ * "POOL/IMAGE@SNAP:KEY=VALUE".
+ */
+char *pfbd_next_token(const char **p, const char *delims, char *found);
+
+/*
  * pfbd_iov_is_aligned: true if every base in @iov is a multiple of
  * @mem_align and every length a multiple of @len_align (powers of two).
  * For O_DIRECT: the memory alignment for the bases, the block size for

@@ -48,6 +48,33 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
     va_end(ap);
 }
 
+char *pfbd_next_token(const char **p, const char *delims, char *found)
+{
+    const char *s = *p;
+    char *tok, *out;
+
+    tok = malloc(strlen(s) + 1);
+    if (!tok) {
+        return NULL;
+    }
+    out = tok;
+    *found = '\0';
+    for (; *s; s++) {
+        if (*s == '\\' && s[1]) {
+            *out++ = *++s;
+            continue;
+        }
+        if (strchr(delims, *s)) {
+            *found = *s;
+            break;
+        }
+        *out++ = *s;
+    }
+    *out = '\0';
+    *p = *s ? s + 1 : NULL;
+    return tok;
+}
+
 bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt,
                          uint32_t mem_align, uint32_t len_align)
 {

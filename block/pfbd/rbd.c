@@ -98,41 +98,6 @@ struct RbdQueue {
     RbdReq *ready;              /* taken from @done, oldest first */
 };
 
-/*
- * Split off the next token of *@p at the first unescaped @delim (any
- * character of @delims), unescaping it.  Returns a malloc'ed token and
- * advances *@p past the delimiter (to NULL at the end).  Stores the
- * delimiter found (or '\0') in *@found.
- */
-static char *pfbd_rbd_next_token(const char **p, const char *delims,
-                                 char *found)
-{
-    const char *s = *p;
-    char *tok, *out;
-
-    tok = malloc(strlen(s) + 1);
-    if (!tok) {
-        return NULL;
-    }
-    out = tok;
-    *found = '\0';
-    for (; *s; s++) {
-        if (*s == '\\' && s[1]) {
-            *out++ = *++s;
-            continue;
-        }
-        if (strchr(delims, *s)) {
-            *found = *s;
-            break;
-        }
-        *out++ = *s;
-    }
-    *out = '\0';
-    *p = *s ? s + 1 : NULL;
-    return tok;
-}
-
-
 static void pfbd_rbd_spec_free(RbdSpec *sp)
 {
     unsigned i;
@@ -167,7 +132,7 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
     char d;
 
     memset(sp, 0, sizeof(*sp));
-    first = pfbd_rbd_next_token(&p, "/:@", &d);
+    first = pfbd_next_token(&p, "/:@", &d);
     if (!first) {
         goto nomem;
     }
@@ -178,12 +143,12 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
         return -EINVAL;
     }
     sp->pool = first;
-    second = pfbd_rbd_next_token(&p, "/:@", &d);
+    second = pfbd_next_token(&p, "/:@", &d);
     if (!second) {
         goto nomem;
     }
     if (d == '/') {
-        third = pfbd_rbd_next_token(&p, ":@", &d);
+        third = pfbd_next_token(&p, ":@", &d);
         if (!third) {
             free(second);
             goto nomem;
@@ -194,7 +159,7 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
         sp->image = second;
     }
     if (d == '@') {
-        sp->snap = pfbd_rbd_next_token(&p, ":", &d);
+        sp->snap = pfbd_next_token(&p, ":", &d);
         if (!sp->snap) {
             goto nomem;
         }
@@ -212,7 +177,7 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
     }
 
     while (p) {
-        key = pfbd_rbd_next_token(&p, "=:", &d);
+        key = pfbd_next_token(&p, "=:", &d);
         if (!key) {
             goto nomem;
         }
@@ -222,7 +187,7 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
             free(key);
             goto inval;
         }
-        value = pfbd_rbd_next_token(&p, ":", &d);
+        value = pfbd_next_token(&p, ":", &d);
         if (!value) {
             free(key);
             goto nomem;
