@@ -34,14 +34,15 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
 NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
-	tests/qtest/virtio-blk-pfbd-test tests/qtest/qos-test
+	tests/unit/test-pfbd-pureflash tests/qtest/virtio-blk-pfbd-test \
+	tests/qtest/qos-test
 
 # The ASan + UBSan build of `make check-sanitizers`: the device's own
 # qtest and the unit tests (upstream's qos-test stays in the plain build,
 # which keeps this second build short)
 ASAN_BUILD ?= $(BUILD)/asan
 ASAN_NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
-	tests/qtest/virtio-blk-pfbd-test
+	tests/unit/test-pfbd-pureflash tests/qtest/virtio-blk-pfbd-test
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	LSAN_OPTIONS=suppressions=$(abspath tests/lsan-suppressions.txt):print_suppressions=0
@@ -98,8 +99,15 @@ run: deps
 # The rbd engine's cases need a Ceph cluster: with-ceph.sh starts one
 WITH_CEPH = bash tests/ceph/with-ceph.sh
 
+# The pureflash engine's cases need a PureFlash cluster: with-pfdouble.sh
+# starts the project's conformance double (or uses the cluster that
+# PFBD_PUREFLASH_CONDUCTOR names)
+WITH_PFDOUBLE = bash tests/pureflash/with-pfdouble.sh
+
 check-unit: build
 	$(WITH_CEPH) $(QB)/tests/unit/test-pfbd --tap -k
+	$(WITH_PFDOUBLE) $(QB)/tests/unit/test-pfbd-pureflash --tap -k
+	$(PYTEST) -q tests/pureflash/test_pfdouble.py
 
 # The device's qtests are meson tests of the suite qtest-pfbd (patches/0003):
 # virtio-blk-pfbd-test and upstream's virtio-blk tests on its libqos node
@@ -120,6 +128,8 @@ check-sanitizers: | $(BUILD)/.deps-checked
 	$(NINJA) -C $(ASAN_BUILD)/qemu-build $(ASAN_NINJA_TARGETS)
 	$(ASAN_ENV) $(WITH_CEPH) $(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd \
 		--tap -k
+	$(ASAN_ENV) $(WITH_PFDOUBLE) \
+		$(ASAN_BUILD)/qemu-build/tests/unit/test-pfbd-pureflash --tap -k
 	$(ASAN_ENV) $(call MESON_TEST,$(ASAN_BUILD)/qemu-build) \
 		--timeout-multiplier 3 qtest-x86_64/virtio-blk-pfbd-test
 	@$(call MESON_NO_SKIP,$(ASAN_BUILD)/qemu-build)

@@ -86,7 +86,7 @@ pkgs=(
     # QEMU build
     gcc make ninja-build pkg-config python3 python3-venv ccache
     libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev flex bison
-    liburing-dev libaio-dev librbd-dev
+    liburing-dev libaio-dev librbd-dev libzookeeper-mt-dev
     # upstream source and its unpacking
     dpkg-dev xz-utils patch git
     # firmware for the test guests
@@ -95,6 +95,8 @@ pkgs=(
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
     # the throwaway Ceph cluster of the rbd tests (tests/ceph/)
     ceph-mon ceph-osd ceph-common jq uuid-runtime iproute2
+    # the ZooKeeper server of the pureflash tests (tests/pureflash/)
+    zookeeper
     # the bootable Debian image (tests/image/build-image.sh)
     mmdebstrap grub-pc-bin fdisk
     # the Debian package (make deb) and its install test (make check-deb)

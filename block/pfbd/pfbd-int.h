@@ -120,6 +120,7 @@ struct PfbdEngine {
 };
 
 extern const PfbdEngine pfbd_engine_null;
+extern const PfbdEngine pfbd_engine_pureflash;
 #ifdef PFBD_HAVE_IO_URING
 extern const PfbdEngine pfbd_engine_file;
 
@@ -135,6 +136,18 @@ void pfbd_file_queue_set_submit_fn(PfbdQueue *q,
 #endif
 #ifdef PFBD_HAVE_RBD
 extern const PfbdEngine pfbd_engine_rbd;
+#endif
+
+#ifdef PFBD_HAVE_ZOOKEEPER
+/*
+ * The pureflash engine's discovery: store in *@addr (malloc'ed) the
+ * address the leading conductor of PureFlash cluster @cluster registered
+ * in the ZooKeeper ensemble @hosts ("HOST:PORT[,HOST:PORT]..."), waiting
+ * at most about @timeout_ms.  Returns 0, or a negative errno with
+ * *@errmsg saying why.
+ */
+int pfbd_pureflash_zk_conductor(const char *hosts, const char *cluster,
+                                int timeout_ms, char **addr, char **errmsg);
 #endif
 
 /*

@@ -25,6 +25,7 @@ static const PfbdEngine *const pfbd_engines[] = {
 #ifdef PFBD_HAVE_RBD
     &pfbd_engine_rbd,
 #endif
+    &pfbd_engine_pureflash,
 };
 
 #define PFBD_NUM_ENGINES (sizeof(pfbd_engines) / sizeof(pfbd_engines[0]))
