@@ -6,6 +6,7 @@ Env:  PFBD_QEMU (binary), PFBD_ACCEL (tcg|kvm), PFBD_TEST_DEVICE (pfbd|stock),
 See pfbdguest.py for the details.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -167,3 +170,123 @@ def ceph():
     finally:
         subprocess.run(["bash", stop, d, "--purge"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT)
+
+
+class PureFlash:
+    """A PureFlash cluster for the pureflash engine's tests: the project's
+    conformance double (tests/pureflash/pfdouble.py, not a PureFlash), or a
+    real cluster named by PFBD_PUREFLASH_CONDUCTOR (docs/pureflash.rst).
+
+    What a test does to the stores goes through the double's control API;
+    on a real cluster, stopping and starting the stores runs the commands
+    in PFBD_PUREFLASH_STOP_STORES and PFBD_PUREFLASH_START_STORES."""
+
+    def __init__(self, conductor, store_port=None, double=None):
+        self.conductor = conductor
+        self.store_port = store_port
+        self.double = double
+        self._n = 0
+
+    def _get(self, api, op, **params):
+        query = urllib.parse.urlencode(dict(params, op=op))
+        url = "http://%s/%s/?%s" % (self.conductor, api, query)
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            r = json.load(reply)
+        if r.get("ret_code") != 0:
+            raise AssertionError("%s %s %r: %r" % (api, op, params, r))
+        return r
+
+    def s5c(self, op, **params):
+        return self._get("s5c", op, **params)
+
+    def ctl(self, op, **params):
+        if self.double is None:
+            pytest.fail("this test needs the conformance double's control "
+                        "API (%s): deselect it on a real cluster" % op)
+        return self._get("ctl", op, **params)
+
+    def create_volume(self, prefix, size):
+        self._n += 1
+        name = "%s-%d-%d" % (prefix, os.getpid(), self._n)
+        self.s5c("create_volume", volume_name=name, size=size, rep_cnt=1,
+                 host_id=-1)
+        return name
+
+    def spec(self, name, extra=""):
+        s = "pureflash:%s:conductor=%s" % (name, self.conductor)
+        if self.store_port:
+            s += ":store_port=%s" % self.store_port
+        return s + extra
+
+    def connect(self, name):
+        """A raw protocol connection to the primary of shard 0, for
+        reading and writing the volume from the host."""
+        sys.path.insert(0, os.path.join(REPO_DIR, "tests", "pureflash"))
+        from pfdouble_client import RawConn
+        info = self.s5c("open_volume", volume_name=name, snapshot_name="")
+        host = info["shards"][0]["store_ips"].split(",")[0]
+        return RawConn(host, int(self.store_port or 49162), info)
+
+    def upload(self, name, path):
+        """Copy the data extents of the file at PATH into the volume."""
+        conn = self.connect(name)
+        try:
+            with open(path, "rb") as f:
+                fd = f.fileno()
+                end = os.fstat(fd).st_size
+                pos = 0
+                while pos < end:
+                    try:
+                        start = os.lseek(fd, pos, os.SEEK_DATA)
+                    except OSError:
+                        break
+                    stop = os.lseek(fd, start, os.SEEK_HOLE)
+                    for off in range(start, stop, 1 << 20):
+                        n = min(1 << 20, stop - off)
+                        conn.write(off, os.pread(fd, n, off))
+                    pos = stop
+        finally:
+            conn.close()
+
+    def stop_stores(self):
+        if self.double is None:
+            self._run_env("PFBD_PUREFLASH_STOP_STORES")
+            return
+        for i in range(len(self.double.stores)):
+            self.ctl("stop_store", store=i)
+
+    def start_stores(self):
+        if self.double is None:
+            self._run_env("PFBD_PUREFLASH_START_STORES")
+            return
+        for i in range(len(self.double.stores)):
+            self.ctl("start_store", store=i)
+
+    @staticmethod
+    def _run_env(var):
+        cmd = os.environ.get(var)
+        if not cmd:
+            pytest.fail("set %s to the command that does it on this "
+                        "cluster" % var)
+        subprocess.run(cmd, shell=True, check=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def pureflash():
+    """PFBD_PUREFLASH_CONDUCTOR's cluster, or the conformance double
+    started for the session."""
+    conductor = os.environ.get("PFBD_PUREFLASH_CONDUCTOR")
+    if conductor:
+        yield PureFlash(conductor,
+                        os.environ.get("PFBD_PUREFLASH_STORE_PORT"))
+        return
+    sys.path.insert(0, os.path.join(REPO_DIR, "tests", "pureflash"))
+    from pfdouble_client import PfDouble
+    d = tempfile.mkdtemp(prefix="pfdouble-", dir="/tmp")
+    pf = PfDouble(d)
+    try:
+        pf.start()
+        yield PureFlash(pf.conductor, pf.store_port, double=pf)
+    finally:
+        pf.stop()
+        shutil.rmtree(d, ignore_errors=True)

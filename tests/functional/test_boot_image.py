@@ -172,6 +172,17 @@ def test_boot_from_rbd(guest, disk, boot_image, image_dir, ceph):
         ceph.rbd("rm", "--no-progress", "rbd/" + name)
 
 
+@pytest.mark.usefixtures("pfbd_only")
+def test_boot_from_pureflash(guest, disk, boot_image, image_dir, pureflash):
+    """The same with the boot disk on the pureflash engine: the image's
+    data copied into a PureFlash volume over the store protocol (the
+    conformance double in make check, or a real cluster)."""
+    size = os.path.getsize(boot_image)
+    name = pureflash.create_volume("boot", size)
+    pureflash.upload(name, boot_image)
+    boot_and_check(guest, disk, pureflash.spec(name), image_dir)
+
+
 def boot_and_check(guest, disk, boot_volume, image_dir):
     data = make_image(os.path.join(image_dir, "data.raw"), DATA_SIZE)
 
