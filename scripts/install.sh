@@ -81,7 +81,7 @@ for f in pfbd-qemu-system-x86_64.1 pfbd-stat.1; do
     files+=("share/man/man1/$f.gz")
 done
 put 644 "$top/README.md" share/doc/pfbd-qemu/README.md
-for f in user-guide.rst design.rst images.rst benchmarks.md; do
+for f in user-guide.rst design.rst images.rst pureflash.rst benchmarks.md; do
     put 644 "$top/docs/$f" "share/doc/pfbd-qemu/$f"
 done
 for f in COPYING LICENSE; do

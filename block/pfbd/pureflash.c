@@ -6,7 +6,7 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Written from the protocol's facts (docs/pureflash-protocol.rst); no
+ * Written from the protocol's facts (docs/pureflash.rst); no
  * PureFlash code is used.  A volume is opened at the conductor, found
  * directly (conductor=HOST[:PORT]) or through ZooKeeper: an HTTP GET of
  * op=open_volume returns the volume's id, size, metadata version and, for

@@ -1662,7 +1662,9 @@ static const struct {
 } virtio_blk_pfbd_property_help[] = {
     { "volume", "the volume: file:PATH (io_uring, O_DIRECT), "
       "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]... (Ceph, "
-      "if built in), null:SIZE[:completion_nsec=N][:write_nsec=N]"
+      "if built in), pureflash:VOLUME[@SNAP][:conductor=HOST[:PORT]|"
+      ":zookeeper=HOST:PORT,...|:conf=PATH][:timeout=S] (PureFlash), "
+      "null:SIZE[:completion_nsec=N][:write_nsec=N]"
       "[:mem_align=N] (no data, at once or after N ns; e.g. null:1G) or "
       "a name in the pool directory ($PFBD_POOL_DIR, default "
       "/var/lib/pfbd)" },
