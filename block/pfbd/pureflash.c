@@ -367,9 +367,14 @@ static int pf_json_hex4(const char *s)
 static char *pf_json_string(const char **p)
 {
     const char *s = *p;
+    size_t n = 0;
     char *out, *o;
 
-    out = malloc(strlen(s) * 3 + 1);
+    /* An escape never makes more bytes than its text: allocate that */
+    while (s[n] && s[n] != '"') {
+        n += s[n] == '\\' && s[n + 1] ? 2 : 1;
+    }
+    out = malloc(n + 1);
     if (!out) {
         return NULL;
     }

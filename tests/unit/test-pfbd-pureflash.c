@@ -730,6 +730,143 @@ static void test_zookeeper_unreachable(void)
 }
 #endif
 
+/*
+ * A conductor that gives canned answers: every connection gets the next
+ * reply of the list, whatever it asked
+ */
+typedef struct FakeConductor {
+    int fd;
+    unsigned port;
+    const char *const *replies;
+    GThread *thread;
+} FakeConductor;
+
+static gpointer fake_conductor_thread(gpointer opaque)
+{
+    FakeConductor *fc = opaque;
+    const char *const *r;
+
+    for (r = fc->replies; *r; r++) {
+        char buf[4096];
+        size_t got = 0;
+        ssize_t n;
+        int c = accept(fc->fd, NULL, NULL);
+
+        g_assert_cmpint(c, >=, 0);
+        /* the request, up to its blank line */
+        while (got < sizeof(buf) - 1 &&
+               (n = recv(c, buf + got, sizeof(buf) - 1 - got, 0)) > 0) {
+            got += n;
+            buf[got] = '\0';
+            if (strstr(buf, "\r\n\r\n")) {
+                break;
+            }
+        }
+        g_assert_nonnull(strstr(buf, "GET /s5c/?op=open_volume&"
+                                "volume_name=v%2F1&snapshot_name= "
+                                "HTTP/1.0\r\n"));
+        if (!strcmp(*r, "HUGE")) {
+            g_autofree char *big = g_malloc(1024 * 1024);
+
+            memset(big, ' ', 1024 * 1024);
+            send(c, "HTTP/1.0 200 OK\r\n\r\n", 19, MSG_NOSIGNAL);
+            for (n = 0; n < 8; n++) {
+                if (send(c, big, 1024 * 1024, MSG_NOSIGNAL) < 0) {
+                    break;
+                }
+            }
+        } else {
+            send(c, *r, strlen(*r), MSG_NOSIGNAL);
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static void fake_conductor_start(FakeConductor *fc,
+                                 const char *const *replies)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    socklen_t len = sizeof(sa);
+
+    fc->fd = socket(AF_INET, SOCK_STREAM, 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    g_assert_cmpint(bind(fc->fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(getsockname(fc->fd, (struct sockaddr *)&sa, &len), ==, 0);
+    g_assert_cmpint(listen(fc->fd, 4), ==, 0);
+    fc->port = ntohs(sa.sin_port);
+    fc->replies = replies;
+    fc->thread = g_thread_new("conductor", fake_conductor_thread, fc);
+}
+
+#define OK200 "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+#define VOL "\"ret_code\": 0, \"volume_id\": 7, \"meta_ver\": 1, " \
+            "\"shard_lba_cnt_order\": 36, "
+
+/*
+ * What a conductor may answer, and what the open says of it: every
+ * reply the engine cannot use fails the open with a message, never a
+ * crash (the replies come from the network).
+ */
+static void test_conductor_replies(void)
+{
+    static const char *const replies[] = {
+        "HTTP/1.0 500 Oops\r\n\r\n",
+        OK200 "not json",
+        OK200 "{\"ret_code\": 2, \"reason\": \"a\\\"b\\u00e9\\n\"}",
+        OK200 "{\"ret_code\": 0}",
+        OK200 "{" VOL "\"volume_size\": 1048576}",
+        OK200 "{" VOL "\"volume_size\": 1048576, \"shards\": [{\"index\": 1, "
+        "\"store_ips\": \"127.0.0.1\"}]}",
+        OK200 "{" VOL "\"volume_size\": 1048576, \"shards\": [{\"index\": 0, "
+        "\"store_ips\": \"not-an-ip\"}]}",
+        OK200 "{" VOL "\"volume_size\": 137438953472, \"shards\": "
+        "[{\"index\": 0, \"store_ips\": \"127.0.0.1\"}]}",
+        OK200 "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+        "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        OK200 "{\"ret_code\": 0, \"volume_id\": 12",
+        OK200 "{" VOL "\"volume_size\": 256, \"shards\": [{\"index\": 0, "
+        "\"store_ips\": \"127.0.0.1\"}]}",
+        OK200 "{" VOL "\"volume_size\": 1048576, \"shards\": [{\"index\": 0, "
+        "\"store_ips\": \"127.0.0.1,127.0.0.2\"}], \"x\": [1, 2.5e3, true, "
+        "null, {}]}",
+        "HUGE",
+        NULL,
+    };
+    static const struct {
+        int err;
+        const char *msg;
+    } want[] = {
+        { -EPROTO, "answered HTTP status 500" },
+        { -EPROTO, "the conductor's reply is not a JSON object" },
+        { -ENOENT, "the conductor refused it (ret_code 2: a\"b\xc3\xa9\n)" },
+        { -EPROTO, "the conductor's reply has no volume_id" },
+        { -EPROTO, "the conductor's reply has no shards" },
+        { -EPROTO, "a shard without a valid index or store_ips" },
+        { -EPROTO, "not an IPv4 address: 'not-an-ip'" },
+        { -EPROTO, "names no store for shard 1" },
+        { -EPROTO, "the conductor's reply is not a JSON object" },
+        { -EPROTO, "the conductor's reply is not a JSON object" },
+        { -EINVAL, "smaller than one block" },
+        { -ECONNREFUSED, "no store of shard 0 takes it (tried "
+          "127.0.0.1:9, 127.0.0.2:9): cannot connect" },
+        { -EFBIG, "did not answer: File too large" },
+    };
+    FakeConductor fc;
+    unsigned i;
+
+    fake_conductor_start(&fc, replies);
+    for (i = 0; i < G_N_ELEMENTS(want); i++) {
+        g_autofree char *spec = g_strdup_printf("pureflash:v/1:conductor="
+                                                "127.0.0.1:%u:store_port=9",
+                                                fc.port);
+
+        check_open_fails(spec, want[i].err, want[i].msg);
+    }
+    g_thread_join(fc.thread);
+    close(fc.fd);
+}
+
 /* Two queues, each driven by its own thread */
 typedef struct Worker {
     TestVolume *tv;
@@ -1020,6 +1157,8 @@ int main(int argc, char **argv)
     snprintf(vol_prefix, sizeof(vol_prefix), "pfbdtest%ld",
              (long)getpid());
 
+    g_test_add_func("/pfbd/pureflash/conductor-replies",
+                    test_conductor_replies);
     g_test_add_func("/pfbd/pureflash/cluster", test_cluster);
     if (conductor) {
         g_test_add_func("/pfbd/pureflash/open-info", test_open_info);
