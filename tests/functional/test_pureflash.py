@@ -306,3 +306,11 @@ def test_no_store_answers(guest, pureflash):
                                      '"volume":"%s"}' % spec])
     assert rc == 1, err
     assert "no store of shard 0 takes it (tried " in err, err
+
+
+def test_live_migration_pureflash(guest, pureflash, tmp_path):
+    """Live migration between two QEMU processes on one pureflash volume,
+    with fio verify running in the guest across it."""
+    from test_lifecycle import migrate_and_finish
+    name = pureflash.create_volume("mig", 256 * MiB)
+    migrate_and_finish(guest, pureflash.spec(name), tmp_path, to_file=False)
