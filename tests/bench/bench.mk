@@ -29,6 +29,17 @@ $(BENCH_RIG): tests/bench/pfbd-rig.c
 
 bench-rig: $(BENCH_RIG)
 
+# pfbd-load: libpfbd's engines without QEMU (make bench-pureflash), linked
+# with the static library of the build and what its engines need
+BENCH_LOAD := $(BUILD)/bench/pfbd-load
+PFBD_LIBS := $(foreach l,uring rbd rados zookeeper_mt,$(if $(wildcard \
+	/usr/lib/$(shell gcc -print-multiarch)/lib$(l).so),-l$(l)))
+
+$(BENCH_LOAD): tests/bench/pfbd-load.c $(QB)/block/pfbd/libpfbd.a
+	@mkdir -p $(dir $@)
+	$(BENCH_CC) $(BENCH_CFLAGS) -Iinclude -o $@ $< \
+		$(QB)/block/pfbd/libpfbd.a $(PFBD_LIBS) -lpthread
+
 # matplotlib draws the plot (bench.py goes on without it); fio is the host
 # limit and runs in the guest.  Both from Debian's archive.
 bench-deps:
@@ -53,6 +64,17 @@ bench: build guest bench-deps bench-qsd $(BENCH_RIG)
 bench-rbd: build bench-deps $(BENCH_RIG)
 	BENCH_COMMAND='make bench-rbd$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
 	$(PYTHON) tests/bench/bench_rbd.py --build $(BUILD) $(BENCH_ARGS)
+
+# make bench-pureflash: the pureflash engine (in QEMU, and alone in
+# pfbd-load) against PureFlash's own client on a PureFlash cluster that
+# PFBD_PUREFLASH_CONDUCTOR names (tests/bench/bench_pureflash.py,
+# docs/pureflash.rst); writes $(BUILD)/bench/pureflash.json, .md and the
+# pureflash section of docs/benchmarks.md.  BENCH_ARGS=--double checks
+# the script against the conformance double.
+.PHONY: bench-pureflash
+bench-pureflash: build bench-deps $(BENCH_RIG) $(BENCH_LOAD)
+	BENCH_COMMAND='make bench-pureflash$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' \
+	$(PYTHON) tests/bench/bench_pureflash.py --build $(BUILD) $(BENCH_ARGS)
 
 # make bench-reset: what a device reset costs the host (a guest resetting
 # in a loop), tests/bench/reset-cost.sh; prints it (docs/benchmarks.md has
