@@ -808,15 +808,10 @@ static void pfbd_file_req_finish(FileQueue *fq, FileReq *req, int ret)
 {
     PfbdCompletionFunc *cb = req->cb;
     void *opaque = req->opaque;
-    const char *p = req->bounce.buf;
-    int i;
 
-    if (p && req->op == PFBD_OP_READ && ret == 0) {
-        for (i = 0; i < req->caller_iovcnt; i++) {
-            memcpy(req->caller_iov[i].iov_base, p,
-                   req->caller_iov[i].iov_len);
-            p += req->caller_iov[i].iov_len;
-        }
+    if (req->bounce.buf && req->op == PFBD_OP_READ && ret == 0) {
+        pfbd_buf_to_iov(req->bounce.buf, req->caller_iov,
+                        req->caller_iovcnt);
     }
     pfbd_file_req_release(fq, req);
     pfbd_complete(&fq->base, cb, opaque, ret);
@@ -919,8 +914,7 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     uint32_t mem_align = q->vol->info.mem_align;
     FileReq *req = fq->free_reqs;
     bool fresh;
-    char *p;
-    int i, ret;
+    int ret;
 
     if (!req) {
         return -EAGAIN;
@@ -958,11 +952,7 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
              */
             memset(req->bounce.buf, 0, len);
         } else if (op == PFBD_OP_WRITE) {
-            p = req->bounce.buf;
-            for (i = 0; i < iovcnt; i++) {
-                memcpy(p, iov[i].iov_base, iov[i].iov_len);
-                p += iov[i].iov_len;
-            }
+            pfbd_iov_to_buf(iov, iovcnt, req->bounce.buf);
         }
         req->caller_iov = iov;
         req->caller_iovcnt = iovcnt;

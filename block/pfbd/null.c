@@ -352,23 +352,18 @@ static int pfbd_null_bounce(NullQueue *nq, NullReq *req, PfbdOp op,
                             const struct iovec *iov, int iovcnt,
                             uint64_t len)
 {
-    char *p;
-    int i, ret;
+    int ret;
 
     ret = pfbd_bounce_map(&nq->base, &req->bounce, len, nq->mem_align);
     if (ret < 0) {
         return ret;
     }
-    p = req->bounce.buf;
     if (op == PFBD_OP_READ) {
         /* What a read into it does: the pages are the process's now */
-        memset(p, 0, len);
+        memset(req->bounce.buf, 0, len);
         return 0;
     }
-    for (i = 0; i < iovcnt; i++) {
-        memcpy(p, iov[i].iov_base, iov[i].iov_len);
-        p += iov[i].iov_len;
-    }
+    pfbd_iov_to_buf(iov, iovcnt, req->bounce.buf);
     return 0;
 }
 

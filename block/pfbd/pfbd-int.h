@@ -71,6 +71,12 @@ int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
  */
 void pfbd_bounce_release(PfbdQueue *q, PfbdBounce *b);
 
+/* pfbd_iov_to_buf: copy the data of @iov into @buf, one after another */
+void pfbd_iov_to_buf(const struct iovec *iov, int iovcnt, void *buf);
+
+/* pfbd_buf_to_iov: copy @buf into the buffers of @iov, filling each */
+void pfbd_buf_to_iov(const void *buf, const struct iovec *iov, int iovcnt);
+
 /* pfbd_bounce_free: unmap what @b kept (the queue goes away) */
 void pfbd_bounce_free(PfbdBounce *b);
 

@@ -536,6 +536,28 @@ void pfbd_bounce_release(PfbdQueue *q, PfbdBounce *b)
     }
 }
 
+void pfbd_iov_to_buf(const struct iovec *iov, int iovcnt, void *buf)
+{
+    char *p = buf;
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(p, iov[i].iov_base, iov[i].iov_len);
+        p += iov[i].iov_len;
+    }
+}
+
+void pfbd_buf_to_iov(const void *buf, const struct iovec *iov, int iovcnt)
+{
+    const char *p = buf;
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(iov[i].iov_base, p, iov[i].iov_len);
+        p += iov[i].iov_len;
+    }
+}
+
 void pfbd_bounce_free(PfbdBounce *b)
 {
     if (b->map) {
