@@ -63,6 +63,7 @@
 #define PF_MAX_TIMEOUT          3600
 #define PF_MAX_DEPTH            255         /* hsqsize is at most this */
 #define PF_MAX_IPS              8           /* stores per shard we use */
+#define PF_MAX_CONNS            16          /* sockets per queue */
 #define PF_HTTP_MAX             (4 << 20)   /* largest conductor reply */
 #define PF_NSEC_PER_SEC         1000000000ull
 #define PF_NSEC_PER_MSEC        1000000ull
@@ -219,6 +220,8 @@ struct PfQueue {
     PfReq *done;            /* oldest first */
     PfReq **done_tail;
     PfConn *dirty;          /* connections with something to do */
+    unsigned nopen;         /* connections with a socket */
+    bool conn_wait;         /* one waits for nopen to go under the limit */
     PfList held;            /* waiting for the volume to be opened again */
     unsigned unflushed;     /* requests submitted since the last flush */
     PfHttp http;            /* the re-open in progress (fd -1: none) */
@@ -1523,6 +1526,7 @@ static void pf_conn_close(PfConn *c, uint64_t retry_ns)
         }
         close(c->fd);
         c->fd = -1;
+        c->q->nopen--;
     }
     c->events = 0;
     pf_list_init(&again);
@@ -1578,18 +1582,75 @@ static void pf_conn_fail(PfConn *c)
     pf_conn_close(c, retry);
 }
 
+/* @c has a socket and nothing to do */
+static bool pf_conn_idle(PfConn *c)
+{
+    return c->fd >= 0 && c->state == PF_CONN_READY && !c->pending.head &&
+           !c->out.head && !c->rcmd && c->nfree == c->depth;
+}
+
+/* Close an idle connection of @q other than @keep; false if none is */
+static bool pf_queue_evict(PfQueue *q, PfConn *keep)
+{
+    unsigned i;
+
+    for (i = 0; i < q->nconns; i++) {
+        PfConn *c = q->conns[i];
+
+        if (c && c != keep && pf_conn_idle(c)) {
+            pf_conn_close(c, 0);
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Connections wait for room (a guest that touches many shards must not
+ * make QEMU open a socket for each): close as many idle ones as there
+ * are waiting, and let those connect.
+ */
+static void pf_queue_make_room(PfQueue *q)
+{
+    unsigned i, waiting = 0;
+
+    if (!q->conn_wait) {
+        return;
+    }
+    q->conn_wait = false;
+    for (i = 0; i < q->nconns; i++) {
+        PfConn *c = q->conns[i];
+
+        if (c && c->fd < 0 && c->state == PF_CONN_IDLE && c->pending.head) {
+            waiting++;
+            pf_conn_mark_dirty(c);
+        }
+    }
+    while (waiting && q->nopen + waiting > PF_MAX_CONNS &&
+           pf_queue_evict(q, NULL)) {
+        waiting--;
+    }
+}
+
 static void pf_conn_connect(PfConn *c)
 {
     PfQueue *q = c->q;
     struct sockaddr_in sa;
     int one = 1;
 
+    if (q->nopen >= PF_MAX_CONNS && !pf_queue_evict(q, c)) {
+        /* Wait for a connection to finish its work */
+        q->conn_wait = true;
+        c->state = PF_CONN_IDLE;
+        return;
+    }
     pf_store_addr(q->vol, &q->meta.shards[c->shard], c->ip_idx, &sa);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
         pf_conn_fail(c);
         return;
     }
+    q->nopen++;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
         errno != EINPROGRESS) {
@@ -2338,6 +2399,8 @@ static int pf_flush(PfbdQueue *bq)
 
     q->unflushed = 0;
     pf_queue_run_dirty(q);
+    pf_queue_make_room(q);
+    pf_queue_run_dirty(q);
     pf_queue_arm_timer(q);
     return n;
 }
@@ -2408,6 +2471,8 @@ static int pf_reap(PfbdQueue *bq, unsigned max)
             q->kicked = true;
         }
     }
+    pf_queue_run_dirty(q);
+    pf_queue_make_room(q);
     pf_queue_run_dirty(q);
     pf_queue_arm_timer(q);
     return done;

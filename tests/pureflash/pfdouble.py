@@ -24,6 +24,7 @@ store accepts a handshake only for volumes opened since the start.
 
 Conductor (GET /s5c/?op=..., JSON reply, ret_code 0 = OK, else a reason):
   create_volume&volume_name=&size=(bytes, or K/M/G/T)&rep_cnt=&host_id=
+                [&shard_order=N: the double's own, small shards for tests]
   open_volume&volume_name=&snapshot_name=   delete_volume&volume_name=
   create_snapshot&volume_name=&snapshot_name=   list_volume
 Control, the double's own (GET /ctl/?op=...):
@@ -169,7 +170,7 @@ class Volumes:
                                         os.O_RDWR)
             return self.fds[key]
 
-    def create(self, name, size, rep_cnt):
+    def create(self, name, size, rep_cnt, order=None):
         if not name or '/' in name or name.startswith('.'):
             raise ApiError(EINVAL, 'bad volume name %r' % name)
         if size <= 0 or size % SECTOR:
@@ -185,6 +186,8 @@ class Volumes:
             vol = {'name': name, 'id': self.next_id, 'size': size,
                    'rep_cnt': rep_cnt, 'meta_ver': 1, 'snaps': {},
                    'next_snap': 1, 'primaries': {}}
+            if order is not None:
+                vol['order'] = order
             self.next_id += 1
             self.vols[name] = vol
             self.by_id_map[vol['id']] = vol
@@ -241,7 +244,13 @@ class Volumes:
             self._save()
 
     def nshards(self, vol):
-        return (vol['size'] + (1 << self.order) - 1) >> self.order
+        order = self.order_of(vol)
+        return (vol['size'] + (1 << order) - 1) >> order
+
+    def order_of(self, vol):
+        """The volume's shard order: --shard-order, unless its
+        create_volume gave one (shard_order=, the double's own)"""
+        return vol.get('order', self.order)
 
 
 class Request:
@@ -338,9 +347,10 @@ class Conn:
             result = 0
             hsqsize = min(hsqsize, self.double.max_depth)
             self.vol_id, self.depth = vol_id, hsqsize
+        # counted first: a client may ask for the stats once it has the reply
+        store.count('handshakes_rejected' if result else 'handshakes_ok')
         self.sock.sendall(HANDSHAKE.pack(io_timeout, hsqsize, rsv0, rsv1,
                                          vol_id, rsv2, result, rsv3, rsv4))
-        store.count('handshakes_rejected' if result else 'handshakes_ok')
         return result == 0
 
     def _request(self, raw):
@@ -389,7 +399,7 @@ class Conn:
             if req.length == 0 or req.length > MAX_IO:
                 problems.append('length 0 or over 128 KiB')
             vol = self.double.volumes.by_id(self.vol_id)
-            order = self.double.volumes.order
+            order = self.double.volumes.order_of(vol) if vol else 64
             end = req.offset + max(req.length, 1) - 1
             if vol is not None and req.offset + req.length > vol['size']:
                 problems.append('beyond the volume size %d' % vol['size'])
@@ -629,7 +639,8 @@ class Double:
         vol = vols.by_id(req.vol_id)
         if vol is None or req.vol_id not in vols.prepared:
             return ST_REOPEN, b''
-        if vols.primary(vol, req.offset >> vols.order) != store.index:
+        if vols.primary(vol, req.offset >> vols.order_of(vol)) != \
+                store.index:
             return ST_NOT_PRIMARY, b''
         if req.meta_ver != vol['meta_ver'] & 0xFFFF:
             return ST_REOPEN, b''
@@ -656,9 +667,15 @@ class Double:
     # Conductor API (/s5c/).
 
     def s5c_create_volume(self, p):
+        order = None
+        if p.get('shard_order'):
+            # the double's own: small shards for tests of many shards
+            order = int_param(p, 'shard_order')
+            if not 12 <= order <= 40:
+                raise ApiError(EINVAL, 'shard_order must be in 12..40')
         vol = self.volumes.create(p.get('volume_name', ''),
                                   parse_size(p.get('size', '')),
-                                  int_param(p, 'rep_cnt', 1))
+                                  int_param(p, 'rep_cnt', 1), order)
         return {'volume_id': vol['id'], 'volume_size': vol['size']}
 
     def s5c_open_volume(self, p):
@@ -672,7 +689,7 @@ class Double:
             return {'volume_name': vol['name'], 'volume_id': vol['id'],
                     'volume_size': vol['size'], 'meta_ver': vol['meta_ver'],
                     'snap_seq': vol['snaps'][snap] if snap else -1,
-                    'shard_lba_cnt_order': vols.order,
+                    'shard_lba_cnt_order': vols.order_of(vol),
                     'shards': [{'index': i, 'status': 'OK',
                                 'store_ips': vols.store_ips(vol, i)}
                                for i in range(vols.nshards(vol))],

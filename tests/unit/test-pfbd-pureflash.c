@@ -1115,6 +1115,74 @@ static void test_double_primary_down(void)
     close_volume(&tv);
 }
 
+static unsigned count_fds(void)
+{
+    GDir *d = g_dir_open("/proc/self/fd", 0, NULL);
+    unsigned n = 0;
+
+    g_assert_nonnull(d);
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    g_dir_close(d);
+    return n;
+}
+
+/*
+ * A guest that touches every shard of a volume with many of them: the
+ * queue keeps at most 16 sockets open, and every request still completes
+ * (the double's shard_order makes 64 shards of 1 MiB).
+ */
+static void test_double_many_shards(void)
+{
+    TestVolume tv = { 0 };
+    enum { N = 64 };
+    g_autofree uint8_t *w = g_malloc(N * 4096);
+    g_autofree uint8_t *r = g_malloc0(N * 4096);
+    Completion c[N] = { 0 };
+    struct iovec wv[N], rv[N];
+    struct pollfd pfd;
+    unsigned base, most = 0;
+    int i, pass;
+
+    api_ok("/ctl/?op=reset");
+    tv.name = g_strdup_printf("%s-%u", vol_prefix, vol_counter++);
+    g_free(api("/s5c/?op=create_volume&volume_name=%s&size=%llu"
+               "&rep_cnt=1&host_id=-1&shard_order=20", tv.name, N * MiB));
+    open_named(&tv, tv.name, NULL, N);
+    pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
+    fill_pattern(w, N * 4096, 31);
+    base = count_fds();
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < N; i++) {
+            wv[i] = (struct iovec) { w + i * 4096, 4096 };
+            rv[i] = (struct iovec) { r + i * 4096, 4096 };
+            g_assert_cmpint(pfbd_submit(tv.q, pass ? PFBD_OP_READ :
+                                        PFBD_OP_WRITE, i * MiB + 8192,
+                                        pass ? &rv[i] : &wv[i], 1, 4096, 0,
+                                        complete_cb, &c[i]), ==, 0);
+        }
+        pfbd_queue_flush(tv.q);
+        while (pfbd_queue_inflight(tv.q) > 0) {
+            most = MAX(most, count_fds() - base);
+            if (pfbd_queue_reap(tv.q, 0) == 0 &&
+                !pfbd_queue_completions_ready(tv.q)) {
+                g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
+            }
+            pfbd_queue_flush(tv.q);
+        }
+    }
+    for (i = 0; i < N; i++) {
+        g_assert_cmpint(c[i].count, ==, 2);
+        g_assert_cmpint(c[i].ret, ==, 0);
+    }
+    g_assert_true(memcmp(w, r, N * 4096) == 0);
+    g_test_message("most sockets open at once: %u", most);
+    g_assert_cmpuint(most, >, 1);
+    g_assert_cmpuint(most, <=, 16 + 1);     /* + a re-open's HTTP socket */
+    close_volume(&tv);
+}
+
 static void add_double_tests(void)
 {
     static const char *const kinds[] = {
@@ -1129,6 +1197,8 @@ static void add_double_tests(void)
 
         g_test_add_data_func(path, kinds[i], test_double_fault);
     }
+    g_test_add_func("/pfbd/pureflash/double/many-shards",
+                    test_double_many_shards);
     g_test_add_func("/pfbd/pureflash/double/meta-ver-changed",
                     test_double_meta_ver);
     g_test_add_func("/pfbd/pureflash/double/primary-moved",
