@@ -261,7 +261,7 @@ static void test_spec_unknown_engine(void)
 #ifdef PFBD_HAVE_RBD
                      ", rbd"
 #endif
-                     ")");
+                     ", pureflash)");
 }
 
 #ifndef PFBD_HAVE_RBD
