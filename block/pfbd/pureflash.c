@@ -225,6 +225,7 @@ struct PfQueue {
     PfList held;            /* waiting for the volume to be opened again */
     unsigned unflushed;     /* requests submitted since the last flush */
     PfHttp http;            /* the re-open in progress (fd -1: none) */
+    uint64_t http_deadline; /* when it is given up */
     bool reopen_wanted;
     uint64_t reopen_ns;     /* not before */
     unsigned reopen_tries;
@@ -2017,6 +2018,14 @@ static void pf_queue_start_reopen(PfQueue *q)
     }
     pf_epoll_set(q, EPOLL_CTL_ADD, q->http.fd, EPOLLOUT,
                  (uint64_t)PF_EV_HTTP << 32);
+    /*
+     * A conductor that takes the connection and then stalls (restarting,
+     * overloaded) must not hold the re-open, and every command waiting
+     * for it, until their deadlines: give it a third of the timeout (at
+     * least a second), then ask again.
+     */
+    q->http_deadline = pf_now_ns() +
+        (pv->timeout >= 3 ? pv->timeout / 3 : 1) * PF_NSEC_PER_SEC;
 }
 
 static void pf_queue_want_reopen(PfQueue *q)
@@ -2189,6 +2198,12 @@ static void pf_queue_tick(PfQueue *q)
     if (expired) {
         pf_list_expire(q, &q->held);
     }
+    if (q->http.fd >= 0 && now >= q->http_deadline) {
+        epoll_ctl(q->epfd, EPOLL_CTL_DEL, q->http.fd, NULL);
+        pf_http_reset(&q->http);
+        q->reopen_wanted = true;
+        q->reopen_ns = now;
+    }
     if (q->reopen_wanted && q->http.fd < 0 && now >= q->reopen_ns) {
         pf_queue_start_reopen(q);
     }
@@ -2308,12 +2323,16 @@ static int pf_submit(PfbdQueue *bq, PfbdOp op, uint64_t offset,
     uint64_t off, end = offset + len;
     unsigned n, i;
 
-    (void)flags;    /* FUA: every write is durable when the store answers */
+    /* FUA: a store answers a write once it has written it (O_DIRECT) */
+    (void)flags;
     if (!req) {
         return -EAGAIN;
     }
     if (op == PFBD_OP_FLUSH) {
-        /* Nothing to do: the writes that completed are durable */
+        /*
+         * Nothing to send: the protocol has no flush, and a store has
+         * written (O_DIRECT) every write it answered
+         */
         q->free_reqs = req->next;
         req->cb = cb;
         req->opaque = opaque;

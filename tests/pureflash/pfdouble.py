@@ -31,7 +31,8 @@ Control, the double's own (GET /ctl/?op=...):
   bump_meta_ver&volume_name=          set_primary&volume_name=&shard=&store=
   fault&store=K|all&kind=KIND&count=N[&delay_ms=D], KIND one of reopen,
       not_primary, aioerror, drop, slow, reorder, fragment, short (READs
-      only), hs_reject (handshakes only)
+      only), hs_reject (handshakes only), conductor_hang (the next
+      open_volume answers after delay_ms; use store=all)
   stop_store&store=K   start_store&store=K   set_max_depth&depth=N
   stats (per store counters, and "violations": protocol errors seen)
   reset (faults, stats, max depth; restarts stopped stores; volumes stay)
@@ -76,7 +77,7 @@ MAX_VIOLATIONS = 1000               # kept per store; the total is counted
 STATUS_FAULTS = {'reopen': ST_REOPEN, 'not_primary': ST_NOT_PRIMARY,
                  'aioerror': ST_AIOERROR}
 FAULT_KINDS = set(STATUS_FAULTS) | {'drop', 'slow', 'reorder', 'fragment',
-                                    'short', 'hs_reject'}
+                                    'short', 'hs_reject', 'conductor_hang'}
 
 
 class ApiError(Exception):
@@ -623,6 +624,8 @@ class Double:
                 if f['store'] not in ('all', store):
                     continue
                 kind = f['kind']
+                if (what == 'open') != (kind == 'conductor_hang'):
+                    continue            # the conductor's fault
                 if (what == 'hs') != (kind == 'hs_reject'):
                     continue            # handshake faults vs data faults
                 if kind == 'short' and what != OP_READ:
@@ -679,6 +682,11 @@ class Double:
         return {'volume_id': vol['id'], 'volume_size': vol['size']}
 
     def s5c_open_volume(self, p):
+        # conductor_hang: this open_volume is answered only after
+        # delay_ms (a conductor that accepted and then stalls)
+        fault = self.take_fault('all', 'open')
+        if fault:
+            time.sleep(fault['delay_ms'] / 1000.0)
         vols = self.volumes
         with vols.lock:
             vol = vols.get(p.get('volume_name', ''))

@@ -459,7 +459,8 @@ static void test_drain(void)
 }
 
 /*
- * A store answers a write once it is durable: a flush has nothing to
+ * A store answers a write once it has written it (O_DIRECT), and the
+ * protocol has no flush: a flush has nothing to
  * wait for and completes at once.  Discard and write-zeroes have no
  * opcode in the protocol.
  */
@@ -1097,6 +1098,26 @@ static void test_double_stores_down(void)
     close_volume(&tv);
 }
 
+/*
+ * A conductor that accepts the re-open and then stalls: the engine gives
+ * that re-open up and asks again, so the request still completes within
+ * its timeout, and so do the next ones.
+ */
+static void test_double_conductor_stalls(void)
+{
+    TestVolume tv = { 0 };
+
+    api_ok("/ctl/?op=reset");
+    open_new(&tv, 16 * MiB, ":timeout=8", 1);
+    write_read_check(&tv, 0, 4096, 7);
+    g_free(api("/ctl/?op=bump_meta_ver&volume_name=%s", tv.name));
+    fault("conductor_hang", 1, "&delay_ms=30000");
+    write_read_check(&tv, 0, 4096, 8);
+    g_free(api("/ctl/?op=bump_meta_ver&volume_name=%s", tv.name));
+    write_read_check(&tv, 0, 4096, 9);
+    close_volume(&tv);
+}
+
 /* The primary store down: the engine goes on with the other one */
 static void test_double_primary_down(void)
 {
@@ -1206,6 +1227,8 @@ static void add_double_tests(void)
     g_test_add_func("/pfbd/pureflash/double/primary-down",
                     test_double_primary_down);
     g_test_add_func("/pfbd/pureflash/double/aioerror", test_double_aioerror);
+    g_test_add_func("/pfbd/pureflash/double/conductor-stalls",
+                    test_double_conductor_stalls);
     g_test_add_func("/pfbd/pureflash/double/timeout", test_double_timeout);
     g_test_add_func("/pfbd/pureflash/double/stores-down",
                     test_double_stores_down);
