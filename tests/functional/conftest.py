@@ -177,9 +177,9 @@ class PureFlash:
     conformance double (tests/pureflash/pfdouble.py, not a PureFlash), or a
     real cluster named by PFBD_PUREFLASH_CONDUCTOR (docs/pureflash.rst).
 
-    What a test does to the stores goes through the double's control API;
-    on a real cluster, stopping and starting the stores runs the commands
-    in PFBD_PUREFLASH_STOP_STORES and PFBD_PUREFLASH_START_STORES."""
+    What a test does to the cluster goes through the double's control API;
+    on a real cluster it runs the commands in PFBD_PUREFLASH_STOP_STORES,
+    PFBD_PUREFLASH_START_STORES and PFBD_PUREFLASH_BUMP_META_VER."""
 
     def __init__(self, conductor, store_port=None, double=None):
         self.conductor = conductor
@@ -247,6 +247,21 @@ class PureFlash:
                     pos = stop
         finally:
             conn.close()
+
+    def bump_meta_ver(self, name):
+        """Make the conductor move volume NAME to a new metadata version:
+        the double's control API, or on a real cluster the command in
+        PFBD_PUREFLASH_BUMP_META_VER, with the volume's name as $1 (what
+        an operator does that makes the conductor raise meta_ver)."""
+        if self.double is not None:
+            return self.ctl("bump_meta_ver", volume_name=name)
+        cmd = os.environ.get("PFBD_PUREFLASH_BUMP_META_VER")
+        if not cmd:
+            pytest.fail("set PFBD_PUREFLASH_BUMP_META_VER to a command that "
+                        "makes this cluster's conductor raise the meta_ver "
+                        "of the volume named by $1")
+        subprocess.run(["bash", "-c", cmd, "bump", name], check=True,
+                       timeout=300)
 
     def stop_stores(self):
         if self.double is None:

@@ -5,9 +5,10 @@ double, tests/pureflash/pfdouble.py (a test server of ours, not a
 PureFlash), or uses the real cluster whose conductor PFBD_PUREFLASH_CONDUCTOR
 names (docs/pureflash.rst).  Run:
   /usr/bin/python3 -m pytest tests/functional/test_pureflash.py -v
-On a real cluster, deselect what only the double can do:
-  -k 'not meta_ver'   (the double's control API changes meta_ver)
-and give PFBD_PUREFLASH_STOP_STORES / PFBD_PUREFLASH_START_STORES.
+On a real cluster, give the commands that do to it what the double's
+control API does: PFBD_PUREFLASH_STOP_STORES, PFBD_PUREFLASH_START_STORES
+(the store back, and its replicas usable again) and
+PFBD_PUREFLASH_BUMP_META_VER (the conductor raises volume $1's meta_ver).
 """
 
 import os
@@ -148,7 +149,7 @@ echo ALL-OK
         bumps = 0
         while bumps < 10 and "ALL-OK" not in vm.console():
             wait_in_flight(vm, "meta_ver")
-            pureflash.ctl("bump_meta_ver", volume_name=name)
+            pureflash.bump_meta_ver(name)
             bumps += 1
         res = vm.wait()
     finally:
