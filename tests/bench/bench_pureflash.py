@@ -8,14 +8,17 @@ script, not a benchmark (the double is a Python server).
 
 Creates one volume of --size, fills it, then drives it, interleaved, with:
 
-  pf-fio     PureFlash's own client: its fork of fio with the pfbd engine
+  pf-fio     PureFlash's own client: a fio with PureFlash's pfbd engine
              (libs5common), when PFBD_PUREFLASH_FIO names that fio
-             (PFBD_PUREFLASH_CONF: its pf.conf, default
-             /etc/pureflash/pf.conf); never part of this project
+             (PFBD_PUREFLASH_FIO_ARGS: more options for it, such as its
+             client configuration); never part of this project
   libpfbd    the pureflash engine alone: tests/bench/pfbd-load, a thread
              and a queue per job, waiting on the queue's completion fd
   pfbd       the whole device path: virtio-blk-pfbd volume=pureflash:...
              in QEMU, driven by pfbd-rig as a vCPU would (see bench.py)
+
+PFBD_PUREFLASH_PIDS: the cluster's processes, pinned (every thread) to the
+CPUs the clients do not use.
 
 x {randread, randwrite} x 4 KiB x iodepth {1, 32, 128}, one job/queue,
 medians of --runs runs.  CPU per I/O is every thread of the client's
@@ -117,9 +120,13 @@ def run_pf_fio(opts, rw, iodepth, jobs):
     ios = iops = lat_w = 0.0
     for j in data["jobs"]:
         d = j[key]
-        ios += d["total_ios"]
+        # fio 3 reports lat_ns; older ones lat in microseconds
+        n = d.get("total_ios") or d["iops"] * opts.runtime
+        lat_ns = d["lat_ns"]["mean"] if "lat_ns" in d else \
+            d["lat"]["mean"] * 1e3
+        ios += n
         iops += d["iops"]
-        lat_w += d["lat_ns"]["mean"] * d["total_ios"]
+        lat_w += lat_ns * n
     return {"iops": iops, "ios": int(ios),
             "lat_avg_us": lat_w / ios / 1e3 if ios else None,
             "cpu_us_per_io": (c1 - c0) / 1e3 / (iops * (t1 - t0))
@@ -168,13 +175,14 @@ def report(doc):
              "engine without QEMU); pfbd: virtio-blk-pfbd in QEMU driven "
              "by pfbd-rig.  Client CPU: every thread of the client's "
              "process (fio, pfbd-load, QEMU), sampled in the measured "
-             "window; the client on CPU %s, the cluster's processes "
-             "where the kernel puts them.  IOPS per client CPU second is "
-             "1e6 / (CPU us per I/O)."
+             "window; the client on CPU %s, the cluster's processes on "
+             "%s.  IOPS per client CPU second is 1e6 / (CPU us per I/O)."
              % (meta["size"], meta["jobs"], meta["runs"], meta["runtime_s"],
                 meta["ramp_s"], "" if meta["pf_fio"] else
                 " (not run: PFBD_PUREFLASH_FIO unset)",
-                meta["client_cpus"] or "any"))
+                meta["client_cpus"] or "any",
+                "CPU %s" % meta["cluster_cpus"] if meta.get("cluster_cpus")
+                else "the CPUs the kernel gives them"))
     L.append("")
     L.append("| rw | iodepth | pf-fio IOPS | CPU us/IO | libpfbd IOPS | "
              "CPU us/IO | pfbd (QEMU) IOPS | CPU us/IO | IOPS per CPU, "
@@ -237,8 +245,18 @@ def main():
     opts.qemu_cpus = opts.rig_cpus = opts.client_cpus
     opts.rig_args = ["--idle"]
     opts.pf_fio = os.environ.get("PFBD_PUREFLASH_FIO")
-    conf = os.environ.get("PFBD_PUREFLASH_CONF")
-    opts.pf_fio_args = ["--conf=" + conf] if conf else []
+    opts.pf_fio_args = shlex.split(os.environ.get("PFBD_PUREFLASH_FIO_ARGS",
+                                                  ""))
+    # the cluster's processes on the CPUs the clients do not use
+    cluster_pids = os.environ.get("PFBD_PUREFLASH_PIDS", "").split()
+    opts.cluster_cpus = None
+    if cluster_pids and opts.client_cpus and ncpu >= 2:
+        opts.cluster_cpus = ",".join(
+            str(c) for c in range(ncpu)
+            if str(c) not in opts.client_cpus.split(","))
+        for pid in cluster_pids:
+            subprocess.run(["taskset", "-a", "-p", "-c", opts.cluster_cpus,
+                            pid], check=True, stdout=subprocess.DEVNULL)
     double = None
     iodepths = [int(x) for x in opts.iodepth.split(",")]
     rws = opts.rw.split(",")
@@ -268,6 +286,7 @@ def main():
         "git": bench.git_describe(), "size": opts.size, "runs": opts.runs,
         "runtime_s": opts.runtime, "ramp_s": opts.ramp, "jobs": opts.jobs,
         "iodepths": iodepths, "rw": rws, "client_cpus": opts.client_cpus,
+        "cluster_cpus": opts.cluster_cpus, "pf_fio_args": opts.pf_fio_args,
         "pf_fio": opts.pf_fio,
         "cluster": "the conformance double" if opts.double else
         "PureFlash cluster at %s" % opts.conductor,
