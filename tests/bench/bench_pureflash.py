@@ -205,6 +205,21 @@ def report(doc):
                         g(p, "iops"), g(p, "cpu_us_per_io", 1),
                         per_cpu(lib, f), per_cpu(p, f)))
     L.append("")
+    L.append("Where QEMU's CPU per I/O goes (pfbd rows): the IOThread (the "
+             "device and the engine) and the main thread, which the rig "
+             "makes parse a qtest command for every kick (a KVM vCPU's "
+             "kick is an ioeventfd the main thread never sees):")
+    L.append("")
+    L.append("| rw | iodepth | IOThread us/IO | main thread us/IO |")
+    L.append("| --- | --: | --: | --: |")
+    for rw in meta["rw"]:
+        for qd in meta["iodepths"]:
+            p = idx.get(("pfbd", rw, qd))
+            if p:
+                L.append("| %s | %d | %s | %s |" % (
+                    rw, qd, fmt(p.get("iothread_cpu_us_per_io"), 1),
+                    fmt(p.get("main_cpu_us_per_io"), 1)))
+    L.append("")
     if doc["errors"]:
         L.append("Errors: " + "; ".join(doc["errors"]))
         L.append("")

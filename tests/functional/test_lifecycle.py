@@ -97,6 +97,13 @@ echo ALL-OK
 def test_system_reset_during_io(guest, image):
     """system_reset while fio writes on 2 queues: no crash, and the
     rebooted guest's disk works (fio verify) on the same device."""
+    reset_during_io(guest, "file:" + image)
+
+
+def reset_during_io(guest, volume):
+    """The guest on @volume (2 queues, 2 IOThreads) is reset while fio
+    writes, with requests in flight; the second boot's fio verify on the
+    same device must pass and QEMU must exit cleanly."""
     # The job runs at every boot; the first sector tells which boot it is
     job = f"""
 set -e
@@ -112,7 +119,7 @@ fio --filename=/dev/vda --direct=1 --eta=never --ioengine=io_uring \\
     --bs=64k --iodepth=32 --rw=randwrite --offset=1M --size=100M \\
     --time_based --runtime=600 --name=busy
 """
-    vm = guest.start(job, pfbd_disk("file:" + image, num_queues=2,
+    vm = guest.start(job, pfbd_disk(volume, num_queues=2,
                                     iothreads=["io0", "io1"]),
                      timeout=TIMEOUT, qmp=True, reboot=True)
     try:

@@ -203,37 +203,9 @@ echo "IOERR-IN-GUEST $(dmesg | grep -c 'I/O error' || true)"
 def test_reset_with_io_in_flight(guest, pureflash):
     """system_reset while fio writes on 2 queues: the requests in flight
     are waited for, and the rebooted guest's disk works (fio verify)."""
-    name = pureflash.create_volume("reset", 256 * MiB)
-    job = f"""
-set -e
-if [ "$(head -c 10 /dev/vda)" = RESET-TEST ]; then
-    echo SECOND-BOOT
-    {FIO} --name=after --ioengine=io_uring --rw=randwrite --bs=4k \\
-        --iodepth=32 --offset=128M --size=32M --verify=crc32c \\
-        --do_verify=1 --verify_fatal=1
-    echo ALL-OK
-    exit 0
-fi
-printf 'RESET-TEST' | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null
-echo FIO-START
-{FIO} --ioengine=io_uring --bs=64k --iodepth=32 --rw=randwrite \\
-    --offset=1M --size=100M --time_based --runtime=600 --name=busy
-"""
-    vm = guest.start(job, pf_disk(pureflash, name, num_queues=2,
-                                  iothreads=["io0", "io1"]),
-                     timeout=TIMEOUT, qmp=True, reboot=True)
-    try:
-        wait_for(vm, "FIO-START", "system_reset")
-        wait_in_flight(vm, "system_reset")
-        vm.qmp("system_reset")
-        wait_for(vm, "SECOND-BOOT", "the guest after system_reset")
-        res = vm.wait(check=False)
-        assert res.qemu_rc == 0 and not res.timed_out, res.describe()
-        text = res.console
-        assert "ALL-OK" in text[text.index("SECOND-BOOT"):], \
-            res.describe("after system_reset")
-    finally:
-        vm.kill()
+    from test_lifecycle import reset_during_io
+    reset_during_io(guest, pureflash.spec(pureflash.create_volume(
+        "reset", 256 * MiB)))
 
 
 def test_unplug_with_io_in_flight(guest, pureflash):
