@@ -117,6 +117,7 @@ typedef struct PfVolume {
     uint16_t store_port;
     unsigned timeout;                   /* seconds */
     PfMeta meta;                        /* as opened */
+    uint64_t deadline;                  /* of the blocking open in progress */
 } PfVolume;
 
 typedef struct PfReq PfReq;
@@ -1199,7 +1200,17 @@ static int pf_resolve(const char *spec, const char *what, const char *addr,
     return 0;
 }
 
-/* Ask the conductor to open the volume (again); fill @m */
+/* Milliseconds left until @deadline (at least 1), or 0 if it is past */
+static int pf_ms_left(uint64_t deadline)
+{
+    uint64_t now = pf_now_ns();
+
+    return now >= deadline ? 0 : (deadline - now) / PF_NSEC_PER_MSEC + 1;
+}
+
+/*
+ * Ask the conductor to open the volume (again), by pv->deadline; fill @m
+ */
 static int pf_open_at_conductor(PfVolume *pv, const char *spec, PfMeta *m,
                                 char **errmsg)
 {
@@ -1209,7 +1220,7 @@ static int pf_open_at_conductor(PfVolume *pv, const char *spec, PfMeta *m,
     int status, ret;
 
     ret = pf_http_get(&h, &pv->conductor, pv->conductor_host, pv->open_path,
-                      pv->timeout * 1000);
+                      pf_ms_left(pv->deadline));
     if (ret < 0) {
         pfbd_set_error(errmsg, "volume '%s': the conductor at %s did not "
                        "answer: %s", spec, pv->conductor_host,
@@ -1262,7 +1273,7 @@ static void pf_build_handshake(uint8_t *hs, unsigned timeout, unsigned depth,
 static int pf_probe_store(PfVolume *pv, const char *spec, char **errmsg)
 {
     const PfShard *sh = &pv->meta.shards[0];
-    struct timeval tv = { .tv_sec = pv->timeout };
+    struct timeval tv;
     struct sockaddr_in sa;
     uint8_t hs[PF_HS_LEN];
     char tried[PF_MAX_IPS * 24] = "";
@@ -1274,10 +1285,19 @@ static int pf_probe_store(PfVolume *pv, const char *spec, char **errmsg)
         char ip[INET_ADDRSTRLEN];
         ssize_t n;
 
+        int ms = pf_ms_left(pv->deadline);
+
         pf_store_addr(pv, sh, i, &sa);
         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
         snprintf(tried + strlen(tried), sizeof(tried) - strlen(tried),
                  "%s%s:%u", i ? ", " : "", ip, pv->store_port);
+        if (!ms) {
+            ret = -ETIMEDOUT;
+            why = "out of time";
+            break;
+        }
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
         fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             return -errno;
@@ -1348,6 +1368,8 @@ static int pf_volume_open(const char *spec, const char *arg,
     }
     pv->timeout = sp.timeout;
     pv->store_port = sp.store_port;
+    /* ZooKeeper, the conductor and the first store: all within timeout */
+    pv->deadline = pf_now_ns() + pv->timeout * PF_NSEC_PER_SEC;
     if (sp.zookeeper) {
 #ifdef PFBD_HAVE_ZOOKEEPER
         char *why = NULL;
@@ -1355,7 +1377,8 @@ static int pf_volume_open(const char *spec, const char *arg,
         ret = pfbd_pureflash_zk_conductor(sp.zookeeper,
                                           sp.cluster ? sp.cluster :
                                           PF_DEFAULT_CLUSTER,
-                                          pv->timeout * 1000, &conductor,
+                                          pf_ms_left(pv->deadline),
+                                          &conductor,
                                           &why);
         if (ret < 0) {
             pfbd_set_error(errmsg, "volume '%s': %s", spec,
@@ -1449,6 +1472,7 @@ static int pf_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
     PfMeta m;
     int ret;
 
+    pv->deadline = pf_now_ns() + pv->timeout * PF_NSEC_PER_SEC;
     ret = pf_open_at_conductor(pv, pv->name, &m, NULL);
     if (ret < 0) {
         return ret;

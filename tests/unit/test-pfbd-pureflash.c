@@ -868,6 +868,34 @@ static void test_conductor_replies(void)
     close(fc.fd);
 }
 
+/*
+ * A conductor that takes the connection and never answers: the open
+ * gives up after the spec's timeout, with a message saying so
+ */
+static void test_conductor_unresponsive(void)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    socklen_t len = sizeof(sa);
+    g_autofree char *spec = NULL;
+    gint64 t0;
+    int fd;
+
+    /* listening, never accepting: the kernel completes the connection */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(getsockname(fd, (struct sockaddr *)&sa, &len), ==, 0);
+    g_assert_cmpint(listen(fd, 1), ==, 0);
+    spec = g_strdup_printf("pureflash:v:conductor=127.0.0.1:%u:timeout=2",
+                           ntohs(sa.sin_port));
+    t0 = g_get_monotonic_time();
+    check_open_fails(spec, -ETIMEDOUT, "did not answer: Connection timed "
+                     "out");
+    /* bounded: the timeout, not forever (generous for a loaded machine) */
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, 60 * G_USEC_PER_SEC);
+    close(fd);
+}
+
 /* Two queues, each driven by its own thread */
 typedef struct Worker {
     TestVolume *tv;
@@ -1252,6 +1280,8 @@ int main(int argc, char **argv)
 
     g_test_add_func("/pfbd/pureflash/conductor-replies",
                     test_conductor_replies);
+    g_test_add_func("/pfbd/pureflash/conductor-unresponsive",
+                    test_conductor_unresponsive);
     g_test_add_func("/pfbd/pureflash/cluster", test_cluster);
     if (conductor) {
         g_test_add_func("/pfbd/pureflash/open-info", test_open_info);
