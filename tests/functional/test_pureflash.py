@@ -20,6 +20,7 @@ import pytest
 
 from conftest import Ceph
 from pfbdguest import GuestError, disk_args
+from test_lifecycle import wait_for, wait_in_flight
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -33,31 +34,6 @@ pytestmark = pytest.mark.usefixtures("pfbd_only")
 
 def pf_disk(pureflash, name, extra="", **kw):
     return disk_args(pureflash.spec(name, extra), kind="pfbd", **kw)
-
-
-def wait_for(vm, needle, what, timeout=TIMEOUT):
-    if not vm.wait_console(needle, timeout=timeout):
-        vm.kill()
-        res = vm.wait(check=False)
-        raise GuestError(res.describe("%s: '%s' never appeared on the "
-                                      "console" % (what, needle)), res)
-
-
-def in_flight(vm):
-    stats = vm.qmp("qom-get", path=QOM, property="stats")
-    return sum(q["in-flight"] for q in stats["queues"])
-
-
-def wait_in_flight(vm, what, timeout=TIMEOUT):
-    """Wait until the device has a request in flight."""
-    deadline = time.monotonic() + timeout
-    while in_flight(vm) == 0:
-        if vm.proc.poll() is not None or time.monotonic() > deadline:
-            vm.kill()
-            res = vm.wait(check=False)
-            raise GuestError(res.describe("%s: no request was ever in "
-                                          "flight" % what), res)
-        time.sleep(0.01)
 
 
 # The guest side of a control port (ttyS1): wait for the host's "go"
@@ -147,8 +123,7 @@ echo ALL-OK
     try:
         wait_for(vm, "FIO-START", "meta_ver")
         bumps = 0
-        while bumps < 10 and "ALL-OK" not in vm.console():
-            wait_in_flight(vm, "meta_ver")
+        while bumps < 10 and wait_in_flight(vm, "meta_ver"):
             pureflash.bump_meta_ver(name)
             bumps += 1
         res = vm.wait()
@@ -234,7 +209,7 @@ echo ALL-OK
                      timeout=TIMEOUT, qmp=True)
     try:
         wait_for(vm, "FIO-START", "unplug")
-        wait_in_flight(vm, "unplug")
+        assert wait_in_flight(vm, "unplug")
         vm.qmp("device_del", id=QOM)
         wait_for(vm, "DISK-GONE", "unplug")
         deadline = time.monotonic() + TIMEOUT
