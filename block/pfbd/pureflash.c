@@ -1521,6 +1521,14 @@ static void pf_conn_watch(PfConn *c, uint32_t events)
     }
 }
 
+/* @req is done: its callback runs at the next reap */
+static void pf_req_done(PfQueue *q, PfReq *req)
+{
+    req->next = NULL;
+    *q->done_tail = req;
+    q->done_tail = &req->next;
+}
+
 static void pf_cmd_done(PfQueue *q, PfCmd *cmd, int ret)
 {
     PfReq *req = cmd->req;
@@ -1530,9 +1538,7 @@ static void pf_cmd_done(PfQueue *q, PfCmd *cmd, int ret)
         req->ret = ret;
     }
     if (--req->left == 0) {
-        req->next = NULL;
-        *q->done_tail = req;
-        q->done_tail = &req->next;
+        pf_req_done(q, req);
     }
 }
 
@@ -2337,12 +2343,25 @@ static int pf_queue_get_fd(PfbdQueue *bq)
     return ((PfQueue *)bq)->epfd;
 }
 
+/*
+ * Where the command that starts at @off of a request ending at @end ends:
+ * at most 128 KiB on, and within @off's shard
+ */
+static uint64_t pf_cmd_end(PfQueue *q, uint64_t off, uint64_t end)
+{
+    uint64_t next = (off | ((1ull << q->meta.shard_order) - 1)) + 1;
+
+    if (next > off + PF_MAX_CMD_LEN) {
+        next = off + PF_MAX_CMD_LEN;
+    }
+    return next < end ? next : end;
+}
+
 static int pf_submit(PfbdQueue *bq, PfbdOp op, uint64_t offset,
                      const struct iovec *iov, int iovcnt, uint64_t len,
                      unsigned flags, PfbdCompletionFunc *cb, void *opaque)
 {
     PfQueue *q = (PfQueue *)bq;
-    uint64_t shard_size = 1ull << q->meta.shard_order;
     PfReq *req = q->free_reqs;
     uint64_t off, end = offset + len;
     unsigned n, i;
@@ -2363,21 +2382,14 @@ static int pf_submit(PfbdQueue *bq, PfbdOp op, uint64_t offset,
         req->ret = 0;
         req->left = 0;
         req->expired = false;
-        req->next = NULL;
-        *q->done_tail = req;
-        q->done_tail = &req->next;
+        pf_req_done(q, req);
         q->unflushed++;
         return 0;
     }
     /* How many commands: cut at 128 KiB and at shard boundaries */
     n = 0;
     for (off = offset; off < end; n++) {
-        uint64_t next = (off | (shard_size - 1)) + 1;
-
-        if (next > off + PF_MAX_CMD_LEN) {
-            next = off + PF_MAX_CMD_LEN;
-        }
-        off = next < end ? next : end;
+        off = pf_cmd_end(q, off, end);
     }
     if ((end - 1) >> q->meta.shard_order >= q->nconns) {
         return -ERANGE;     /* the volume grew; not opened again yet */
@@ -2406,15 +2418,9 @@ static int pf_submit(PfbdQueue *bq, PfbdOp op, uint64_t offset,
     off = offset;
     for (i = 0; i < n; i++) {
         PfCmd *cmd = &req->cmds[i];
-        uint64_t next = (off | (shard_size - 1)) + 1;
+        uint64_t next = pf_cmd_end(q, off, end);
         PfConn *c;
 
-        if (next > off + PF_MAX_CMD_LEN) {
-            next = off + PF_MAX_CMD_LEN;
-        }
-        if (next > end) {
-            next = end;
-        }
         cmd->req = req;
         cmd->offset = off;
         cmd->skip = off - offset;
