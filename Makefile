@@ -35,7 +35,7 @@ export CCACHE_NOHASHDIR := 1
 
 NINJA_TARGETS := qemu-system-x86_64 tests/unit/test-pfbd \
 	tests/unit/test-pfbd-pureflash tests/qtest/virtio-blk-pfbd-test \
-	tests/qtest/qos-test
+	tests/qtest/qos-test qemu-img
 
 # The ASan + UBSan build of `make check-sanitizers`: the device's own
 # qtest and the unit tests (upstream's qos-test stays in the plain build,

@@ -347,6 +347,11 @@ static void pfbd_file_volume_close(PfbdVolume *vol)
     free(fv);
 }
 
+static int pfbd_file_volume_get_file_fd(PfbdVolume *vol)
+{
+    return ((FileVolume *)vol)->fd;
+}
+
 static int pfbd_file_volume_get_size(PfbdVolume *vol, uint64_t *sizep)
 {
     return pfbd_file_get_size((FileVolume *)vol, sizep);
@@ -1064,6 +1069,7 @@ const PfbdEngine pfbd_engine_file = {
     .volume_open = pfbd_file_volume_open,
     .volume_close = pfbd_file_volume_close,
     .volume_get_size = pfbd_file_volume_get_size,
+    .volume_get_file_fd = pfbd_file_volume_get_file_fd,
     .queue_new = pfbd_file_queue_new,
     .queue_free = pfbd_file_queue_free,
     .queue_get_fd = pfbd_file_queue_get_fd,

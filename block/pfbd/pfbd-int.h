@@ -102,6 +102,8 @@ struct PfbdEngine {
      * or return a negative errno.  May be NULL (the size never changes).
      */
     int (*volume_get_size)(PfbdVolume *vol, uint64_t *sizep);
+    /* The fd of the volume's local file; NULL: no such file (-ENOTSUP) */
+    int (*volume_get_file_fd)(PfbdVolume *vol);
 
     /* Allocate the engine's queue struct and store it in @qp. */
     int (*queue_new)(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);

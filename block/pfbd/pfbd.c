@@ -276,6 +276,14 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info)
     info->size = __atomic_load_n(&vol->info.size, __ATOMIC_RELAXED);
 }
 
+int pfbd_volume_get_file_fd(PfbdVolume *vol)
+{
+    if (!vol->engine->volume_get_file_fd) {
+        return -ENOTSUP;
+    }
+    return vol->engine->volume_get_file_fd(vol);
+}
+
 int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size)
 {
     uint64_t size;

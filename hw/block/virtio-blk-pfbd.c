@@ -53,6 +53,7 @@
 #include "system/system.h"
 #include "system/runstate.h"
 #include "system/block-backend-io.h"
+#include "block/raw-aio.h"
 #include "trace.h"
 
 #define SECTOR_BITS 9
@@ -1283,6 +1284,79 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
     return true;
 }
 
+/* Context: exit(), from atexit() */
+static void virtio_blk_pfbd_unlock_at_exit(Notifier *n, void *data)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, lock_exit);
+
+    raw_unlock_image_fd(pfbd_volume_get_file_fd(s->volume));
+}
+
+/*
+ * Take on a volume in a local file the image locks of QEMU's file driver,
+ * with the permissions that stock virtio-blk asks for, so that other QEMUs
+ * and qemu-img see this device as a user of the image.  The locks go with
+ * the volume's fd, when the volume is closed.
+ */
+static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
+{
+    VirtIOBlockPfbdConf *conf = &s->conf;
+    uint64_t perm = BLK_PERM_CONSISTENT_READ;
+    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED |
+                      BLK_PERM_RESIZE;
+    int fd;
+
+    if (conf->locking == ON_OFF_AUTO_OFF) {
+        return true;
+    }
+    fd = pfbd_volume_get_file_fd(s->volume);
+    if (fd < 0) {
+        if (conf->locking == ON_OFF_AUTO_ON) {
+            error_setg(errp, "locking=on: volume '%s' is on the %s engine, "
+                       "which has no image file to lock", conf->volume,
+                       s->info.engine);
+            return false;
+        }
+        return true;
+    }
+    if (conf->locking == ON_OFF_AUTO_AUTO && !qemu_has_ofd_lock()) {
+        return true;
+    }
+    if (!s->info.read_only) {
+        perm |= BLK_PERM_WRITE;
+    }
+    if (conf->share_rw) {
+        shared |= BLK_PERM_WRITE;
+    }
+    if (raw_lock_image_fd(fd, perm, shared, errp) < 0) {
+        error_prepend(errp, "volume '%s': ", conf->volume);
+        error_append_hint(errp, "Is another process using the image [%s]?\n",
+                          conf->volume);
+        return false;
+    }
+    /*
+     * The engine's io_uring instances hold the file as well, and a ring
+     * lets go of it only after its fd is closed, in a kernel worker: drop
+     * the locks ourselves when the volume is closed or QEMU exits, so that
+     * the image is free once the device is gone.
+     */
+    s->lock_exit.notify = virtio_blk_pfbd_unlock_at_exit;
+    qemu_add_exit_notifier(&s->lock_exit);
+    return true;
+}
+
+/* Drop the image locks and close the volume */
+static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
+{
+    if (s->lock_exit.notify) {
+        raw_unlock_image_fd(pfbd_volume_get_file_fd(s->volume));
+        qemu_remove_exit_notifier(&s->lock_exit);
+        s->lock_exit.notify = NULL;
+    }
+    pfbd_volume_close(s->volume);
+    s->volume = NULL;
+}
+
 /* Open the volume and derive the geometry the guest sees */
 static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
 {
@@ -1314,6 +1388,9 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
         return false;
     }
     pfbd_volume_get_info(s->volume, &s->info);
+    if (!virtio_blk_pfbd_lock_volume(s, errp)) {
+        return false;
+    }
 
     if (!conf->logical_block_size) {
         conf->logical_block_size = MAX(SECTOR_SIZE, s->info.block_size);
@@ -1486,8 +1563,7 @@ fail:
     virtio_blk_pfbd_device_unrealize(dev);
     return;
 fail_volume:
-    pfbd_volume_close(s->volume);
-    s->volume = NULL;
+    virtio_blk_pfbd_close_volume(s);
 }
 
 static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
@@ -1517,8 +1593,7 @@ static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
         virtio_del_queue(vdev, i);
     }
     virtio_cleanup(vdev);
-    pfbd_volume_close(s->volume);
-    s->volume = NULL;
+    virtio_blk_pfbd_close_volume(s);
 }
 
 static void virtio_blk_pfbd_instance_init(Object *obj)
@@ -1650,6 +1725,9 @@ static const Property virtio_blk_pfbd_properties[] = {
     DEFINE_PROP_BOOL("fixed-buffers", VirtIOBlockPfbd, conf.fixed_buffers,
                      false),
     DEFINE_PROP_STRING("iowq-cpus", VirtIOBlockPfbd, conf.iowq_cpus),
+    DEFINE_PROP_ON_OFF_AUTO("locking", VirtIOBlockPfbd, conf.locking,
+                            ON_OFF_AUTO_AUTO),
+    DEFINE_PROP_BOOL("share-rw", VirtIOBlockPfbd, conf.share_rw, false),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("rerror", VirtIOBlockPfbd, conf.rerror,
                                   BLOCKDEV_ON_ERROR_REPORT),
     DEFINE_PROP_BLOCKDEV_ON_ERROR("werror", VirtIOBlockPfbd, conf.werror,
@@ -1698,6 +1776,12 @@ static const struct {
       "RAM and refuses RAM discards (virtio-balloon, virtio-mem)" },
     { "iowq-cpus", "file engine: the host CPUs its io_uring workers may run "
       "on, a list like 0,2-3 (default: those of the queue's IOThread)" },
+    { "locking", "file volumes: take QEMU's image locks, as -blockdev "
+      "file does, so that a second QEMU or qemu-img cannot write the image "
+      "while this device uses it: on, off, auto (default: on where the "
+      "host has OFD locks)" },
+    { "share-rw", "let other users write the image while this device "
+      "uses it (a cluster file system in the guests)" },
     { "rerror", "what a failed read does: report (default: the guest gets "
       "an I/O error), ignore, stop (pause the VM; cont retries)" },
     { "werror", "what a failed write, flush, discard or write-zeroes does: "

@@ -126,6 +126,15 @@ void pfbd_volume_close(PfbdVolume *vol);
  */
 void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info);
 
+/*
+ * pfbd_volume_get_file_fd: the file descriptor of the local file or block
+ * device that holds the volume's data (the file engine), for the caller to
+ * take locks on the image file with it (QEMU's image locks).  Returns the
+ * fd, or -ENOTSUP where the volume is not a local file.  The fd belongs to
+ * the volume and lives as long as it: do not close it, and do no I/O on it.
+ */
+int pfbd_volume_get_file_fd(PfbdVolume *vol);
+
 /**
  * pfbd_volume_refresh_size: re-read the size of the backing store.
  * @block_size: the size is rounded down to a multiple of it: 0 for the

@@ -2006,6 +2006,64 @@ static void hotplug_pfbd(QTestState *qts, const char *volume)
                              addr, volume);
 }
 
+/* Image locks */
+
+/*
+ * Whether an open file description other than @fd's holds a lock on byte
+ * @off of the image: QEMU's image locks (file-posix's layout: byte 100 + i
+ * for a permission a user holds, 200 + i for one it does not share; i is
+ * 0 for "consistent read", 1 for "write")
+ */
+static bool image_byte_locked(int fd, off_t off)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK,
+        .l_whence = SEEK_SET,
+        .l_start = off,
+        .l_len = 1,
+    };
+
+    g_assert_cmpint(fcntl(fd, F_OFD_GETLK, &fl), ==, 0);
+    return fl.l_type != F_UNLCK;
+}
+
+/*
+ * A writable device locks its image as stock QEMU's file driver does,
+ * and its unplug releases the locks although QEMU goes on
+ */
+static void test_lock_released_on_unplug(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE,
+                         "-object iothread,id=io0 -object iothread,id=io1",
+                         "", 1);
+    int fd;
+    g_autofree char *image = image_create(VOLUME_SIZE, &fd);
+    g_autofree char *volume = g_strdup_printf("file:%s", image);
+
+    /* drv0's image: read and write taken, write not shared */
+    g_assert_true(image_byte_locked(p->image_fd, 100));
+    g_assert_true(image_byte_locked(p->image_fd, 101));
+    g_assert_true(image_byte_locked(p->image_fd, 201));
+
+    g_assert_false(image_byte_locked(fd, 101));
+    hotplug_pfbd(p->qts, volume);
+    g_assert_true(image_byte_locked(fd, 100));
+    g_assert_true(image_byte_locked(fd, 101));
+    g_assert_true(image_byte_locked(fd, 201));
+    /* Consistent read, write unchanged and resize are shared */
+    g_assert_false(image_byte_locked(fd, 200));
+    g_assert_false(image_byte_locked(fd, 202));
+    g_assert_false(image_byte_locked(fd, 203));
+
+    qpci_unplug_acpi_device_test(p->qts, "drv1", PCI_SLOT_HP);
+    g_assert_false(image_byte_locked(fd, 100));
+    g_assert_false(image_byte_locked(fd, 101));
+    g_assert_false(image_byte_locked(fd, 201));
+    g_assert_true(image_byte_locked(p->image_fd, 101));
+    close(fd);
+    pfbd_stop(p);
+}
+
 /*
  * Hot-plug and unplug a two-queue device on two IOThreads 20 times, with
  * requests in flight at each unplug: QEMU survives, keeps no fd and does
@@ -2938,6 +2996,8 @@ int main(int argc, char **argv)
                    test_fixed_buffers_ram_removed);
     qtest_add_func("/virtio-blk-pfbd/mem/hotplugged-ram",
                    test_hotplugged_ram);
+    qtest_add_func("/virtio-blk-pfbd/lock/released-on-unplug",
+                   test_lock_released_on_unplug);
     qtest_add_func("/virtio-blk-pfbd/mq/mapping", test_multiqueue_mapping);
     qtest_add_func("/virtio-blk-pfbd/mq/batch", test_batch);
     qtest_add_func("/virtio-blk-pfbd/stats", test_stats);

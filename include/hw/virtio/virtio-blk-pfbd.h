@@ -41,6 +41,8 @@ typedef struct VirtIOBlockPfbdConf {
     bool seg_max_adjust;
     bool read_only;
     bool fixed_buffers;
+    bool share_rw;              /* other writers of the image are allowed */
+    OnOffAuto locking;          /* file engine: QEMU's image locks */
     BlockdevOnError rerror;
     BlockdevOnError werror;
 } VirtIOBlockPfbdConf;
@@ -116,6 +118,7 @@ struct VirtIOBlockPfbd {
     int32_t bootindex;
 
     PfbdVolume *volume;
+    Notifier lock_exit;         /* drops the image locks at exit */
     PfbdVolumeInfo info;
     uint64_t capacity;              /* in 512-byte sectors */
     unsigned int sector_mask;       /* logical block size in sectors - 1 */

@@ -1,0 +1,233 @@
+"""Image locking: virtio-blk-pfbd locks a file volume as QEMU's file
+driver (file-posix) locks an image, so that two QEMUs, a stock QEMU and
+qemu-img see each other's users and refuse what would corrupt the image.
+
+The QEMUs here boot nothing: a device's locks are taken at realize, and a
+QEMU that answers QMP has realized its devices."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+import pfbdguest
+from pfbdguest import make_image
+
+pytestmark = pytest.mark.usefixtures("pfbd_only")
+
+WRITE_LOCK = 'Failed to get "write" lock'
+SHARED_WRITE_LOCK = 'Failed to get shared "write" lock'
+HINT = "Is another process using the image"
+
+
+def pfbd_dev(image, **props):
+    d = {"driver": "virtio-blk-pfbd", "volume": "file:" + image}
+    d.update(props)
+    return ["-device", json.dumps(d)]
+
+
+def stock_dev(image, read_only=False):
+    bd = {"driver": "file", "filename": image, "node-name": "n0",
+          "read-only": read_only}
+    return ["-blockdev", json.dumps(bd),
+            "-device", "virtio-blk-pci,drive=n0"]
+
+
+class Qemu:
+    """A QEMU with -S and a QMP socket: .refused is its stderr when it
+    exited at start-up, None while it runs."""
+
+    def __init__(self, tmp_path, name, args, timeout=60):
+        self.qmp_path = str(tmp_path / (name + ".qmp"))
+        self.stderr_path = str(tmp_path / (name + ".stderr"))
+        cmd = [pfbdguest.qemu_binary(), "-nodefaults", "-no-user-config",
+               "-display", "none", "-machine", "q35", "-accel", "tcg", "-S",
+               "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path] + args
+        with open(self.stderr_path, "wb") as errf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=errf, stderr=errf)
+        self.sock = None
+        self.refused = None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            # QMP answers once the main loop runs: the devices are realized
+            try:
+                self.sock = self._qmp_connect()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise AssertionError("QEMU neither started nor exited "
+                                         "in %d s: %s" % (timeout, cmd))
+                time.sleep(0.05)
+        with open(self.stderr_path, errors="replace") as f:
+            self.refused = f.read()
+
+    def _qmp_connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(60)
+            sock.connect(self.qmp_path)
+            self.reader = sock.makefile("rb")
+            if not self.reader.readline():
+                raise ConnectionError("QMP closed before its greeting")
+            self._cmd(sock, "qmp_capabilities")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _cmd(self, sock, name):
+        sock.sendall(json.dumps({"execute": name}).encode() + b"\n")
+        while True:
+            line = self.reader.readline()
+            if not line:
+                raise ConnectionError("QMP closed while waiting for %s" %
+                                      name)
+            r = json.loads(line)
+            if "return" in r or "error" in r:
+                return r
+
+    def quit(self):
+        """Quit QEMU and wait until it has exited"""
+        try:
+            self._cmd(self.sock, "quit")
+        except ConnectionError:
+            # QEMU may close the socket before its answer arrives
+            pass
+        self.sock.close()
+        assert self.proc.wait(timeout=60) == 0
+
+
+@pytest.fixture
+def qemus(tmp_path):
+    """start(args) -> a running Qemu (or fails the test with its stderr);
+    refused(args) -> the stderr of a QEMU that must exit at start-up"""
+    started = []
+
+    class Starter:
+        def start(self, args):
+            q = Qemu(tmp_path, "q%d" % len(started), args)
+            started.append(q)
+            if q.refused is not None:
+                raise AssertionError("QEMU refused to start: " + q.refused)
+            return q
+
+        def refused(self, args):
+            q = Qemu(tmp_path, "q%d" % len(started), args)
+            started.append(q)
+            if q.refused is None:
+                raise AssertionError("QEMU started, but the image was in "
+                                     "use: %s" % args)
+            assert q.proc.returncode == 1, q.refused
+            return q.refused
+
+    yield Starter()
+    for q in started:
+        if q.sock:
+            q.sock.close()
+        if q.proc.poll() is None:
+            q.proc.kill()
+            q.proc.wait()
+
+
+@pytest.fixture
+def image(tmp_path):
+    return make_image(str(tmp_path / "disk.img"), "64M")
+
+
+def qemu_img(*args):
+    exe = os.path.join(os.path.dirname(os.path.realpath(
+        pfbdguest.qemu_binary())), "qemu-img")
+    if not os.access(exe, os.X_OK):
+        pytest.fail("%s not built: make build builds it" % exe)
+    return subprocess.run([exe] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=60)
+
+
+def test_second_pfbd_writer_refused(qemus, image):
+    qemus.start(pfbd_dev(image))
+    err = qemus.refused(pfbd_dev(image))
+    assert WRITE_LOCK in err and HINT in err and image in err, err
+
+
+def test_pfbd_and_stock_see_each_other(qemus, image):
+    first = qemus.start(pfbd_dev(image))
+    err = qemus.refused(stock_dev(image))
+    assert WRITE_LOCK in err, err
+    first.quit()
+
+    qemus.start(stock_dev(image))
+    err = qemus.refused(pfbd_dev(image))
+    assert WRITE_LOCK in err, err
+
+
+def test_qemu_img_and_release_on_exit(qemus, image, tmp_path):
+    first = qemus.start(pfbd_dev(image))
+    # A reader that wants consistent data needs -U (force share), as
+    # with a stock QEMU using the image.  (qemu-img info on a raw image
+    # reads nothing and takes no lock: it works with stock as with pfbd.)
+    copy = str(tmp_path / "copy.img")
+    r = qemu_img("convert", "-f", "raw", "-O", "raw", image, copy)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode != 0 and SHARED_WRITE_LOCK in out, out
+    r = qemu_img("convert", "-U", "-f", "raw", "-O", "raw", image, copy)
+    assert r.returncode == 0, r.stdout
+    r = qemu_img("resize", "-f", "raw", image, "128M")
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode != 0 and WRITE_LOCK in out, out
+    assert os.path.getsize(image) == 64 << 20
+
+    # The locks go with the QEMU
+    first.quit()
+    r = qemu_img("resize", "-f", "raw", image, "128M")
+    assert r.returncode == 0, r.stdout
+    assert os.path.getsize(image) == 128 << 20
+
+
+def test_read_only_users(qemus, image):
+    # A reader is refused while a writer holds the image...
+    first = qemus.start(pfbd_dev(image))
+    err = qemus.refused(pfbd_dev(image, **{"read-only": True}))
+    assert SHARED_WRITE_LOCK in err, err
+    err = qemus.refused(stock_dev(image, read_only=True))
+    assert SHARED_WRITE_LOCK in err, err
+    first.quit()
+
+    # ...readers share the image with each other and with qemu-img info,
+    # and keep writers out
+    qemus.start(pfbd_dev(image, **{"read-only": True}))
+    qemus.start(pfbd_dev(image, **{"read-only": True}))
+    qemus.start(stock_dev(image, read_only=True))
+    r = qemu_img("convert", "-f", "raw", "-O", "raw", image,
+                 image + ".copy")
+    assert r.returncode == 0, r.stdout
+    err = qemus.refused(pfbd_dev(image))
+    assert WRITE_LOCK in err, err
+
+
+def test_share_rw(qemus, image):
+    """share-rw=on: writers that share writing (a cluster file system)"""
+    qemus.start(pfbd_dev(image, **{"share-rw": True}))
+    qemus.start(pfbd_dev(image, **{"share-rw": True}))
+    err = qemus.refused(pfbd_dev(image))
+    assert SHARED_WRITE_LOCK in err, err
+
+
+def test_locking_off(qemus, image):
+    qemus.start(pfbd_dev(image))
+    qemus.start(pfbd_dev(image, locking="off"))
+
+
+def test_locking_on_needs_a_file(qemus):
+    err = qemus.refused(["-device", json.dumps(
+        {"driver": "virtio-blk-pfbd", "volume": "null:1G",
+         "locking": "on"})])
+    assert "locking=on" in err and "null" in err, err
+    # auto (the default) takes no lock where there is no file
+    qemus.start(["-device", json.dumps(
+        {"driver": "virtio-blk-pfbd", "volume": "null:1G",
+         "locking": "auto"})])
