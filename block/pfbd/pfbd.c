@@ -204,8 +204,10 @@ static int pfbd_open_bare_name(const char *spec, const PfbdOpenOptions *opts,
 #endif
 }
 
-int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
-                     PfbdVolume **volp, char **errmsg)
+/* Open @spec; messages show @shown, the spec without its secrets */
+static int pfbd_volume_open_shown(const char *spec, const char *shown,
+                                  const PfbdOpenOptions *opts,
+                                  PfbdVolume **volp, char **errmsg)
 {
     const PfbdEngine *engine;
     PfbdVolume *vol = NULL;
@@ -214,17 +216,9 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
     size_t len;
     int ret;
 
-    *volp = NULL;
-    if (errmsg) {
-        *errmsg = NULL;
-    }
-    if (!spec || !spec[0]) {
-        pfbd_set_error(errmsg, "empty volume spec");
-        return -EINVAL;
-    }
-
     colon = strchr(spec, ':');
     if (!colon) {
+        /* A bare name has no options: @shown is @spec */
         ret = pfbd_open_bare_name(spec, opts, &vol, errmsg);
     } else {
         len = colon - spec;
@@ -232,15 +226,15 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
         if (!engine) {
             if (pfbd_is_optional_engine(spec, len)) {
                 pfbd_set_error(errmsg, "volume spec '%s': the %.*s engine is "
-                               "not built in", spec, (int)len, spec);
+                               "not built in", shown, (int)len, spec);
                 return -ENOTSUP;
             }
             pfbd_engine_names(names, sizeof(names));
             pfbd_set_error(errmsg, "unknown engine '%.*s' in volume spec "
-                           "'%s' (known: %s)", (int)len, spec, spec, names);
+                           "'%s' (known: %s)", (int)len, spec, shown, names);
             return -EINVAL;
         }
-        ret = engine->volume_open(spec, colon + 1, opts, &vol, errmsg);
+        ret = engine->volume_open(shown, colon + 1, opts, &vol, errmsg);
         if (ret == 0) {
             vol->engine = engine;
         }
@@ -250,7 +244,7 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
     }
     if (opts && opts->iowq_cpus && strcmp(vol->engine->name, "file")) {
         pfbd_set_error(errmsg, "volume '%s': iowq-cpus applies to the file "
-                       "engine only, not to %s", spec, vol->engine->name);
+                       "engine only, not to %s", shown, vol->engine->name);
         vol->engine->volume_close(vol);
         return -EINVAL;
     }
@@ -261,6 +255,65 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
     vol->nqueues = 0;
     *volp = vol;
     return 0;
+}
+
+char *pfbd_spec_redact(const char *spec)
+{
+    const char *p = spec;
+    char *out, *o;
+
+    /*
+     * An empty value grows by 3, and takes 5 bytes of @spec (":key="):
+     * twice the length is enough
+     */
+    out = malloc(2 * strlen(spec) + 4);
+    if (!out) {
+        return NULL;
+    }
+    o = out;
+    while (*p) {
+        if (*p == ':' && !strncmp(p + 1, "key=", 4)) {
+            /* Skip the value, up to the next unescaped ':' */
+            memcpy(o, ":key=***", 8);
+            o += 8;
+            for (p += 5; *p && *p != ':'; p++) {
+                if (*p == '\\' && p[1]) {
+                    p++;
+                }
+            }
+            continue;
+        }
+        if (*p == '\\' && p[1]) {
+            *o++ = *p++;
+        }
+        *o++ = *p++;
+    }
+    *o = '\0';
+    return out;
+}
+
+int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
+                     PfbdVolume **volp, char **errmsg)
+{
+    char *shown;
+    int ret;
+
+    *volp = NULL;
+    if (errmsg) {
+        *errmsg = NULL;
+    }
+    if (!spec || !spec[0]) {
+        pfbd_set_error(errmsg, "empty volume spec");
+        return -EINVAL;
+    }
+    shown = pfbd_spec_redact(spec);
+    if (!shown) {
+        pfbd_set_error(errmsg, "out of memory");
+        return -ENOMEM;
+    }
+    ret = pfbd_volume_open_shown(spec, shown, opts, volp, errmsg);
+    free(shown);
+    return ret;
 }
 
 void pfbd_volume_close(PfbdVolume *vol)

@@ -57,6 +57,7 @@ typedef struct RbdSpec {
     char *snap;                 /* or NULL */
     char *conf;                 /* or NULL */
     char *id;                   /* or NULL */
+    char *key_secret;           /* the secret that holds the key, or NULL */
     RbdOption *opts;            /* Ceph options */
     unsigned nopts;
 } RbdSpec;
@@ -108,6 +109,7 @@ static void pfbd_rbd_spec_free(RbdSpec *sp)
     free(sp->snap);
     free(sp->conf);
     free(sp->id);
+    free(sp->key_secret);
     for (i = 0; i < sp->nopts; i++) {
         free(sp->opts[i].key);
         free(sp->opts[i].value);
@@ -121,6 +123,61 @@ static bool pfbd_rbd_bad_name(const char *s)
     return !s || !s[0];
 }
 
+/* Append Ceph option @key=@value to @sp, which takes both (or frees them) */
+static int pfbd_rbd_add_option(RbdSpec *sp, char *key, char *value)
+{
+    RbdOption *opts = realloc(sp->opts, (sp->nopts + 1) * sizeof(*opts));
+
+    if (!opts) {
+        free(key);
+        free(value);
+        return -ENOMEM;
+    }
+    sp->opts = opts;
+    sp->opts[sp->nopts].key = key;
+    sp->opts[sp->nopts].value = value;
+    sp->nopts++;
+    return 0;
+}
+
+/*
+ * key-secret=ID: look the key up with the caller's secret lookup and set
+ * it as Ceph option "key", after the spec's own options (it wins over a
+ * key= there)
+ */
+static int pfbd_rbd_resolve_key(RbdSpec *sp, const char *spec,
+                                const PfbdOpenOptions *opts, char **errmsg)
+{
+    char *value = NULL;
+    char *msg = NULL;
+    char *key;
+    int ret;
+
+    if (!sp->key_secret) {
+        return 0;
+    }
+    if (!opts || !opts->secret_lookup) {
+        pfbd_set_error(errmsg, "volume '%s': key-secret needs a program "
+                       "that resolves secrets (QEMU: -object secret)", spec);
+        return -EINVAL;
+    }
+    ret = opts->secret_lookup(opts->secret_opaque, sp->key_secret, &value,
+                              &msg);
+    if (ret < 0) {
+        pfbd_set_error(errmsg, "volume '%s': key-secret '%s': %s", spec,
+                       sp->key_secret, msg ? msg : strerror(-ret));
+        free(msg);
+        return ret;
+    }
+    key = strdup("key");
+    if (!key || pfbd_rbd_add_option(sp, key, value) < 0) {
+        free(value);
+        pfbd_set_error(errmsg, "volume '%s': out of memory", spec);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 /* Parse @arg, the spec after "rbd:", into @sp */
 static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
                           char **errmsg)
@@ -128,7 +185,6 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
     const char *p = arg;
     char *first, *second, *third = NULL;
     char *key, *value;
-    RbdOption *opts;
     char d;
 
     memset(sp, 0, sizeof(*sp));
@@ -192,24 +248,19 @@ static int pfbd_rbd_parse_spec(const char *spec, const char *arg, RbdSpec *sp,
             free(key);
             goto nomem;
         }
-        if (!strcmp(key, "conf") || !strcmp(key, "id")) {
-            char **slot = key[0] == 'c' ? &sp->conf : &sp->id;
+        if (!strcmp(key, "conf") || !strcmp(key, "id") ||
+            !strcmp(key, "key-secret")) {
+            char **slot = key[0] == 'c' ? &sp->conf :
+                          key[0] == 'i' ? &sp->id : &sp->key_secret;
 
             free(*slot);
             *slot = value;
             free(key);
             continue;
         }
-        opts = realloc(sp->opts, (sp->nopts + 1) * sizeof(*opts));
-        if (!opts) {
-            free(key);
-            free(value);
+        if (pfbd_rbd_add_option(sp, key, value) < 0) {
             goto nomem;
         }
-        sp->opts = opts;
-        sp->opts[sp->nopts].key = key;
-        sp->opts[sp->nopts].value = value;
-        sp->nopts++;
     }
     return 0;
 
@@ -273,9 +324,12 @@ static int pfbd_rbd_connect(const RbdSpec *sp, const char *spec,
     for (i = 0; i < sp->nopts; i++) {
         ret = rados_conf_set(cluster, sp->opts[i].key, sp->opts[i].value);
         if (ret < 0) {
+            /* The value of "key" is a secret */
             pfbd_set_error(errmsg, "volume '%s': %s Ceph option '%s=%s'",
                            spec, ret == -ENOENT ? "unknown" : "invalid",
-                           sp->opts[i].key, sp->opts[i].value);
+                           sp->opts[i].key,
+                           strcmp(sp->opts[i].key, "key") ?
+                           sp->opts[i].value : "***");
             return ret;
         }
     }
@@ -363,6 +417,10 @@ static int pfbd_rbd_volume_open(const char *spec, const char *arg,
     }
     rv->base.info.read_only = (opts && opts->read_only) || sp->snap;
 
+    ret = pfbd_rbd_resolve_key(sp, spec, opts, errmsg);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = pfbd_rbd_connect(sp, spec, &rv->cluster, &rv->ioctx, &rv->cache,
                            errmsg);
     if (ret < 0) {

@@ -133,7 +133,7 @@ bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot register the guest RAM "
                              "with engine queue %u of volume '%s' "
-                             "(fixed-buffers=on)", i, s->conf.volume);
+                             "(fixed-buffers=on)", i, s->volume_shown);
             return false;
         }
     }

@@ -54,6 +54,7 @@
 #include "system/runstate.h"
 #include "system/block-backend-io.h"
 #include "block/raw-aio.h"
+#include "crypto/secret_common.h"
 #include "trace.h"
 
 #define SECTOR_BITS 9
@@ -1229,6 +1230,11 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
                    "(e.g. volume=file:/path/to/image or volume=null:1G)");
         return false;
     }
+    s->volume_shown = pfbd_spec_redact(conf->volume);
+    if (!s->volume_shown) {
+        error_setg(errp, "out of memory");
+        return false;
+    }
     if (conf->rerror == BLOCKDEV_ON_ERROR_ENOSPC) {
         error_setg(errp, "rerror=enospc is not supported (reads do not run "
                    "out of space): use report, ignore or stop");
@@ -1313,7 +1319,7 @@ static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
     if (fd < 0) {
         if (conf->locking == ON_OFF_AUTO_ON) {
             error_setg(errp, "locking=on: volume '%s' is on the %s engine, "
-                       "which has no image file to lock", conf->volume,
+                       "which has no image file to lock", s->volume_shown,
                        s->info.engine);
             return false;
         }
@@ -1329,9 +1335,9 @@ static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
         shared |= BLK_PERM_WRITE;
     }
     if (raw_lock_image_fd(fd, perm, shared, errp) < 0) {
-        error_prepend(errp, "volume '%s': ", conf->volume);
+        error_prepend(errp, "volume '%s': ", s->volume_shown);
         error_append_hint(errp, "Is another process using the image [%s]?\n",
-                          conf->volume);
+                          s->volume_shown);
         return false;
     }
     /*
@@ -1355,6 +1361,27 @@ static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
     }
     pfbd_volume_close(s->volume);
     s->volume = NULL;
+    free(s->volume_shown);
+    s->volume_shown = NULL;
+}
+
+/*
+ * libpfbd's secret lookup: QEMU's secret objects, as block/rbd.c takes
+ * its key-secret
+ */
+static int virtio_blk_pfbd_secret_lookup(void *opaque, const char *id,
+                                         char **valuep, char **errmsg)
+{
+    Error *local_err = NULL;
+    g_autofree char *value = qcrypto_secret_lookup_as_base64(id, &local_err);
+
+    if (!value) {
+        *errmsg = strdup(error_get_pretty(local_err));
+        error_free(local_err);
+        return -EINVAL;
+    }
+    *valuep = strdup(value);
+    return *valuep ? 0 : -ENOMEM;
 }
 
 /* Open the volume and derive the geometry the guest sees */
@@ -1371,6 +1398,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
          */
         .any_thread = !conf->iothread && !conf->iothread_vq_mapping_list,
         .iowq_cpus = conf->iowq_cpus,
+        .secret_lookup = virtio_blk_pfbd_secret_lookup,
     };
     char *msg = NULL;
     int ret;
@@ -1382,7 +1410,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
             error_setg(errp, "%s", msg);
         } else {
             error_setg_errno(errp, -ret, "cannot open volume '%s'",
-                             conf->volume);
+                             s->volume_shown);
         }
         free(msg);
         return false;
@@ -1402,7 +1430,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
         error_setg(errp, "logical_block_size %" PRIu32 " is smaller than "
                    "the block size %" PRIu32 " of volume '%s'",
                    conf->logical_block_size, s->info.block_size,
-                   conf->volume);
+                   s->volume_shown);
         return false;
     }
     if (conf->logical_block_size > conf->physical_block_size) {
@@ -1415,7 +1443,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
                   SECTOR_BITS;
     if (s->capacity == 0) {
         error_setg(errp, "volume '%s' is smaller than one block (%" PRIu32
-                   " bytes)", conf->volume, conf->logical_block_size);
+                   " bytes)", s->volume_shown, conf->logical_block_size);
         return false;
     }
 
@@ -1469,7 +1497,7 @@ static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
         ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot create engine queue %u "
-                             "of volume '%s'", i, s->conf.volume);
+                             "of volume '%s'", i, s->volume_shown);
             return false;
         }
         /* One request's worth of bounce buffers per queue, at most */
@@ -1646,13 +1674,13 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
     ret = pfbd_volume_refresh_size(s->volume, s->conf.logical_block_size);
     if (ret == -EINVAL) {
         error_setg(errp, "volume '%s' is now smaller than one block (%"
-                   PRIu32 " bytes)", s->conf.volume,
+                   PRIu32 " bytes)", s->volume_shown,
                    s->conf.logical_block_size);
         return;
     }
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot re-read the size of volume "
-                         "'%s'", s->conf.volume);
+                         "'%s'", s->volume_shown);
         return;
     }
     pfbd_volume_get_info(s->volume, &info);
@@ -1693,8 +1721,50 @@ static const VMStateDescription vmstate_virtio_blk_pfbd = {
     },
 };
 
+/*
+ * The "volume" property: a string property whose value is read back
+ * without its secrets (qom-get, info qtree), since an rbd spec may carry
+ * its key (key=)
+ */
+static void virtio_blk_pfbd_get_volume(Object *obj, Visitor *v,
+                                       const char *name, void *opaque,
+                                       Error **errp)
+{
+    const Property *prop = opaque;
+    char **ptr = object_field_prop_ptr(obj, prop);
+    char *shown = pfbd_spec_redact(*ptr ? *ptr : "");
+
+    if (!shown) {
+        error_setg(errp, "out of memory");
+        return;
+    }
+    visit_type_str(v, name, &shown, errp);
+    free(shown);
+}
+
+static void virtio_blk_pfbd_set_volume(Object *obj, Visitor *v,
+                                       const char *name, void *opaque,
+                                       Error **errp)
+{
+    qdev_prop_string.set(obj, v, name, opaque, errp);
+}
+
+static void virtio_blk_pfbd_release_volume(Object *obj, const char *name,
+                                           void *opaque)
+{
+    qdev_prop_string.release(obj, name, opaque);
+}
+
+static const PropertyInfo virtio_blk_pfbd_prop_volume = {
+    .type = "str",
+    .get = virtio_blk_pfbd_get_volume,
+    .set = virtio_blk_pfbd_set_volume,
+    .release = virtio_blk_pfbd_release_volume,
+};
+
 static const Property virtio_blk_pfbd_properties[] = {
-    DEFINE_PROP_STRING("volume", VirtIOBlockPfbd, conf.volume),
+    DEFINE_PROP("volume", VirtIOBlockPfbd, conf.volume,
+                virtio_blk_pfbd_prop_volume, char *),
     DEFINE_PROP_STRING("serial", VirtIOBlockPfbd, conf.serial),
     DEFINE_PROP_UINT16("num-queues", VirtIOBlockPfbd, conf.num_queues,
                        VIRTIO_BLK_PFBD_AUTO_NUM_QUEUES),
@@ -1739,8 +1809,8 @@ static const struct {
     const char *description;
 } virtio_blk_pfbd_property_help[] = {
     { "volume", "the volume: file:PATH (io_uring, O_DIRECT), "
-      "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE]... (Ceph, "
-      "if built in), pureflash:VOLUME[@SNAP][:conductor=HOST[:PORT]|"
+      "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:key-secret=ID]"
+      "[:KEY=VALUE]... (Ceph, if built in), pureflash:VOLUME[@SNAP][:conductor=HOST[:PORT]|"
       ":zookeeper=HOST:PORT,...|:conf=PATH][:timeout=S] (PureFlash), "
       "null:SIZE[:completion_nsec=N][:write_nsec=N]"
       "[:mem_align=N] (no data, at once or after N ns; e.g. null:1G) or "

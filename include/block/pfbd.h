@@ -70,6 +70,17 @@ typedef struct PfbdOpenOptions {
      * open, as is the option with other engines.
      */
     const char *iowq_cpus;
+    /*
+     * Resolves a secret that the spec names instead of giving its value
+     * (rbd: "key-secret=ID"): store a malloc'ed copy of the value of
+     * secret @id in *@valuep and return 0, or return a negative errno and
+     * store a malloc'ed message in *@errmsg.  Called during
+     * pfbd_volume_open() only, with @secret_opaque.  NULL: specs that name
+     * a secret are refused.
+     */
+    int (*secret_lookup)(void *opaque, const char *id, char **valuep,
+                         char **errmsg);
+    void *secret_opaque;
 } PfbdOpenOptions;
 
 typedef struct PfbdVolumeInfo {
@@ -120,6 +131,14 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
  * @vol may be NULL.
  */
 void pfbd_volume_close(PfbdVolume *vol);
+
+/*
+ * pfbd_spec_redact: @spec as it may be shown (in messages, logs, over
+ * QMP): the value of every "key=" option, a secret, replaced by "***".
+ * Returns a malloc'ed string, or NULL when out of memory.  Every message
+ * of pfbd_volume_open() shows the spec this way.
+ */
+char *pfbd_spec_redact(const char *spec);
 
 /**
  * pfbd_volume_get_info: fill @info with the volume's geometry and caps.

@@ -28,6 +28,7 @@ For QMP (stop/cont etc.) use g.start(...) -> Vm, vm.qmp("stop"), vm.wait().
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -444,6 +445,81 @@ class Guest:
             raise GuestError(res.describe(
                 "QEMU was expected to fail at start-up but did not"), res)
         return res.qemu_rc, res.stderr
+
+
+class BareQemu:
+    """A QEMU that boots nothing (-S), with a QMP socket in @workdir, for
+    what realize does: .refused is its stderr when it exited at start-up,
+    None while it runs."""
+
+    def __init__(self, workdir, name, args, timeout=60):
+        self.qmp_path = os.path.join(workdir, name + ".qmp")
+        self.stderr_path = os.path.join(workdir, name + ".stderr")
+        cmd = [qemu_binary(), "-nodefaults", "-no-user-config",
+               "-display", "none", "-machine", "q35", "-accel", "tcg", "-S",
+               "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path] + args
+        with open(self.stderr_path, "wb") as errf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=errf, stderr=errf)
+        self.sock = None
+        self.refused = None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            # QMP answers once the main loop runs: the devices are realized
+            try:
+                self.sock = self._qmp_connect()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise AssertionError("QEMU neither started nor exited "
+                                         "in %d s: %s" % (timeout, cmd))
+                time.sleep(0.05)
+        with open(self.stderr_path, errors="replace") as f:
+            self.refused = f.read()
+
+    def _qmp_connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(60)
+            sock.connect(self.qmp_path)
+            self.reader = sock.makefile("rb")
+            if not self.reader.readline():
+                raise ConnectionError("QMP closed before its greeting")
+            self._cmd(sock, "qmp_capabilities", {})
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _cmd(self, sock, name, args):
+        sock.sendall(json.dumps({"execute": name,
+                                 "arguments": args}).encode() + b"\n")
+        while True:
+            line = self.reader.readline()
+            if not line:
+                raise ConnectionError("QMP closed while waiting for %s" %
+                                      name)
+            r = json.loads(line)
+            if "return" in r or "error" in r:
+                return r
+
+    def cmd(self, name, **args):
+        """Run QMP command @name; its "return", or raise RuntimeError"""
+        r = self._cmd(self.sock, name, args)
+        if "error" in r:
+            raise RuntimeError("QMP %s failed: %s" % (name, r["error"]))
+        return r["return"]
+
+    def quit(self):
+        """Quit QEMU and wait until it has exited"""
+        try:
+            self._cmd(self.sock, "quit", {})
+        except ConnectionError:
+            # QEMU may close the socket before its answer arrives
+            pass
+        self.sock.close()
+        assert self.proc.wait(timeout=60) == 0
 
 
 # ---------------------------------------------------------------- disks

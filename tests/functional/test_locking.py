@@ -7,9 +7,7 @@ QEMU that answers QMP has realized its devices."""
 
 import json
 import os
-import socket
 import subprocess
-import time
 
 import pytest
 
@@ -36,72 +34,6 @@ def stock_dev(image, read_only=False):
             "-device", "virtio-blk-pci,drive=n0"]
 
 
-class Qemu:
-    """A QEMU with -S and a QMP socket: .refused is its stderr when it
-    exited at start-up, None while it runs."""
-
-    def __init__(self, tmp_path, name, args, timeout=60):
-        self.qmp_path = str(tmp_path / (name + ".qmp"))
-        self.stderr_path = str(tmp_path / (name + ".stderr"))
-        cmd = [pfbdguest.qemu_binary(), "-nodefaults", "-no-user-config",
-               "-display", "none", "-machine", "q35", "-accel", "tcg", "-S",
-               "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path] + args
-        with open(self.stderr_path, "wb") as errf:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                         stdout=errf, stderr=errf)
-        self.sock = None
-        self.refused = None
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            # QMP answers once the main loop runs: the devices are realized
-            try:
-                self.sock = self._qmp_connect()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.proc.kill()
-                    raise AssertionError("QEMU neither started nor exited "
-                                         "in %d s: %s" % (timeout, cmd))
-                time.sleep(0.05)
-        with open(self.stderr_path, errors="replace") as f:
-            self.refused = f.read()
-
-    def _qmp_connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(60)
-            sock.connect(self.qmp_path)
-            self.reader = sock.makefile("rb")
-            if not self.reader.readline():
-                raise ConnectionError("QMP closed before its greeting")
-            self._cmd(sock, "qmp_capabilities")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _cmd(self, sock, name):
-        sock.sendall(json.dumps({"execute": name}).encode() + b"\n")
-        while True:
-            line = self.reader.readline()
-            if not line:
-                raise ConnectionError("QMP closed while waiting for %s" %
-                                      name)
-            r = json.loads(line)
-            if "return" in r or "error" in r:
-                return r
-
-    def quit(self):
-        """Quit QEMU and wait until it has exited"""
-        try:
-            self._cmd(self.sock, "quit")
-        except ConnectionError:
-            # QEMU may close the socket before its answer arrives
-            pass
-        self.sock.close()
-        assert self.proc.wait(timeout=60) == 0
-
-
 @pytest.fixture
 def qemus(tmp_path):
     """start(args) -> a running Qemu (or fails the test with its stderr);
@@ -110,14 +42,16 @@ def qemus(tmp_path):
 
     class Starter:
         def start(self, args):
-            q = Qemu(tmp_path, "q%d" % len(started), args)
+            q = pfbdguest.BareQemu(str(tmp_path), "q%d" % len(started),
+                                   args)
             started.append(q)
             if q.refused is not None:
                 raise AssertionError("QEMU refused to start: " + q.refused)
             return q
 
         def refused(self, args):
-            q = Qemu(tmp_path, "q%d" % len(started), args)
+            q = pfbdguest.BareQemu(str(tmp_path), "q%d" % len(started),
+                                   args)
             started.append(q)
             if q.refused is None:
                 raise AssertionError("QEMU started, but the image was in "

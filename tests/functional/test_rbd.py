@@ -6,14 +6,17 @@ stops it at the end of the session.  Run:
   /usr/bin/python3 -m pytest tests/functional/test_rbd.py -v
 """
 
+import base64
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import time
 
 import pytest
 
+import pfbdguest
 from pfbdguest import disk_args
 
 MiB = 1 << 20
@@ -275,3 +278,90 @@ echo "IOERR-IN-GUEST $(dmesg | grep -c 'I/O error' || true)"
         vm.kill()
     assert "DATA-OK" in res.output, res.describe()
     assert "IOERR-IN-GUEST 0" in res.output, res.describe()
+
+
+def admin_key(ceph):
+    """The test cluster's client.admin key"""
+    with open(os.path.join(ceph.dir, "client.admin.keyring")) as f:
+        for line in f:
+            k, _, v = line.strip().partition(" = ")
+            if k == "key":
+                return v
+    raise AssertionError("no key in the test cluster's admin keyring")
+
+
+@contextlib.contextmanager
+def bare_qemu(tmp_path, args):
+    """A QEMU that boots nothing: refused (its stderr) or running"""
+    q = pfbdguest.BareQemu(str(tmp_path), "q", args)
+    try:
+        yield q
+    finally:
+        if q.refused is None:
+            q.quit()
+
+
+def secret_dev(ceph, image, secret, extra=""):
+    # keyring=/dev/null: the secret's key is the only credential
+    spec = ("rbd:rbd/%s:conf=%s:keyring=/dev/null:key-secret=sec0%s" %
+            (image, ceph.conf, extra))
+    args = []
+    if secret is not None:
+        args = ["-object", "secret,id=sec0,format=base64,data=" + secret]
+    return spec, args + ["-device", json.dumps(
+        {"driver": "virtio-blk-pfbd", "id": "d0", "volume": spec})]
+
+
+def test_key_secret(ceph, tmp_path):
+    """key-secret=ID takes the client's key from a QEMU secret object, as
+    QEMU's rbd driver does (libvirt passes it so)"""
+    img = ceph.create_image("sec", "16M")
+    key = admin_key(ceph)
+    spec, args = secret_dev(ceph, img, key)
+    with bare_qemu(tmp_path, args) as q:
+        assert q.refused is None, q.refused
+        assert q.cmd("qom-get", path="/machine/peripheral/d0",
+                     property="volume") == spec
+
+    # The cluster refuses another key of the same form
+    raw = bytearray(base64.b64decode(key))
+    raw[-1] ^= 0x5a
+    _, args = secret_dev(ceph, img, base64.b64encode(raw).decode(),
+                         ":client_mount_timeout=20")
+    with bare_qemu(tmp_path, args) as q:
+        assert q.refused and "cannot connect to the Ceph cluster" in \
+            q.refused, q.refused
+
+    # No such secret object
+    _, args = secret_dev(ceph, img, None)
+    with bare_qemu(tmp_path, args) as q:
+        assert q.refused and "key-secret 'sec0': " in q.refused and \
+            "sec0" in q.refused, q.refused
+
+
+def test_inline_key_not_shown(ceph, tmp_path):
+    """A key given inline (key=) is not shown: not by qom-get, not by
+    info qtree, not in an error message"""
+    img = ceph.create_image("key", "16M")
+    key = admin_key(ceph)
+    spec = "rbd:rbd/%s:conf=%s:keyring=/dev/null:key=%s" % (
+        img, ceph.conf, key)
+    dev = {"driver": "virtio-blk-pfbd", "id": "d0", "volume": spec}
+    with bare_qemu(tmp_path, ["-device", json.dumps(dev)]) as q:
+        assert q.refused is None, q.refused
+        shown = q.cmd("qom-get", path="/machine/peripheral/d0",
+                      property="volume")
+        assert shown == spec.replace(key, "***"), shown
+        qtree = q.cmd("human-monitor-command", **{"command-line":
+                                                  "info qtree"})
+        assert "key=***" in qtree and key not in qtree, qtree
+
+    # QEMU prefixes a start-up error with the option it came from, which
+    # shows the key as the command line does (key-secret avoids both);
+    # the device's message itself does not
+    dev["volume"] = spec.replace(img, "no-such-image")
+    with bare_qemu(tmp_path, ["-device", json.dumps(dev)]) as q:
+        assert q.refused, "QEMU started on a missing image"
+        msg = q.refused.split("}: ", 1)[-1]
+        assert "no image 'no-such-image'" in msg and "key=***" in msg and \
+            key not in msg, q.refused

@@ -253,6 +253,42 @@ static void check_open_fails(const char *spec, const PfbdOpenOptions *opts,
 
 /* ---- volume specs ---- */
 
+static void check_redact(const char *spec, const char *expected)
+{
+    char *shown = pfbd_spec_redact(spec);
+
+    g_assert_cmpstr(shown, ==, expected);
+    free(shown);
+}
+
+/* The value of every key= part is hidden, and nothing else */
+static void test_spec_redact(void)
+{
+    check_redact("rbd:rbd/vm1:id=qemu:key=AQBsecret==:conf=/etc/c.conf",
+                 "rbd:rbd/vm1:id=qemu:key=***:conf=/etc/c.conf");
+    check_redact("rbd:rbd/vm1:key=AQB\\:x", "rbd:rbd/vm1:key=***");
+    check_redact("rbd:rbd/vm1:key=a:key=b", "rbd:rbd/vm1:key=***:key=***");
+    check_redact("rbd:rbd/vm1:keyring=/k:key-secret=sec0",
+                 "rbd:rbd/vm1:keyring=/k:key-secret=sec0");
+    check_redact("rbd:rbd/key=x", "rbd:rbd/key=x");
+    check_redact("null:1G", "null:1G");
+    check_redact("vm1", "vm1");
+    check_redact("", "");
+}
+
+#ifdef PFBD_HAVE_RBD
+/* Where an open fails, its message shows the spec without the key */
+static void test_spec_key_not_shown(void)
+{
+    check_open_fails("rbd:rbd/vm1:conf=/nonexistent/ceph.conf:"
+                     "key=AQBsecret==", NULL, -ENOENT,
+                     "volume 'rbd:rbd/vm1:conf=/nonexistent/ceph.conf:"
+                     "key=***'");
+    check_open_fails("rbd:rbd/vm1:key=AQBsecret==:=x", NULL, -EINVAL,
+                     "volume spec 'rbd:rbd/vm1:key=***:=x'");
+}
+#endif
+
 static void test_spec_unknown_engine(void)
 {
     check_open_fails("foo:x", NULL, -EINVAL,
@@ -2348,6 +2384,93 @@ static void test_rbd_unreachable(void)
     g_free(conf);
 }
 
+/* The admin key of the test cluster, from the keyring beside ceph.conf */
+static char *rbd_admin_key(void)
+{
+    g_autofree char *dir = g_path_get_dirname(ceph_conf);
+    g_autofree char *path = g_build_filename(dir, "client.admin.keyring",
+                                             NULL);
+    g_autofree char *text = NULL;
+    char *p;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    p = strstr(text, "key = ");
+    g_assert_nonnull(p);
+    p += strlen("key = ");
+    return g_strndup(p, strcspn(p, "\t\n "));
+}
+
+typedef struct TestSecrets {
+    const char *id;
+    const char *value;          /* NULL: no such secret */
+    unsigned lookups;
+} TestSecrets;
+
+static int test_secret_lookup(void *opaque, const char *id, char **valuep,
+                              char **errmsg)
+{
+    TestSecrets *ts = opaque;
+
+    ts->lookups++;
+    if (!ts->value || strcmp(id, ts->id)) {
+        *errmsg = strdup("no such secret");
+        return -ENOENT;
+    }
+    *valuep = strdup(ts->value);
+    return 0;
+}
+
+/*
+ * key-secret=ID: the key comes from the caller's secret lookup, and it is
+ * the only credential (the keyring is empty)
+ */
+static void test_rbd_key_secret(void)
+{
+    g_autofree char *key = rbd_admin_key();
+    TestSecrets ts = { .id = "sec0", .value = key };
+    PfbdOpenOptions opts = {
+        .secret_lookup = test_secret_lookup,
+        .secret_opaque = &ts,
+    };
+    char *name = rbd_test_image(MiB);
+    g_autofree char *spec = g_strdup_printf(
+        "rbd:rbd/%s:conf=%s:keyring=/dev/null:client_mount_timeout=20:"
+        "key-secret=sec0", name, ceph_conf);
+    g_autofree guchar *raw = NULL;
+    g_autofree char *wrong = NULL;
+    PfbdVolume *vol = NULL;
+    char *err = NULL;
+    gsize len;
+
+    g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, &err), ==, 0);
+    g_assert_null(err);
+    g_assert_cmpuint(ts.lookups, ==, 1);
+    pfbd_volume_close(vol);
+
+    /* Another key of the same form: the cluster refuses it */
+    raw = g_base64_decode(key, &len);
+    g_assert_cmpuint(len, >, 4);
+    raw[len - 1] ^= 0x5a;
+    wrong = g_base64_encode(raw, len);
+    ts.value = wrong;
+    vol = (PfbdVolume *)&vol;
+    g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, &err), <, 0);
+    g_assert_null(vol);
+    g_assert_nonnull(strstr(err, "cannot connect to the Ceph cluster"));
+    g_assert_null(strstr(err, wrong));
+    free(err);
+
+    /* The lookup's failure is the open's, with its message */
+    ts.value = NULL;
+    check_open_fails(spec, &opts, -ENOENT, "key-secret 'sec0': no such "
+                     "secret");
+    /* Without a lookup, a spec that names a secret is refused */
+    check_open_fails(spec, NULL, -EINVAL, "key-secret");
+
+    rbd_test_remove(name);
+    g_free(name);
+}
+
 static void add_rbd_tests(void)
 {
     ceph_conf = getenv("PFBD_TEST_CEPH_CONF");
@@ -2356,6 +2479,7 @@ static void add_rbd_tests(void)
         return;
     }
     g_test_add_func("/pfbd/rbd/open-info", test_rbd_open_info);
+    g_test_add_func("/pfbd/rbd/key-secret", test_rbd_key_secret);
     g_test_add_func("/pfbd/rbd/write-read", test_rbd_write_read);
     g_test_add_func("/pfbd/rbd/write-fua-cache-on",
                     test_rbd_write_fua_cache_on);
@@ -2424,6 +2548,10 @@ int main(int argc, char **argv)
 
     g_test_add_func("/pfbd/iov-seek", test_iov_seek);
     g_test_add_func("/pfbd/spec/unknown-engine", test_spec_unknown_engine);
+    g_test_add_func("/pfbd/spec/redact", test_spec_redact);
+#ifdef PFBD_HAVE_RBD
+    g_test_add_func("/pfbd/spec/key-not-shown", test_spec_key_not_shown);
+#endif
 #ifndef PFBD_HAVE_RBD
     g_test_add_func("/pfbd/spec/rbd-not-built", test_spec_rbd_not_built);
 #endif

@@ -118,6 +118,7 @@ struct VirtIOBlockPfbd {
     int32_t bootindex;
 
     PfbdVolume *volume;
+    char *volume_shown;         /* conf.volume without secrets (malloc) */
     Notifier lock_exit;         /* drops the image locks at exit */
     PfbdVolumeInfo info;
     uint64_t capacity;              /* in 512-byte sectors */
