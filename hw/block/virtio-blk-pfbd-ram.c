@@ -20,17 +20,24 @@
 #include "system/hostmem.h"
 #include "migration/postcopy-ram.h"
 #include "hw/virtio/virtio-blk-pfbd.h"
+#include "trace.h"
 
 /*
  * fixed-buffers=on: the guest RAM is registered with every engine queue, so
  * that the file engine moves data through io_uring fixed buffers (no
  * pinning and mapping of the pages per request).  The RAM stays pinned
  * while registered, as with VFIO: RAM discards (virtio-balloon, virtio-mem)
- * are refused, and a RAM block that goes away is unregistered first.
+ * are refused.  A RAM block that goes away is unregistered first; one that
+ * comes (a DIMM's memory backend) is registered as well.
  */
+typedef struct VirtIOBlockPfbdRamScan {
+    GArray *ram;
+    void *gone;                 /* a block on its way out, or NULL */
+} VirtIOBlockPfbdRamScan;
+
 static int virtio_blk_pfbd_collect_ram(RAMBlock *rb, void *opaque)
 {
-    GArray *ram = opaque;
+    VirtIOBlockPfbdRamScan *scan = opaque;
     struct iovec iov;
 
     /* Guest RAM comes from memory backends; not ROMs or device memory */
@@ -41,17 +48,95 @@ static int virtio_blk_pfbd_collect_ram(RAMBlock *rb, void *opaque)
     }
     iov.iov_base = qemu_ram_get_host_addr(rb);
     iov.iov_len = qemu_ram_get_used_length(rb);
-    g_array_append_val(ram, iov);
+    if (iov.iov_base != scan->gone) {
+        g_array_append_val(scan->ram, iov);
+    }
     return 0;
 }
 
-/* Context: BH in the virtqueue's AioContext */
-static void virtio_blk_pfbd_unregister_ram_bh(void *opaque)
+/* The guest RAM now, but the block at @gone (NULL: none), in s->ram */
+static void virtio_blk_pfbd_scan_ram(VirtIOBlockPfbd *s, void *gone)
+{
+    VirtIOBlockPfbdRamScan scan = {
+        .ram = g_array_new(false, false, sizeof(struct iovec)),
+        .gone = gone,
+    };
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        qemu_ram_foreach_block(virtio_blk_pfbd_collect_ram, &scan);
+    }
+    g_free(s->ram);
+    s->ram_count = scan.ram->len;
+    s->ram = (struct iovec *)g_array_free(scan.ram, false);
+}
+
+/*
+ * Hand the queue the new guest RAM: it registers it before its next
+ * request (virtio_blk_pfbd_apply_ram())
+ *
+ * Context: BH in the virtqueue's AioContext, the main loop waiting for it
+ */
+static void virtio_blk_pfbd_ram_changed_bh(void *opaque)
+{
+    VirtIOBlockPfbdQueue *q = opaque;
+    VirtIOBlockPfbd *s = q->s;
+
+    g_free(q->ram_next);
+    q->ram_next = g_memdup2(s->ram, s->ram_count * sizeof(s->ram[0]));
+    q->ram_next_count = s->ram_count;
+    q->ram_change = true;
+}
+
+/* The same, after the queue has stopped using what it registered */
+static void virtio_blk_pfbd_ram_going_bh(void *opaque)
 {
     VirtIOBlockPfbdQueue *q = opaque;
 
     /* This stops the use of the ranges even when it fails */
     pfbd_queue_register_memory(q->pq, NULL, 0);
+    virtio_blk_pfbd_ram_changed_bh(q);
+}
+
+bool virtio_blk_pfbd_apply_ram(VirtIOBlockPfbdQueue *q)
+{
+    int ret;
+
+    /* The engine registers memory only while nothing is in flight */
+    if (pfbd_queue_inflight(q->pq)) {
+        return false;
+    }
+    ret = pfbd_queue_register_memory(q->pq, q->ram_next, q->ram_next_count);
+    trace_virtio_blk_pfbd_register_ram(q->s, q->index, q->ram_next_count,
+                                       ret);
+    /* On failure nothing is registered: requests work, mapped as usual */
+    g_free(q->ram_next);
+    q->ram_next = NULL;
+    q->ram_next_count = 0;
+    q->ram_change = false;
+    return true;
+}
+
+/* Context: BQL held, a RAM block added (a DIMM's memory backend) */
+static void virtio_blk_pfbd_ram_block_added(RAMBlockNotifier *n, void *host,
+                                            size_t size, size_t max_size)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, ram_notifier);
+    struct iovec *old = g_steal_pointer(&s->ram);
+    unsigned int old_count = s->ram_count;
+    unsigned int i;
+
+    virtio_blk_pfbd_scan_ram(s, NULL);
+    /* Not guest RAM, or the blocks already registered (at realize) */
+    if (s->ram_count == old_count &&
+        !memcmp(s->ram, old, old_count * sizeof(old[0]))) {
+        g_free(old);
+        return;
+    }
+    g_free(old);
+    for (i = 0; i < s->conf.num_queues; i++) {
+        aio_wait_bh_oneshot(s->queues[i].ctx, virtio_blk_pfbd_ram_changed_bh,
+                            &s->queues[i]);
+    }
 }
 
 /* Context: BQL held, before the RAM block's memory is unmapped */
@@ -74,14 +159,11 @@ static void virtio_blk_pfbd_ram_block_removed(RAMBlockNotifier *n,
     if (!overlaps) {
         return;
     }
+    virtio_blk_pfbd_scan_ram(s, host);
     for (i = 0; i < s->conf.num_queues; i++) {
-        aio_wait_bh_oneshot(s->queues[i].ctx,
-                            virtio_blk_pfbd_unregister_ram_bh,
+        aio_wait_bh_oneshot(s->queues[i].ctx, virtio_blk_pfbd_ram_going_bh,
                             &s->queues[i]);
     }
-    g_free(s->ram);
-    s->ram = NULL;
-    s->ram_count = 0;
 }
 
 /*
@@ -108,7 +190,6 @@ static int virtio_blk_pfbd_postcopy_notify(NotifierWithReturn *n,
 /* Context: realize, before any queue has served a request */
 bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
 {
-    GArray *ram = g_array_new(false, false, sizeof(struct iovec));
     unsigned int i;
     int ret;
 
@@ -117,16 +198,11 @@ bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
         error_setg_errno(errp, -ret, "fixed-buffers=on pins the guest RAM, "
                          "which a device that discards RAM (virtio-mem) "
                          "does not allow");
-        g_array_free(ram, true);
         return false;
     }
     s->ram_discard_disabled = true;
 
-    WITH_RCU_READ_LOCK_GUARD() {
-        qemu_ram_foreach_block(virtio_blk_pfbd_collect_ram, ram);
-    }
-    s->ram_count = ram->len;
-    s->ram = (struct iovec *)g_array_free(ram, false);
+    virtio_blk_pfbd_scan_ram(s, NULL);
     for (i = 0; i < s->conf.num_queues; i++) {
         ret = pfbd_queue_register_memory(s->queues[i].pq, s->ram,
                                          s->ram_count);
@@ -137,6 +213,7 @@ bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp)
             return false;
         }
     }
+    s->ram_notifier.ram_block_added = virtio_blk_pfbd_ram_block_added;
     s->ram_notifier.ram_block_removed = virtio_blk_pfbd_ram_block_removed;
     ram_block_notifier_add(&s->ram_notifier);
     s->postcopy_notifier.notify = virtio_blk_pfbd_postcopy_notify;
@@ -152,6 +229,7 @@ void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s)
     if (s->ram_notifier.ram_block_removed) {
         /* This calls ram_block_removed() for every block: nothing to do */
         ram_block_notifier_remove(&s->ram_notifier);
+        s->ram_notifier.ram_block_added = NULL;
         s->ram_notifier.ram_block_removed = NULL;
     }
     if (s->postcopy_notifier.notify) {

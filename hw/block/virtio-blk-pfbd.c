@@ -245,6 +245,9 @@ static bool virtio_blk_pfbd_send(VirtIOBlockPfbdReq *req)
     VirtIOBlockPfbdQueue *q = req->q;
     int ret;
 
+    if (unlikely(q->ram_change) && !virtio_blk_pfbd_apply_ram(q)) {
+        return false;           /* the guest RAM changed: see apply_ram */
+    }
     ret = pfbd_submit(q->pq, req->op, req->sector << SECTOR_BITS, req->iov,
                       req->iovcnt, req->len, req->flags,
                       virtio_blk_pfbd_engine_cb, req);
@@ -1520,6 +1523,7 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
             timer_free(s->queues[i].retry_timer);
         }
         g_free(s->queues[i].iothread_name);
+        g_free(s->queues[i].ram_next);
     }
     g_free(s->queues);
     s->queues = NULL;

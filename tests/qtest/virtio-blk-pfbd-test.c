@@ -1450,7 +1450,7 @@ static uint64_t pfbd_plug_dimm(Pfbd *p, uint64_t size)
 
 /*
  * fixed-buffers=on: the boot RAM is registered with the engine (io_uring
- * fixed buffers) and a DIMM plugged later is not; requests work in both,
+ * fixed buffers), and so is a DIMM plugged later; requests work in both,
  * in both directions.
  */
 static void test_fixed_buffers(void)
@@ -1489,7 +1489,8 @@ static void test_fixed_buffers(void)
 /*
  * fixed-buffers=on and a registered RAM block that goes away (the memory
  * backend of an unplugged ivshmem device): the device unregisters the
- * memory before the block is freed, and requests go on working.
+ * memory before the block is freed, and requests go on working, with the
+ * RAM that remains registered again.
  */
 static void test_fixed_buffers_ram_removed(void)
 {
@@ -1512,6 +1513,76 @@ static void test_fixed_buffers_ram_removed(void)
     g_assert_cmpuint(proc_status_kib(qtest_pid(p->qts), "VmPin:"), ==, 0);
 
     pfbd_check_round_trip(p, 40, 17, wbuf);
+    g_assert_cmpuint(proc_status_kib(qtest_pid(p->qts), "VmPin:"), >=,
+                     128 * 1024);
+    g_assert(!pfbd_broken(p));
+    pfbd_stop(p);
+}
+
+/* Unplug DIMM "dimm1" (slot 0) as the guest's ACPI code does */
+static void pfbd_unplug_dimm(Pfbd *p)
+{
+    QDict *rsp;
+
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'device_del', 'arguments': "
+                    "{ 'id': 'dimm1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    /* ACPI memory hot-plug registers: select slot 0, eject it */
+    qtest_outl(p->qts, 0x0a00, 0);
+    qtest_outl(p->qts, 0x0a14, 8);
+    qtest_qmp_eventwait(p->qts, "DEVICE_DELETED");
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'object-del', 'arguments': "
+                    "{ 'id': 'mem1' } }");
+    g_assert(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+}
+
+/*
+ * fixed-buffers=on and a DIMM plugged after realize, while the queue has
+ * served requests: the DIMM is registered too (what QEMU pins grows by
+ * its size), requests read and write through it; when it is unplugged it
+ * is unregistered before its memory goes, and the boot RAM stays
+ * registered.
+ */
+static void test_fixed_buffers_dimm(void)
+{
+    const uint64_t dimm_size = 128 * 1024 * 1024;
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "-m 256M,slots=2,maxmem=1G",
+                         ", \"fixed-buffers\": true", 1);
+    pid_t pid = qtest_pid(p->qts);
+    uint8_t wbuf[8192], rbuf[8192];
+    uint64_t pinned, dimm;
+    gint64 deadline;
+
+    pfbd_check_round_trip(p, 8, 11, wbuf);
+    pinned = proc_status_kib(pid, "VmPin:");
+    g_assert_cmpuint(pinned, >=, 256 * 1024);
+
+    dimm = pfbd_plug_dimm(p, dimm_size);
+    fill_pattern(wbuf, sizeof(wbuf), 13);
+    pfbd_write_from(p, 32, dimm + 8192, wbuf, sizeof(wbuf));
+    pfbd_read_into(p, 8, dimm + 65536, rbuf, sizeof(rbuf));
+    fill_pattern(wbuf, sizeof(wbuf), 11);
+    g_assert(memcmp(wbuf, rbuf, sizeof(rbuf)) == 0);
+    g_assert_cmpuint(proc_status_kib(pid, "VmPin:"), >=,
+                     pinned + dimm_size / 1024);
+
+    pfbd_unplug_dimm(p);
+    /*
+     * The memory goes once RCU has let go of the last memory map that had
+     * the DIMM; everything is unregistered before
+     */
+    deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (proc_status_kib(pid, "VmPin:") >= pinned + dimm_size / 1024) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
+    }
+    /* What is pinned then is the boot RAM, registered again */
+    pfbd_check_round_trip(p, 64, 15, wbuf);
+    g_assert_cmpuint(proc_status_kib(pid, "VmPin:"), >=, 256 * 1024);
+    g_assert_cmpuint(proc_status_kib(pid, "VmPin:"), <,
+                     pinned + dimm_size / 1024);
     g_assert(!pfbd_broken(p));
     pfbd_stop(p);
 }
@@ -2994,6 +3065,8 @@ int main(int argc, char **argv)
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers", test_fixed_buffers);
     qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-ram-removed",
                    test_fixed_buffers_ram_removed);
+    qtest_add_func("/virtio-blk-pfbd/mem/fixed-buffers-dimm",
+                   test_fixed_buffers_dimm);
     qtest_add_func("/virtio-blk-pfbd/mem/hotplugged-ram",
                    test_hotplugged_ram);
     qtest_add_func("/virtio-blk-pfbd/lock/released-on-unplug",

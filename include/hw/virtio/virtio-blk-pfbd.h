@@ -108,6 +108,14 @@ typedef struct VirtIOBlockPfbdQueue {
      * -EAGAIN), oldest first; at most the ring's size
      */
     QSIMPLEQ_HEAD(, VirtIOBlockPfbdReq) waiting;
+    /*
+     * fixed-buffers=on: the guest RAM changed (a DIMM came or went); the
+     * queue registers @ram_next with its engine queue once no request is
+     * in flight, and sends nothing before
+     */
+    bool ram_change;
+    struct iovec *ram_next;
+    unsigned int ram_next_count;
     char *iothread_name;            /* for the stats; "main-loop" if none */
     VirtIOBlockPfbdQueueStats stats;
 } VirtIOBlockPfbdQueue;
@@ -176,5 +184,6 @@ void virtio_blk_pfbd_stats_class_init(ObjectClass *klass);
 /* hw/block/virtio-blk-pfbd-ram.c: fixed-buffers=on */
 bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp);
 void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s);
+bool virtio_blk_pfbd_apply_ram(VirtIOBlockPfbdQueue *q);
 
 #endif
