@@ -55,6 +55,8 @@
 #include "system/block-backend-io.h"
 #include "block/raw-aio.h"
 #include "crypto/secret_common.h"
+#include "migration/misc.h"
+#include "migration/qemu-file-types.h"
 #include "trace.h"
 
 #define SECTOR_BITS 9
@@ -783,15 +785,165 @@ static void virtio_blk_pfbd_resubmit_bh(void *opaque)
         n++;
     }
     trace_virtio_blk_pfbd_resubmit(q->s, q->index, n);
+    RCU_READ_LOCK_GUARD();
     virtio_blk_pfbd_clock(q);
     while (list) {
         req = list;
         list = req->next_parked;
+        if (req->migrated) {
+            /* Parked on the source of a migration: start it anew */
+            req->migrated = false;
+            req->start_ns = q->now_ns;
+            if (!virtio_blk_pfbd_handle_request(req)) {
+                qatomic_set_u64(&q->stats.in_flight,
+                                q->stats.in_flight - 1);
+                virtqueue_detach_element(q->vq, &req->elem, 0);
+                g_free(req->iov_copy);
+                g_free(req);
+            }
+            continue;
+        }
         virtio_blk_pfbd_submit(req, req->op, req->iov, req->iovcnt, req->len,
                                req->flags);
     }
     virtio_blk_pfbd_flush(q);
     virtio_blk_pfbd_notify(q);
+}
+
+/*
+ * Image locks (file volumes): the locks of QEMU's file driver, with the
+ * permissions stock virtio-blk asks for, so that other QEMUs and qemu-img
+ * see this device as a user of the image.  As stock QEMU's images, they
+ * pass from the source to the destination of a migration: the source
+ * drops them when it sends the device state, the destination takes them
+ * when its VM first runs (a failed migration takes them back).
+ */
+static bool virtio_blk_pfbd_take_locks(VirtIOBlockPfbd *s, Error **errp)
+{
+    uint64_t perm = BLK_PERM_CONSISTENT_READ;
+    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED |
+                      BLK_PERM_RESIZE;
+
+    if (!s->info.read_only) {
+        perm |= BLK_PERM_WRITE;
+    }
+    if (s->conf.share_rw) {
+        shared |= BLK_PERM_WRITE;
+    }
+    if (raw_lock_image_fd(pfbd_volume_get_file_fd(s->volume), perm, shared,
+                          errp) < 0) {
+        error_prepend(errp, "volume '%s': ", s->volume_shown);
+        error_append_hint(errp, "Is another process using the image [%s]?\n",
+                          s->volume_shown);
+        return false;
+    }
+    s->locked = true;
+    return true;
+}
+
+/*
+ * The engine's io_uring instances hold the file as well, and a ring lets
+ * go of it only after its fd is closed, in a kernel worker: the device
+ * drops the locks itself, so that the image is free once it is gone.
+ */
+static void virtio_blk_pfbd_drop_locks(VirtIOBlockPfbd *s)
+{
+    if (s->locked) {
+        raw_unlock_image_fd(pfbd_volume_get_file_fd(s->volume));
+        s->locked = false;
+    }
+}
+
+/* Take the locks that a migration or an incoming migration left off */
+static void virtio_blk_pfbd_retake_locks(VirtIOBlockPfbd *s)
+{
+    Error *local_err = NULL;
+
+    if (s->lock_exit.notify && !s->locked &&
+        !virtio_blk_pfbd_take_locks(s, &local_err)) {
+        /* The VM runs all the same, as with locking=off */
+        error_append_hint(&local_err, "The image is not locked.\n");
+        error_report_err(local_err);
+    }
+}
+
+/* Context: exit(), from atexit() */
+static void virtio_blk_pfbd_unlock_at_exit(Notifier *n, void *data)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, lock_exit);
+
+    virtio_blk_pfbd_drop_locks(s);
+}
+
+/* Context: BQL held */
+static int virtio_blk_pfbd_migration_notify(NotifierWithReturn *n,
+                                            MigrationEvent *e, Error **errp)
+{
+    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, lock_migration);
+
+    switch (e->type) {
+    case MIG_EVENT_PRECOPY_SETUP:
+        s->migrating = true;
+        break;
+    case MIG_EVENT_PRECOPY_DONE:
+        /* The destination has the image now */
+        s->migrating = false;
+        break;
+    case MIG_EVENT_PRECOPY_FAILED:
+        s->migrating = false;
+        virtio_blk_pfbd_retake_locks(s);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* Lock a volume in a local file as locking= says */
+static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
+{
+    VirtIOBlockPfbdConf *conf = &s->conf;
+
+    if (conf->locking == ON_OFF_AUTO_OFF) {
+        return true;
+    }
+    if (pfbd_volume_get_file_fd(s->volume) < 0) {
+        if (conf->locking == ON_OFF_AUTO_ON) {
+            error_setg(errp, "locking=on: volume '%s' is on the %s engine, "
+                       "which has no image file to lock", s->volume_shown,
+                       s->info.engine);
+            return false;
+        }
+        return true;
+    }
+    if (conf->locking == ON_OFF_AUTO_AUTO && !qemu_has_ofd_lock()) {
+        return true;
+    }
+    /* The destination of a migration: the source holds them still */
+    if (!runstate_check(RUN_STATE_INMIGRATE) &&
+        !virtio_blk_pfbd_take_locks(s, errp)) {
+        return false;
+    }
+    s->lock_exit.notify = virtio_blk_pfbd_unlock_at_exit;
+    qemu_add_exit_notifier(&s->lock_exit);
+    migration_add_notifier(&s->lock_migration,
+                           virtio_blk_pfbd_migration_notify);
+    return true;
+}
+
+/* Drop the image locks and close the volume */
+static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
+{
+    if (s->lock_exit.notify) {
+        virtio_blk_pfbd_drop_locks(s);
+        qemu_remove_exit_notifier(&s->lock_exit);
+        s->lock_exit.notify = NULL;
+        migration_remove_notifier(&s->lock_migration);
+    }
+    pfbd_volume_close(s->volume);
+    s->volume = NULL;
+    free(s->volume_shown);
+    s->volume_shown = NULL;
 }
 
 /* Context: BQL held, after the virtio core's own handler */
@@ -801,7 +953,12 @@ static void virtio_blk_pfbd_vm_state_change(void *opaque, bool running,
     VirtIOBlockPfbd *s = opaque;
     unsigned int i;
 
-    if (!running || !s->ioeventfd_started) {
+    if (!running) {
+        return;
+    }
+    /* The destination of a migration, or a source that runs again */
+    virtio_blk_pfbd_retake_locks(s);
+    if (!s->ioeventfd_started) {
         return;
     }
     for (i = 0; i < s->conf.num_queues; i++) {
@@ -841,22 +998,118 @@ static void virtio_blk_pfbd_drop_parked(VirtIOBlockPfbd *s)
     }
 }
 
-/* migration: parked requests are not in the device state */
+/*
+ * The device state goes to the destination of a migration: from now on
+ * the image is the destination's (not so for savevm, whose VM goes on)
+ *
+ * Context: BQL held, the VM stopped
+ */
 static int virtio_blk_pfbd_pre_save(void *opaque)
+{
+    VirtIOBlockPfbd *s = opaque;
+
+    if (s->migrating) {
+        virtio_blk_pfbd_drop_locks(s);
+    }
+    return 0;
+}
+
+/*
+ * Requests parked by rerror/werror=stop travel with the device state, as
+ * stock virtio-blk's do: their virtqueue elements, oldest first, each
+ * after a 1 and its queue's index, then a 0.  The destination parses and
+ * sends them when its VM runs.
+ */
+static int virtio_blk_pfbd_put_parked(QEMUFile *f, void *pv, size_t size,
+                                      const VMStateField *field,
+                                      JSONWriter *vmdesc)
+{
+    VirtIOBlockPfbd *s = pv;
+    VirtIODevice *vdev = VIRTIO_DEVICE(s);
+    g_autoptr(GPtrArray) oldest_first = g_ptr_array_new();
+    VirtIOBlockPfbdReq *req;
+    unsigned int i, j;
+
+    for (i = 0; i < s->conf.num_queues; i++) {
+        g_ptr_array_set_size(oldest_first, 0);
+        for (req = s->queues[i].parked; req; req = req->next_parked) {
+            g_ptr_array_insert(oldest_first, 0, req);
+        }
+        for (j = 0; j < oldest_first->len; j++) {
+            req = g_ptr_array_index(oldest_first, j);
+            qemu_put_byte(f, 1);
+            qemu_put_be32(f, i);
+            qemu_put_virtqueue_element(vdev, f, &req->elem);
+        }
+    }
+    qemu_put_byte(f, 0);
+    return 0;
+}
+
+static int virtio_blk_pfbd_get_parked(QEMUFile *f, void *pv, size_t size,
+                                      const VMStateField *field)
+{
+    VirtIOBlockPfbd *s = pv;
+    VirtIODevice *vdev = VIRTIO_DEVICE(s);
+    VirtIOBlockPfbdQueue *q;
+    VirtIOBlockPfbdReq *req;
+    uint32_t i;
+
+    while (qemu_get_byte(f)) {
+        i = qemu_get_be32(f);
+        if (i >= s->conf.num_queues) {
+            error_report("virtio-blk-pfbd: a parked request of queue %" PRIu32
+                         " in the migration stream, but the device has %u "
+                         "queues", i, s->conf.num_queues);
+            return -EINVAL;
+        }
+        q = &s->queues[i];
+        req = qemu_get_virtqueue_element(vdev, f, sizeof(*req));
+        req->q = q;
+        req->iov_copy = NULL;
+        req->bytes = 0;
+        req->migrated = true;
+        /* Oldest first in the stream, newest first in the list */
+        req->next_parked = q->parked;
+        q->parked = req;
+        qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight + 1);
+    }
+    return 0;
+}
+
+static const VMStateInfo virtio_blk_pfbd_parked_info = {
+    .name = "virtio-blk-pfbd parked requests",
+    .get = virtio_blk_pfbd_get_parked,
+    .put = virtio_blk_pfbd_put_parked,
+};
+
+static bool virtio_blk_pfbd_parked_needed(void *opaque)
 {
     VirtIOBlockPfbd *s = opaque;
     unsigned int i;
 
-    for (i = 0; s->queues && i < s->conf.num_queues; i++) {
+    for (i = 0; i < s->conf.num_queues; i++) {
         if (s->queues[i].parked) {
-            error_report("virtio-blk-pfbd: requests are waiting for an I/O "
-                         "error to clear (werror/rerror=stop): resume the VM "
-                         "(cont) before migrating it");
-            return -EBUSY;
+            return true;
         }
     }
-    return 0;
+    return false;
 }
+
+static const VMStateDescription vmstate_virtio_blk_pfbd_parked = {
+    .name = "virtio-blk-pfbd-device/parked",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = virtio_blk_pfbd_parked_needed,
+    .fields = (const VMStateField[]) {
+        {
+            .name = "parked",
+            .info = &virtio_blk_pfbd_parked_info,
+            .flags = VMS_SINGLE,
+        },
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static void virtio_blk_pfbd_reset(VirtIODevice *vdev)
 {
@@ -1293,81 +1546,6 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
     return true;
 }
 
-/* Context: exit(), from atexit() */
-static void virtio_blk_pfbd_unlock_at_exit(Notifier *n, void *data)
-{
-    VirtIOBlockPfbd *s = container_of(n, VirtIOBlockPfbd, lock_exit);
-
-    raw_unlock_image_fd(pfbd_volume_get_file_fd(s->volume));
-}
-
-/*
- * Take on a volume in a local file the image locks of QEMU's file driver,
- * with the permissions that stock virtio-blk asks for, so that other QEMUs
- * and qemu-img see this device as a user of the image.  The locks go with
- * the volume's fd, when the volume is closed.
- */
-static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
-{
-    VirtIOBlockPfbdConf *conf = &s->conf;
-    uint64_t perm = BLK_PERM_CONSISTENT_READ;
-    uint64_t shared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED |
-                      BLK_PERM_RESIZE;
-    int fd;
-
-    if (conf->locking == ON_OFF_AUTO_OFF) {
-        return true;
-    }
-    fd = pfbd_volume_get_file_fd(s->volume);
-    if (fd < 0) {
-        if (conf->locking == ON_OFF_AUTO_ON) {
-            error_setg(errp, "locking=on: volume '%s' is on the %s engine, "
-                       "which has no image file to lock", s->volume_shown,
-                       s->info.engine);
-            return false;
-        }
-        return true;
-    }
-    if (conf->locking == ON_OFF_AUTO_AUTO && !qemu_has_ofd_lock()) {
-        return true;
-    }
-    if (!s->info.read_only) {
-        perm |= BLK_PERM_WRITE;
-    }
-    if (conf->share_rw) {
-        shared |= BLK_PERM_WRITE;
-    }
-    if (raw_lock_image_fd(fd, perm, shared, errp) < 0) {
-        error_prepend(errp, "volume '%s': ", s->volume_shown);
-        error_append_hint(errp, "Is another process using the image [%s]?\n",
-                          s->volume_shown);
-        return false;
-    }
-    /*
-     * The engine's io_uring instances hold the file as well, and a ring
-     * lets go of it only after its fd is closed, in a kernel worker: drop
-     * the locks ourselves when the volume is closed or QEMU exits, so that
-     * the image is free once the device is gone.
-     */
-    s->lock_exit.notify = virtio_blk_pfbd_unlock_at_exit;
-    qemu_add_exit_notifier(&s->lock_exit);
-    return true;
-}
-
-/* Drop the image locks and close the volume */
-static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
-{
-    if (s->lock_exit.notify) {
-        raw_unlock_image_fd(pfbd_volume_get_file_fd(s->volume));
-        qemu_remove_exit_notifier(&s->lock_exit);
-        s->lock_exit.notify = NULL;
-    }
-    pfbd_volume_close(s->volume);
-    s->volume = NULL;
-    free(s->volume_shown);
-    s->volume_shown = NULL;
-}
-
 /*
  * libpfbd's secret lookup: QEMU's secret objects, as block/rbd.c takes
  * its key-secret
@@ -1712,6 +1890,10 @@ static const VMStateDescription vmstate_virtio_blk_pfbd_device = {
     .fields = (const VMStateField[]) {
         VMSTATE_BOOL(writeback, VirtIOBlockPfbd),
         VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription * const []) {
+        &vmstate_virtio_blk_pfbd_parked,
+        NULL
     },
 };
 

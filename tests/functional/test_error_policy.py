@@ -8,9 +8,12 @@ Mounting the tmpfs needs root.
 Run: /usr/bin/python3 -m pytest tests/functional/test_error_policy.py -v
 """
 
+import fcntl
 import os
 import subprocess
+import struct
 import tempfile
+import time
 
 import pytest
 
@@ -97,3 +100,69 @@ dmesg | grep -m1 'I/O error' || true
                                      werror="report"), timeout=TIMEOUT)
     assert "DD-FAILED" in r.output, r.describe()
     assert "I/O error, dev vda" in r.output, r.describe()
+
+
+def image_locked(path, byte):
+    """Whether an open file description other than ours holds an OFD lock
+    on @byte of @path (QEMU's image locks: 101 is "write" taken)"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fl = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
+        fl = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, fl)
+        return struct.unpack("hhqqi", fl)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+def test_migrate_with_parked_writes(guest, small_fs, tmp_path):
+    """A VM stopped on ENOSPC migrates with the writes that wait for room
+    (as stock virtio-blk does); on the destination, after the host made
+    room, cont sends them and fio's verify passes.  The image lock moves
+    with the VM: the destination starts on the locked image and takes the
+    lock when it runs."""
+    image = make_image(os.path.join(small_fs, "disk.img"), "128M")
+    args = disk_args("file:" + image, kind="pfbd", num_queues=2,
+                     iothreads=["io0"], werror="stop")
+    uri = "unix:" + str(tmp_path / "mig.sock")
+    src = guest.start(FILL_JOB, args, timeout=TIMEOUT, qmp=True)
+    dst = None
+    try:
+        src.wait_status("io-error")
+        stats = src.qmp("qom-get", path=QOM, property="stats")
+        parked = sum(q["in-flight"] for q in stats["queues"])
+        assert parked >= 1, stats
+        assert image_locked(image, 101)
+
+        # The destination opens the image the source has locked
+        dst = guest.start(FILL_JOB, args + ["-incoming", uri],
+                          timeout=TIMEOUT, qmp=True)
+        dst.qmp("query-status")
+        src.qmp("migrate", uri=uri)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            st = src.qmp("query-migrate")
+            if st.get("status") == "completed":
+                break
+            assert st.get("status") not in ("failed", "cancelled"), st
+            assert time.monotonic() < deadline, st
+            time.sleep(0.2)
+        src.qmp("quit")
+        src.wait(check=False)
+
+        dst.wait_status("io-error")
+        stats = dst.qmp("qom-get", path=QOM, property="stats")
+        assert sum(q["in-flight"] for q in stats["queues"]) == parked, stats
+        assert not image_locked(image, 101)
+
+        remount(small_fs, "256M")
+        dst.qmp("cont")
+        assert image_locked(image, 101)
+        res = dst.wait(check=False)
+    finally:
+        src.kill()
+        if dst:
+            dst.kill()
+    # The destination's console starts mid-job: no BEGIN marker
+    assert "ALL-OK" in res.console and "IOERR-IN-GUEST 0" in res.console, \
+        res.describe("after migration to the destination")
+    assert res.qemu_rc == 0, res.describe()

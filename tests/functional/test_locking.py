@@ -8,6 +8,7 @@ QEMU that answers QMP has realized its devices."""
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -165,3 +166,42 @@ def test_locking_on_needs_a_file(qemus):
     qemus.start(["-device", json.dumps(
         {"driver": "virtio-blk-pfbd", "volume": "null:1G",
          "locking": "auto"})])
+
+
+def wait_migrated(q, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = q.cmd("query-migrate")
+        if st.get("status") == "completed":
+            return
+        assert st.get("status") not in ("failed", "cancelled"), st
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+
+
+def test_lock_moves_with_migration(qemus, image, tmp_path):
+    """The source of a migration lets the image go with its device state
+    and takes it back when it runs again; the destination starts on a
+    locked image and takes the lock when its VM first runs (live
+    migration with a guest: test_error_policy.py)."""
+    state = "file:" + str(tmp_path / "vm.state")
+    src = qemus.start(pfbd_dev(image))
+    src.cmd("migrate", uri=state)
+    wait_migrated(src)
+    # Migrated: another writer may take the image...
+    other = qemus.start(pfbd_dev(image))
+    other.quit()
+    # ...until the source runs again
+    src.cmd("cont")
+    err = qemus.refused(pfbd_dev(image))
+    assert WRITE_LOCK in err, err
+
+    # A destination starts while the source holds the image
+    dst = qemus.start(pfbd_dev(image) + ["-incoming", state])
+    src.quit()
+    # Until it runs, the destination leaves the image free
+    reader = qemus.start(pfbd_dev(image, **{"read-only": True}))
+    reader.quit()
+    dst.cmd("cont")
+    err = qemus.refused(pfbd_dev(image))
+    assert WRITE_LOCK in err, err

@@ -128,6 +128,9 @@ struct VirtIOBlockPfbd {
     PfbdVolume *volume;
     char *volume_shown;         /* conf.volume without secrets (malloc) */
     Notifier lock_exit;         /* drops the image locks at exit */
+    NotifierWithReturn lock_migration;  /* passes them on to migrate */
+    bool locked;                /* the image locks are taken */
+    bool migrating;             /* a migration of this VM is under way */
     PfbdVolumeInfo info;
     uint64_t capacity;              /* in 512-byte sectors */
     unsigned int sector_mask;       /* logical block size in sectors - 1 */
@@ -175,6 +178,7 @@ typedef struct VirtIOBlockPfbdReq {
     uint64_t len;
     unsigned int flags;
     struct VirtIOBlockPfbdReq *next_parked;
+    bool migrated;                  /* parked on a migration's source */
     QSIMPLEQ_ENTRY(VirtIOBlockPfbdReq) next_waiting;
 } VirtIOBlockPfbdReq;
 
