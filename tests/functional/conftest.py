@@ -100,14 +100,46 @@ class Ceph:
         self._n = 0
 
     def rbd(self, *args, input=None):
-        p = subprocess.run(["rbd", "-c", self.conf] + list(args),
-                           input=input, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=120)
+        try:
+            p = subprocess.run(["rbd", "-c", self.conf] + list(args),
+                               input=input, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("rbd %s: no answer in 120 s\n%s" % (
+                " ".join(args), self.diagnose()))
         if p.returncode != 0:
-            raise AssertionError("rbd %s failed (%d): %s" % (
+            raise AssertionError("rbd %s failed (%d): %s\n%s" % (
                 " ".join(args), p.returncode,
-                p.stderr.decode(errors="replace")))
+                p.stderr.decode(errors="replace"), self.diagnose()))
         return p.stdout
+
+    def diagnose(self):
+        """What the test cluster's daemons and disk look like, for a
+        failure message"""
+        out = []
+        for name in ("mon.a", "osd.0"):
+            try:
+                with open(os.path.join(self.dir, "run", name + ".pid")) as f:
+                    pid = int(f.read().strip())
+                os.kill(pid, 0)
+                state = "running (pid %d)" % pid
+            except (OSError, ValueError):
+                state = "NOT RUNNING"
+            out.append("%s: %s" % (name, state))
+        st = os.statvfs(self.dir)
+        out.append("free space under %s: %d MiB of %d MiB" % (
+            self.dir, st.f_bavail * st.f_frsize >> 20,
+            st.f_blocks * st.f_frsize >> 20))
+        for name in ("mon.a", "osd.0"):
+            try:
+                with open(os.path.join(self.dir, "out", name + ".log"),
+                          errors="replace") as f:
+                    tail = f.readlines()[-15:]
+            except OSError:
+                tail = ["(no log)\n"]
+            out.append("---- %s.log (last lines) ----\n%s" % (
+                name, "".join(tail).rstrip()))
+        return "\n".join(out)
 
     def _name(self, prefix):
         self._n += 1
