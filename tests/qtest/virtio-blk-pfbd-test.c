@@ -1539,11 +1539,12 @@ static void pfbd_unplug_dimm(Pfbd *p)
 }
 
 /*
- * fixed-buffers=on and a DIMM plugged after realize, while the queue has
- * served requests: the DIMM is registered too (what QEMU pins grows by
- * its size), requests read and write through it; when it is unplugged it
- * is unregistered before its memory goes, and the boot RAM stays
- * registered.
+ * fixed-buffers=on and a DIMM plugged after realize, right after a batch
+ * of reads was kicked (whether some are still in flight when the queue
+ * takes the new RAM depends on timing; either way they must complete):
+ * the DIMM is registered too (what QEMU pins grows by its size), requests
+ * read and write through it; when it is unplugged it is unregistered
+ * before its memory goes, and the boot RAM is registered again.
  */
 static void test_fixed_buffers_dimm(void)
 {
@@ -1552,14 +1553,26 @@ static void test_fixed_buffers_dimm(void)
                          ", \"fixed-buffers\": true", 1);
     pid_t pid = qtest_pid(p->qts);
     uint8_t wbuf[8192], rbuf[8192];
+    PfbdReq reads[16];
     uint64_t pinned, dimm;
     gint64 deadline;
+    unsigned int i;
 
     pfbd_check_round_trip(p, 8, 11, wbuf);
     pinned = proc_status_kib(pid, "VmPin:");
     g_assert_cmpuint(pinned, >=, 256 * 1024);
 
+    for (i = 0; i < ARRAY_SIZE(reads); i++) {
+        reads[i] = pfbd_req_prepare(p, VIRTIO_BLK_T_IN, i * 128, NULL,
+                                    65536);
+        pfbd_req_add(p, p->vq[0], &reads[i], true);
+    }
+    pfbd_kick_many(p, p->vq[0], reads, ARRAY_SIZE(reads));
     dimm = pfbd_plug_dimm(p, dimm_size);
+    pfbd_wait_used(p, p->vq[0], NULL, ARRAY_SIZE(reads));
+    for (i = 0; i < ARRAY_SIZE(reads); i++) {
+        g_assert_cmpint(pfbd_req_status(p, &reads[i]), ==, VIRTIO_BLK_S_OK);
+    }
     fill_pattern(wbuf, sizeof(wbuf), 13);
     pfbd_write_from(p, 32, dimm + 8192, wbuf, sizeof(wbuf));
     pfbd_read_into(p, 8, dimm + 65536, rbuf, sizeof(rbuf));
