@@ -16,10 +16,13 @@
  *
  * One thread serves every queue round-robin and keeps --iodepth requests in
  * flight on each.  Newly available requests of a queue are published with
- * one avail->idx store and one notify write per batch (skipped, as Linux
- * does, while the device has set VRING_USED_F_NO_NOTIFY).  Notify writes are
- * pipelined: their "OK" replies are collected later, so a kick costs the rig
- * one send(), like a guest's MMIO write costs it one exit.
+ * one avail->idx store and one kick per batch (skipped, as Linux does,
+ * while the device has set VRING_USED_F_NO_NOTIFY).  A kick is, by default
+ * (--kick eventfd), a write to the queue's host notifier, the eventfd that
+ * KVM signals for a vCPU's notify write: no QEMU thread takes part, as
+ * with a KVM guest.  --kick qtest sends the notify write through the qtest
+ * socket instead, which QEMU's main thread serves (pipelined: the "OK"
+ * replies are collected later).
  *
  *   pfbd-rig [options] -- QEMU-ARGS...
  *
@@ -71,6 +74,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -752,6 +756,7 @@ struct queue {
     uint16_t avail_idx;
     uint16_t last_used;
     uint64_t notify_addr;
+    int kick_fd;                /* --kick eventfd: the host notifier */
     unsigned int inflight;
     struct slot *slots;
     unsigned int *free_slots;
@@ -1128,7 +1133,11 @@ static void usage(FILE *f)
 "  --poll MODE        spin|yield|sleep[:US]: when no used ring moved, go\n"
 "                     on at once (spin), sched_yield() (yield, default)\n"
 "                     or nanosleep US microseconds (sleep, default 2)\n"
-"  --sync-kick        wait for each notify write's reply\n"
+"  --kick MODE        eventfd (default): signal each queue's host\n"
+"                     notifier, as a KVM vCPU's notify write does;\n"
+"                     qtest: notify writes through the qtest socket,\n"
+"                     which QEMU's main thread serves\n"
+"  --sync-kick        --kick qtest: wait for each notify write's reply\n"
 "  --no-flush-feature do not negotiate VIRTIO_BLK_F_FLUSH (writes FUA)\n"
 "  --indirect         negotiate VIRTIO_RING_F_INDIRECT_DESC and put each\n"
 "                     request's 3 descriptors in an indirect table, as\n"
@@ -1152,6 +1161,164 @@ static void usage(FILE *f)
 "QEMU-ARGS: the IOThreads, block nodes and one virtio-blk device.\n");
 }
 
+/* ---------------------------------------------------- eventfd kicks */
+
+/*
+ * Publish a read of block 0 on @q without a notify write; wait for the
+ * device to answer it for up to @wait_ns.  Returns true if it did (the
+ * entry is consumed).
+ */
+static bool probe_answered(struct queue *q, uint64_t wait_ns)
+{
+    uint64_t t0 = now_ns();
+
+    while (now_ns() - t0 < wait_ns) {
+        uint16_t used = __atomic_load_n(&q->used_hdr[1], __ATOMIC_ACQUIRE);
+
+        if (used != q->last_used) {
+            struct vring_used_elem *e =
+                &q->used_ring[q->last_used % q->size];
+
+            q->free_slots[q->nfree++] = e->id / 3;
+            q->last_used++;
+            return true;
+        }
+        usleep(50);
+    }
+    return false;
+}
+
+static void probe_publish(struct queue *q)
+{
+    unsigned int s = q->free_slots[--q->nfree];
+    struct slot *sl = &q->slots[s];
+    struct blk_outhdr *h = gpa(sl->hdr_gpa);
+
+    h->type = VIRTIO_BLK_T_IN;
+    h->ioprio = 0;
+    h->sector = 0;
+    __atomic_store_n((uint8_t *)gpa(sl->hdr_gpa + 16), 0xff,
+                     __ATOMIC_RELAXED);
+    q->avail[2 + (q->avail_idx % q->size)] = 3 * s;
+    q->avail_idx++;
+    __atomic_store_n(&q->avail[1], q->avail_idx, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/*
+ * --kick eventfd: kick each queue as a KVM vCPU's notify write does, by
+ * signalling the queue's host notifier, the eventfd that QEMU registers
+ * as the notify address's ioeventfd (and that a vhost-user back end gets
+ * as its kick fd), with no QEMU thread in between.  The rig takes copies
+ * of the eventfds that QEMU opened when the driver set DRIVER_OK (the
+ * queues' host and guest notifiers; not the event loops' own, which wake
+ * an IOThread that may then find the request by polling) and finds each
+ * queue's by trying them: it publishes a request without a notify write,
+ * then signals one eventfd after the other until the request is answered.
+ * A guest notifier signalled by mistake is a spurious interrupt, which
+ * the rig does not take (MSI-X is off).
+ */
+#define MAX_QEMU_FDS 4096
+
+/* Mark in @is_eventfd the fd numbers of QEMU's eventfds */
+static void qemu_eventfds(bool *is_eventfd)
+{
+    char dir[64], path[128], info[512];
+    struct dirent *de;
+    int fd, n;
+    DIR *d;
+
+    memset(is_eventfd, 0, MAX_QEMU_FDS * sizeof(*is_eventfd));
+    snprintf(dir, sizeof(dir), "/proc/%d/fdinfo", (int)qemu_pid);
+    d = opendir(dir);
+    if (!d) {
+        die("--kick eventfd: %s: %s", dir, strerror(errno));
+    }
+    while ((de = readdir(d))) {
+        n = atoi(de->d_name);
+        if (!isdigit((unsigned char)de->d_name[0]) || n >= MAX_QEMU_FDS) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "%s/%.20s", dir, de->d_name);
+        fd = open(path, O_RDONLY);
+        if (fd < 0) {
+            continue;
+        }
+        n = read(fd, info, sizeof(info) - 1);
+        close(fd);
+        if (n > 0) {
+            info[n] = 0;
+            is_eventfd[atoi(de->d_name)] = strstr(info, "eventfd-count:");
+        }
+    }
+    closedir(d);
+}
+
+static void find_kick_fds(struct queue *queues, unsigned int nq,
+                          const bool *before)
+{
+    static bool now[MAX_QEMU_FDS];
+    int fds[256], nfds = 0, pidfd, i;
+    bool used_fd[256] = { false };
+    unsigned int qi;
+    uint64_t one = 1;
+
+    pidfd = syscall(SYS_pidfd_open, qemu_pid, 0);
+    if (pidfd < 0) {
+        die("--kick eventfd: pidfd_open: %s", strerror(errno));
+    }
+    qemu_eventfds(now);
+    for (i = 0; i < MAX_QEMU_FDS && nfds < 256; i++) {
+        if (now[i] && !before[i]) {
+            fds[nfds] = syscall(SYS_pidfd_getfd, pidfd, i, 0);
+            if (fds[nfds] < 0) {
+                die("--kick eventfd: pidfd_getfd: %s", strerror(errno));
+            }
+            nfds++;
+        }
+    }
+    close(pidfd);
+
+    for (qi = 0; qi < nq; qi++) {
+        struct queue *q = &queues[qi];
+
+        q->kick_fd = -1;
+        for (;;) {
+            /* Until the device no longer polls this ring by itself */
+            usleep(20000);
+            if (q->used_hdr[0] & VRING_USED_F_NO_NOTIFY) {
+                continue;
+            }
+            probe_publish(q);
+            if (!probe_answered(q, 20000000)) {
+                break;
+            }
+            vlog("queue %u: answered without a kick; again", qi);
+        }
+        for (i = 0; i < nfds && q->kick_fd < 0; i++) {
+            if (used_fd[i]) {
+                continue;
+            }
+            if (write(fds[i], &one, sizeof(one)) != sizeof(one)) {
+                die("--kick eventfd: write: %s", strerror(errno));
+            }
+            if (probe_answered(q, 50000000)) {
+                q->kick_fd = fds[i];
+                used_fd[i] = true;
+            }
+        }
+        if (q->kick_fd < 0) {
+            die("--kick eventfd: no eventfd of QEMU kicks queue %u", qi);
+        }
+        vlog("queue %u: kicked through eventfd %d", qi, q->kick_fd);
+    }
+    for (i = 0; i < nfds; i++) {
+        if (!used_fd[i]) {
+            close(fds[i]);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *qemu = "build/qemu-system-x86_64";
@@ -1166,6 +1333,7 @@ int main(int argc, char **argv)
     enum { POLL_SPIN, POLL_YIELD, POLL_SLEEP } pollmode = POLL_YIELD;
     long sleep_ns = 2000;
     bool sync_kick = false, want_flush = true, indirect = false;
+    bool eventfd_kick = true;
     bool loopback = false, idle = false;
     cpu_set_t rig_cpus, qemu_cpus;
     bool pin_rig = false, pin_qemu = false;
@@ -1182,6 +1350,7 @@ int main(int argc, char **argv)
         { "mem", required_argument, NULL, 'm' },
         { "poll", required_argument, NULL, 'p' },
         { "sync-kick", no_argument, NULL, 'k' },
+        { "kick", required_argument, NULL, 'K' },
         { "no-flush-feature", no_argument, NULL, 'F' },
         { "indirect", no_argument, NULL, 'I' },
         { "loopback", no_argument, NULL, 'L' },
@@ -1247,6 +1416,15 @@ int main(int argc, char **argv)
             break;
         case 'k':
             sync_kick = true;
+            break;
+        case 'K':
+            if (!strcmp(optarg, "eventfd")) {
+                eventfd_kick = true;
+            } else if (!strcmp(optarg, "qtest")) {
+                eventfd_kick = false;
+            } else {
+                die("--kick must be eventfd or qtest");
+            }
             break;
         case 'F':
             want_flush = false;
@@ -1492,10 +1670,18 @@ int main(int argc, char **argv)
     if (loopback) {
         start_loopback(queues, nq, pin_qemu ? &qemu_cpus : NULL);
     } else {
+        static bool eventfds_before[MAX_QEMU_FDS];
+
+        if (eventfd_kick) {
+            qemu_eventfds(eventfds_before);
+        }
         cc_writeb(CC_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK |
                   S_DRIVER_OK);
         if (cc_readb(CC_STATUS) & S_FAILED) {
             die("device failed at DRIVER_OK");
+        }
+        if (eventfd_kick) {
+            find_kick_fds(queues, nq, eventfds_before);
         }
     }
     /* After the device side is forked: it must not inherit this pinning */
@@ -1667,7 +1853,14 @@ int main(int argc, char **argv)
                     q->kicks_skipped++;
                 } else {
                     q->kicks++;
-                    if (sync_kick) {
+                    if (eventfd_kick) {
+                        static const uint64_t one = 1;
+
+                        if (write(q->kick_fd, &one, sizeof(one)) !=
+                            sizeof(one)) {
+                            die("kick: %s", strerror(errno));
+                        }
+                    } else if (sync_kick) {
                         qcmd("writew 0x%" PRIx64 " 0x%x", q->notify_addr, i);
                     } else {
                         qwrite_async("writew", q->notify_addr, i);
@@ -1738,7 +1931,9 @@ int main(int argc, char **argv)
            total * per_io, rig * per_io, daemon * per_io,
            pollmode == POLL_SPIN ? "spin" :
            pollmode == POLL_YIELD ? "yield" : "sleep",
-           sync_kick ? "sync" : "async", want_flush ? "true" : "false",
+           loopback ? "none" : eventfd_kick ? "eventfd" :
+           sync_kick ? "qtest-sync" : "qtest",
+           want_flush ? "true" : "false",
            drv_features, verified, mismatches);
     if (label) {
         printf(", \"label\": \"");
