@@ -59,11 +59,8 @@
 #include "migration/qemu-file-types.h"
 #include "trace.h"
 
-#define SECTOR_BITS 9
-#define SECTOR_SIZE (1 << SECTOR_BITS)
-
 /* Largest request, in sectors, whose byte count fits an int */
-#define VIRTIO_BLK_PFBD_MAX_SECTORS (INT32_MAX >> SECTOR_BITS)
+#define VIRTIO_BLK_PFBD_MAX_SECTORS (INT32_MAX >> BDRV_SECTOR_BITS)
 
 /*
  * The largest segment the driver may use (VIRTIO_BLK_F_SIZE_MAX): with
@@ -250,8 +247,8 @@ static bool virtio_blk_pfbd_send(VirtIOBlockPfbdReq *req)
     if (unlikely(q->ram_change) && !virtio_blk_pfbd_apply_ram(q)) {
         return false;           /* the guest RAM changed: see apply_ram */
     }
-    ret = pfbd_submit(q->pq, req->op, req->sector << SECTOR_BITS, req->iov,
-                      req->iovcnt, req->len, req->flags,
+    ret = pfbd_submit(q->pq, req->op, req->sector << BDRV_SECTOR_BITS,
+                      req->iov, req->iovcnt, req->len, req->flags,
                       virtio_blk_pfbd_engine_cb, req);
     switch (ret) {
     case 0:
@@ -331,7 +328,7 @@ static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
 static bool virtio_blk_pfbd_sect_range_ok(VirtIOBlockPfbd *s,
                                           uint64_t sector, uint64_t bytes)
 {
-    uint64_t nb_sectors = bytes >> SECTOR_BITS;
+    uint64_t nb_sectors = bytes >> BDRV_SECTOR_BITS;
     /* volume-size may change it from the main loop */
     uint64_t capacity = qatomic_read(&s->capacity);
 
@@ -465,8 +462,8 @@ static bool virtio_blk_pfbd_handle_discard_write_zeroes(
         return true;
     }
     if (num_sectors > max_sectors || s->info.read_only ||
-        !virtio_blk_pfbd_sect_range_ok(s, req->sector,
-                                       (uint64_t)num_sectors << SECTOR_BITS)) {
+        !virtio_blk_pfbd_sect_range_ok(s, req->sector, (uint64_t)num_sectors
+                                       << BDRV_SECTOR_BITS)) {
         virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
         return true;
     }
@@ -477,7 +474,7 @@ static bool virtio_blk_pfbd_handle_discard_write_zeroes(
 
     virtio_blk_pfbd_submit(req, is_write_zeroes ? PFBD_OP_WRITE_ZEROES :
                                                   PFBD_OP_DISCARD,
-                           NULL, 0, (uint64_t)num_sectors << SECTOR_BITS,
+                           NULL, 0, (uint64_t)num_sectors << BDRV_SECTOR_BITS,
                            flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP ?
                            PFBD_REQ_UNMAP : 0);
     return true;
@@ -1140,7 +1137,7 @@ static void virtio_blk_pfbd_update_config(VirtIODevice *vdev, uint8_t *config)
         virtio_stl_p(vdev, &blkcfg.max_discard_sectors,
                      conf->max_discard_sectors);
         virtio_stl_p(vdev, &blkcfg.discard_sector_alignment,
-                     blk_size >> SECTOR_BITS);
+                     blk_size >> BDRV_SECTOR_BITS);
         virtio_stl_p(vdev, &blkcfg.max_discard_seg, 1);
     }
     if (virtio_has_feature(s->host_features, VIRTIO_BLK_F_WRITE_ZEROES)) {
@@ -1602,7 +1599,7 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
     }
 
     if (!conf->logical_block_size) {
-        conf->logical_block_size = MAX(SECTOR_SIZE, s->info.block_size);
+        conf->logical_block_size = MAX(BDRV_SECTOR_SIZE, s->info.block_size);
     }
     if (!conf->physical_block_size) {
         conf->physical_block_size = conf->logical_block_size;
@@ -1619,9 +1616,9 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
                    "not supported");
         return false;
     }
-    s->sector_mask = (conf->logical_block_size >> SECTOR_BITS) - 1;
+    s->sector_mask = (conf->logical_block_size >> BDRV_SECTOR_BITS) - 1;
     s->capacity = QEMU_ALIGN_DOWN(s->info.size, conf->logical_block_size) >>
-                  SECTOR_BITS;
+                  BDRV_SECTOR_BITS;
     if (s->capacity == 0) {
         error_setg(errp, "volume '%s' is smaller than one block (%" PRIu32
                    " bytes)", s->volume_shown, conf->logical_block_size);
@@ -1825,7 +1822,7 @@ static void virtio_blk_pfbd_get_volume_size(Object *obj, Visitor *v,
                                             Error **errp)
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
-    uint64_t value = qatomic_read(&s->capacity) << SECTOR_BITS;
+    uint64_t value = qatomic_read(&s->capacity) << BDRV_SECTOR_BITS;
 
     visit_type_uint64(v, name, &value, errp);
 }
@@ -1868,7 +1865,7 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
     pfbd_volume_get_info(s->volume, &info);
     /* (An engine whose size never changes did not round it) */
     capacity = QEMU_ALIGN_DOWN(info.size, s->conf.logical_block_size) >>
-               SECTOR_BITS;
+               BDRV_SECTOR_BITS;
     trace_virtio_blk_pfbd_resize(s, qatomic_read(&s->capacity), capacity);
     if (capacity != qatomic_read(&s->capacity)) {
         qatomic_set(&s->capacity, capacity);
@@ -2053,6 +2050,14 @@ static void virtio_blk_pfbd_class_init(ObjectClass *klass, void *data)
 
     device_class_set_props(dc, virtio_blk_pfbd_properties);
     for (i = 0; i < ARRAY_SIZE(virtio_blk_pfbd_property_help); i++) {
+        const char *name = virtio_blk_pfbd_property_help[i].name;
+
+        /* A description whose property was renamed: every start fails */
+        if (!object_class_property_find(klass, name)) {
+            error_report("virtio-blk-pfbd: a description for the unknown "
+                         "property '%s'", name);
+            abort();
+        }
         object_class_property_set_description(klass,
             virtio_blk_pfbd_property_help[i].name,
             virtio_blk_pfbd_property_help[i].description);
