@@ -73,6 +73,8 @@ static void *virtio_blk_pfbd_pci_create(void *pci_bus,
 
     virtio_pci_init(&virtio_blk->pci_vdev, pci_bus, addr);
     interface->vdev = &virtio_blk->pci_vdev.vdev;
+    /* No -drive to block_resize: virtio-blk-test.c resizes through this */
+    interface->resize = qvirtio_blk_pfbd_resize;
 
     g_assert_cmphex(interface->vdev->device_type, ==, VIRTIO_ID_BLOCK);
 
