@@ -522,6 +522,20 @@ class BareQemu:
         assert self.proc.wait(timeout=60) == 0
 
 
+def wait_migrated(qmp, timeout):
+    """Poll query-migrate through @qmp(name, **args) until the migration
+    has completed; fail when it failed, was cancelled or took longer than
+    @timeout seconds"""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = qmp("query-migrate")
+        if st.get("status") == "completed":
+            return
+        assert st.get("status") not in ("failed", "cancelled"), st
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- disks
 DEVICE_KINDS = ("pfbd", "stock")
 

@@ -13,11 +13,10 @@ import os
 import subprocess
 import struct
 import tempfile
-import time
 
 import pytest
 
-from pfbdguest import disk_args, make_image
+from pfbdguest import disk_args, make_image, wait_migrated
 
 MiB = 1 << 20
 TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
@@ -138,14 +137,7 @@ def test_migrate_with_parked_writes(guest, small_fs, tmp_path):
                           timeout=TIMEOUT, qmp=True)
         dst.qmp("query-status")
         src.qmp("migrate", uri=uri)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            st = src.qmp("query-migrate")
-            if st.get("status") == "completed":
-                break
-            assert st.get("status") not in ("failed", "cancelled"), st
-            assert time.monotonic() < deadline, st
-            time.sleep(0.2)
+        wait_migrated(src.qmp, TIMEOUT)
         src.qmp("quit")
         src.wait(check=False)
 

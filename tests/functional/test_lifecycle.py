@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pfbdguest import GuestError, disk_args
+from pfbdguest import GuestError, disk_args, wait_migrated
 
 MiB = 1 << 20
 TIMEOUT = int(os.environ.get("PFBD_TEST_TIMEOUT", "300"))
@@ -242,14 +242,7 @@ def migrate_and_finish(guest, volume, tmp_path, to_file, **props):
                     dst.qmp("migrate-set-capabilities", capabilities=[
                         {"capability": "postcopy-ram", "state": True}])
         src.qmp("migrate", uri=uri)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            st = src.qmp("query-migrate")
-            if st.get("status") == "completed":
-                break
-            assert st.get("status") not in ("failed", "cancelled"), st
-            assert time.monotonic() < deadline, st
-            time.sleep(0.2)
+        wait_migrated(src.qmp, TIMEOUT)
         assert src.qmp("query-status")["status"] == "postmigrate"
         src.qmp("quit")
         src.wait(check=False)

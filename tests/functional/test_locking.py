@@ -8,7 +8,6 @@ QEMU that answers QMP has realized its devices."""
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -168,17 +167,6 @@ def test_locking_on_needs_a_file(qemus):
          "locking": "auto"})])
 
 
-def wait_migrated(q, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = q.cmd("query-migrate")
-        if st.get("status") == "completed":
-            return
-        assert st.get("status") not in ("failed", "cancelled"), st
-        assert time.monotonic() < deadline, st
-        time.sleep(0.05)
-
-
 def test_lock_moves_with_migration(qemus, image, tmp_path):
     """The source of a migration lets the image go with its device state
     and takes it back when it runs again; the destination starts on a
@@ -187,7 +175,7 @@ def test_lock_moves_with_migration(qemus, image, tmp_path):
     state = "file:" + str(tmp_path / "vm.state")
     src = qemus.start(pfbd_dev(image))
     src.cmd("migrate", uri=state)
-    wait_migrated(src)
+    pfbdguest.wait_migrated(src.cmd, 60)
     # Migrated: another writer may take the image...
     other = qemus.start(pfbd_dev(image))
     other.quit()
