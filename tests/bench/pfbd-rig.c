@@ -782,40 +782,43 @@ struct cpu_sample {
 
 static pid_t daemon_pid;
 
+/* Read the small file @path into @buf, NUL-terminated: its length, or -1 */
+static int read_text(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY);
+    int n;
+
+    if (fd < 0) {
+        return -1;
+    }
+    n = read(fd, buf, size - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = 0;
+    return n;
+}
+
 static uint64_t task_cpu_ns(const char *dir)
 {
     char path[700], buf[1024];
-    int fd, n;
-    unsigned long long run = 0;
+    unsigned long long run = 0, ut = 0, st = 0;
+    char *p;
 
     /* schedstat: ns on cpu (precise); stat: clock ticks (fallback) */
     snprintf(path, sizeof(path), "%s/schedstat", dir);
-    fd = open(path, O_RDONLY);
-    if (fd >= 0) {
-        n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n > 0) {
-            buf[n] = 0;
-            if (sscanf(buf, "%llu", &run) == 1) {
-                return run;
-            }
-        }
+    if (read_text(path, buf, sizeof(buf)) > 0 &&
+        sscanf(buf, "%llu", &run) == 1) {
+        return run;
     }
     snprintf(path, sizeof(path), "%s/stat", dir);
-    fd = open(path, O_RDONLY);
-    if (fd >= 0) {
-        n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n > 0) {
-            char *p = strrchr(buf, ')');
-            unsigned long long ut = 0, st = 0;
-
-            buf[n] = 0;
-            /* fields after comm: state(3) ... utime(14) stime(15) */
-            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u "
-                            "%*u %*u %llu %llu", &ut, &st) == 2) {
-                return (ut + st) * (1000000000ull / sysconf(_SC_CLK_TCK));
-            }
+    if (read_text(path, buf, sizeof(buf)) > 0) {
+        p = strrchr(buf, ')');
+        /* fields after comm: state(3) ... utime(14) stime(15) */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u "
+                        "%*u %*u %llu %llu", &ut, &st) == 2) {
+            return (ut + st) * (1000000000ull / sysconf(_SC_CLK_TCK));
         }
     }
     return 0;
@@ -838,23 +841,15 @@ static void cpu_sample_pid(struct cpu_sample *s, pid_t pid, bool daemon)
         die("cannot open %s: %s", dir, strerror(errno));
     }
     while ((de = readdir(d))) {
-        int fd, n;
         uint64_t ns;
 
         if (de->d_name[0] == '.') {
             continue;
         }
         snprintf(path, sizeof(path), "%s/%s/comm", dir, de->d_name);
-        fd = open(path, O_RDONLY);
-        if (fd < 0) {
+        if (read_text(path, comm, sizeof(comm)) < 0) {
             continue;
         }
-        n = read(fd, comm, sizeof(comm) - 1);
-        close(fd);
-        if (n <= 0) {
-            continue;
-        }
-        comm[n] = 0;
         comm[strcspn(comm, "\n")] = 0;
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
         ns = task_cpu_ns(path);
@@ -1225,7 +1220,7 @@ static void qemu_eventfds(bool *is_eventfd)
 {
     char dir[64], path[128], info[512];
     struct dirent *de;
-    int fd, n;
+    int n;
     DIR *d;
 
     memset(is_eventfd, 0, MAX_QEMU_FDS * sizeof(*is_eventfd));
@@ -1240,15 +1235,8 @@ static void qemu_eventfds(bool *is_eventfd)
             continue;
         }
         snprintf(path, sizeof(path), "%s/%.20s", dir, de->d_name);
-        fd = open(path, O_RDONLY);
-        if (fd < 0) {
-            continue;
-        }
-        n = read(fd, info, sizeof(info) - 1);
-        close(fd);
-        if (n > 0) {
-            info[n] = 0;
-            is_eventfd[atoi(de->d_name)] = strstr(info, "eventfd-count:");
+        if (read_text(path, info, sizeof(info)) > 0) {
+            is_eventfd[n] = strstr(info, "eventfd-count:");
         }
     }
     closedir(d);
