@@ -653,6 +653,20 @@ static void virtio_blk_pfbd_completion_read(EventNotifier *e)
     virtio_blk_pfbd_reap(q);
 }
 
+/*
+ * Give @req back to its virtqueue unanswered (a malformed request, or a
+ * parked one that a reset or unplug drops) and free it
+ */
+static void virtio_blk_pfbd_req_detach(VirtIOBlockPfbdReq *req)
+{
+    VirtIOBlockPfbdQueue *q = req->q;
+
+    qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight - 1);
+    virtqueue_detach_element(q->vq, &req->elem, 0);
+    g_free(req->iov_copy);
+    g_free(req);
+}
+
 static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
 {
     VirtIOBlockPfbdQueueStats *st = &q->stats;
@@ -692,10 +706,7 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
                 qatomic_set_u64(&st->max_in_flight, st->in_flight);
             }
             if (!virtio_blk_pfbd_handle_request(req)) {
-                qatomic_set_u64(&st->in_flight, st->in_flight - 1);
-                virtqueue_detach_element(q->vq, &req->elem, 0);
-                g_free(req->iov_copy);
-                g_free(req);
+                virtio_blk_pfbd_req_detach(req);
                 break;
             }
         }
@@ -792,11 +803,7 @@ static void virtio_blk_pfbd_resubmit_bh(void *opaque)
             req->migrated = false;
             req->start_ns = q->now_ns;
             if (!virtio_blk_pfbd_handle_request(req)) {
-                qatomic_set_u64(&q->stats.in_flight,
-                                q->stats.in_flight - 1);
-                virtqueue_detach_element(q->vq, &req->elem, 0);
-                g_free(req->iov_copy);
-                g_free(req);
+                virtio_blk_pfbd_req_detach(req);
             }
             continue;
         }
@@ -978,10 +985,7 @@ static void virtio_blk_pfbd_drop_queue_parked(VirtIOBlockPfbdQueue *q)
 
     while ((req = q->parked)) {
         q->parked = req->next_parked;
-        qatomic_set_u64(&q->stats.in_flight, q->stats.in_flight - 1);
-        virtqueue_detach_element(q->vq, &req->elem, 0);
-        g_free(req->iov_copy);
-        g_free(req);
+        virtio_blk_pfbd_req_detach(req);
     }
 }
 
