@@ -433,11 +433,14 @@ static int pfbd_file_ring_enable(FileQueue *fq)
     }
     if (fq->enabled) {
         if (fq->base.inflight > 0) {
-            return -EEXIST;     /* moved with requests in flight */
+            /* moved with requests in flight */
+            pfbd_trace(&fq->base, ring_busy, fq->base.inflight);
+            return -EEXIST;
         }
         old = *fq;
         ret = pfbd_file_ring_init(fq, (FileVolume *)fq->base.vol,
                                   fq->base.depth, &ring);
+        pfbd_trace(&fq->base, ring_moved, ret);
         if (ret < 0) {
             /* Keep the old ring, and the settings that go with it */
             fq->single_issuer = old.single_issuer;
@@ -893,6 +896,8 @@ static bool pfbd_file_req_step(FileQueue *fq, FileReq *req, int res)
                 return true;
             }
         }
+        pfbd_trace(&fq->base, resend, req->offset + req->done,
+                   req->len - req->done, "short transfer");
         goto next;
     default:
         break;

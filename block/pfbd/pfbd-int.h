@@ -24,7 +24,18 @@ struct PfbdVolume {
     const PfbdEngine *engine;
     PfbdVolumeInfo info;    /* info.engine is engine->name */
     unsigned nqueues;       /* queues not yet freed */
+    const PfbdTraceOps *trace;  /* PfbdOpenOptions.trace */
+    void *trace_opaque;
 };
+
+/* Report @event of PfbdTraceOps for queue @q, if the caller asked for it */
+#define pfbd_trace(q, event, ...)                                       \
+    do {                                                                \
+        const PfbdVolume *vol_ = (q)->vol;                              \
+        if (vol_->trace && vol_->trace->event) {                        \
+            vol_->trace->event(vol_->trace_opaque, (q), ##__VA_ARGS__); \
+        }                                                               \
+    } while (0)
 
 struct PfbdQueue {
     PfbdVolume *vol;

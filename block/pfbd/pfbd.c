@@ -253,6 +253,8 @@ static int pfbd_volume_open_shown(const char *spec, const char *shown,
     /* An engine may force read-only (an rbd snapshot) */
     vol->info.read_only = vol->info.read_only || (opts && opts->read_only);
     vol->nqueues = 0;
+    vol->trace = opts ? opts->trace : NULL;
+    vol->trace_opaque = opts ? opts->trace_opaque : NULL;
     *volp = vol;
     return 0;
 }
@@ -544,6 +546,7 @@ int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
     size_t extra = align > 4096 ? align : 0;
     uintptr_t addr;
     size_t need;
+    bool fresh;
     int ret;
 
     if (len > SIZE_MAX - extra - 8192) {
@@ -562,7 +565,8 @@ int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
         pfbd_bounce_free(b);
         return ret;
     }
-    if (!b->map) {
+    fresh = !b->map;
+    if (fresh) {
         b->map = mmap(NULL, need, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (b->map == MAP_FAILED) {
@@ -572,6 +576,7 @@ int pfbd_bounce_map(PfbdQueue *q, PfbdBounce *b, uint64_t len,
         }
         b->map_len = need;
     }
+    pfbd_trace(q, bounce, len, fresh);
     addr = (uintptr_t)b->map;
     if (extra) {
         addr = (addr + align - 1) & ~(uintptr_t)(align - 1);

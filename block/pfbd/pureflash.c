@@ -1676,6 +1676,13 @@ static void pf_conn_connect(PfConn *c)
         return;
     }
     pf_store_addr(q->vol, &q->meta.shards[c->shard], c->ip_idx, &sa);
+    if (q->base.vol->trace && q->base.vol->trace->connect) {
+        char addr[INET_ADDRSTRLEN + 8];
+
+        inet_ntop(AF_INET, &sa.sin_addr, addr, INET_ADDRSTRLEN);
+        snprintf(addr + strlen(addr), 8, ":%u", ntohs(sa.sin_port));
+        pfbd_trace(&q->base, connect, addr);
+    }
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
         pf_conn_fail(c);
@@ -1819,6 +1826,7 @@ static void pf_cmd_reply(PfConn *c, PfCmd *cmd, uint16_t status)
         c->tries = 0;
         pf_cmd_done(q, cmd, 0);
     } else if (status & PF_STATUS_REOPEN) {
+        pfbd_trace(&q->base, resend, cmd->offset, cmd->len, "REOPEN");
         if (cmd->meta_ver != q->meta.meta_ver) {
             /* Sent before the queue learnt the new version */
             pf_list_append(&c->pending, cmd);
@@ -1828,6 +1836,7 @@ static void pf_cmd_reply(PfConn *c, PfCmd *cmd, uint16_t status)
             pf_queue_want_reopen(q);
         }
     } else if (status == PF_STATUS_NOT_PRIMARY) {
+        pfbd_trace(&q->base, resend, cmd->offset, cmd->len, "NOT_PRIMARY");
         c->not_primary = true;
         pf_list_append(&q->held, cmd);
         pf_queue_want_reopen(q);
@@ -2039,6 +2048,7 @@ static void pf_queue_start_reopen(PfQueue *q)
     PfVolume *pv = q->vol;
 
     q->reopen_wanted = false;
+    pfbd_trace(&q->base, reopen);
     if (pf_http_start(&q->http, &pv->conductor, pv->conductor_host,
                       pv->open_path) < 0) {
         pf_http_reset(&q->http);

@@ -1566,6 +1566,55 @@ static int virtio_blk_pfbd_secret_lookup(void *opaque, const char *id,
     return *valuep ? 0 : -ENOMEM;
 }
 
+/*
+ * libpfbd's engine events, as trace events "pfbd_*".  @opaque is the
+ * device.
+ */
+static void virtio_blk_pfbd_trace_ring_moved(void *opaque, PfbdQueue *q,
+                                             int ret)
+{
+    trace_pfbd_ring_moved(opaque, q, ret);
+}
+
+static void virtio_blk_pfbd_trace_ring_busy(void *opaque, PfbdQueue *q,
+                                            unsigned inflight)
+{
+    trace_pfbd_ring_busy(opaque, q, inflight);
+}
+
+static void virtio_blk_pfbd_trace_bounce(void *opaque, PfbdQueue *q,
+                                         uint64_t len, bool fresh)
+{
+    trace_pfbd_bounce(opaque, q, len, fresh);
+}
+
+static void virtio_blk_pfbd_trace_resend(void *opaque, PfbdQueue *q,
+                                         uint64_t offset, uint64_t len,
+                                         const char *why)
+{
+    trace_pfbd_resend(opaque, q, offset, len, why);
+}
+
+static void virtio_blk_pfbd_trace_connect(void *opaque, PfbdQueue *q,
+                                          const char *addr)
+{
+    trace_pfbd_connect(opaque, q, addr);
+}
+
+static void virtio_blk_pfbd_trace_reopen(void *opaque, PfbdQueue *q)
+{
+    trace_pfbd_reopen(opaque, q);
+}
+
+static const PfbdTraceOps virtio_blk_pfbd_trace_ops = {
+    .ring_moved = virtio_blk_pfbd_trace_ring_moved,
+    .ring_busy = virtio_blk_pfbd_trace_ring_busy,
+    .bounce = virtio_blk_pfbd_trace_bounce,
+    .resend = virtio_blk_pfbd_trace_resend,
+    .connect = virtio_blk_pfbd_trace_connect,
+    .reopen = virtio_blk_pfbd_trace_reopen,
+};
+
 /* Open the volume and derive the geometry the guest sees */
 static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
 {
@@ -1581,6 +1630,8 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
         .any_thread = !conf->iothread && !conf->iothread_vq_mapping_list,
         .iowq_cpus = conf->iowq_cpus,
         .secret_lookup = virtio_blk_pfbd_secret_lookup,
+        .trace = &virtio_blk_pfbd_trace_ops,
+        .trace_opaque = s,
     };
     char *msg = NULL;
     int ret;

@@ -51,6 +51,38 @@ typedef enum PfbdOp {
 #define PFBD_CAP_DISCARD        (1u << 1)
 #define PFBD_CAP_WRITE_ZEROES   (1u << 2)
 
+/*
+ * Events of the engines that a caller does not see in its submits and
+ * completions, for its tracing (QEMU connects them to its trace events,
+ * "pfbd_*" in hw/block/trace-events).  Every callback may be NULL and gets
+ * PfbdOpenOptions.trace_opaque first.  Those that name a queue run in the
+ * thread that calls into the queue at that moment.
+ */
+typedef struct PfbdTraceOps {
+    /*
+     * file: @q got a new io_uring for the calling thread (it was idle and
+     * its ring was bound to another thread); @ret is 0 or a negative errno
+     */
+    void (*ring_moved)(void *opaque, PfbdQueue *q, int ret);
+    /*
+     * file: a thread that does not own @q's ring wanted to submit or wait
+     * on it while @inflight requests were in flight (-EEXIST)
+     */
+    void (*ring_busy)(void *opaque, PfbdQueue *q, unsigned inflight);
+    /* A request of @len bytes of @q goes through a bounce buffer */
+    void (*bounce)(void *opaque, PfbdQueue *q, uint64_t len, bool fresh);
+    /*
+     * An engine sends what is left of a request again without the caller:
+     * the @len bytes at @offset, because of @why (a static string)
+     */
+    void (*resend)(void *opaque, PfbdQueue *q, uint64_t offset,
+                   uint64_t len, const char *why);
+    /* pureflash: @q connects to the store at @addr ("IP:PORT") */
+    void (*connect)(void *opaque, PfbdQueue *q, const char *addr);
+    /* pureflash: @q asks the conductor for the volume again */
+    void (*reopen)(void *opaque, PfbdQueue *q);
+} PfbdTraceOps;
+
 typedef struct PfbdOpenOptions {
     bool read_only;         /* open without write access */
     const char *pool_dir;   /* directory for bare volume names, or NULL */
@@ -81,6 +113,9 @@ typedef struct PfbdOpenOptions {
     int (*secret_lookup)(void *opaque, const char *id, char **valuep,
                          char **errmsg);
     void *secret_opaque;
+    /* Tracing of the volume's queues (see PfbdTraceOps), or NULL */
+    const PfbdTraceOps *trace;
+    void *trace_opaque;
 } PfbdOpenOptions;
 
 typedef struct PfbdVolumeInfo {

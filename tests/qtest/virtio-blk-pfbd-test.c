@@ -1052,6 +1052,36 @@ static void test_bounce_bound(void)
 }
 
 /*
+ * libpfbd's events reach QEMU's trace: a read into a buffer that the
+ * engine cannot take as it is (16 bytes into the request, on a volume
+ * that wants 4 KiB alignment) shows as pfbd_bounce with its length.
+ */
+static void test_trace_engine_events(void)
+{
+    g_autofree char *trace = NULL;
+    g_autofree char *extra = NULL;
+    g_autofree char *log = NULL;
+    uint8_t buf[4096];
+    int fd;
+    Pfbd *p;
+
+    fd = g_file_open_tmp("qtest-pfbd-trace.XXXXXX", &trace, NULL);
+    g_assert(fd >= 0);
+    close(fd);
+    extra = g_strdup_printf("-trace 'pfbd_*' -D %s", trace);
+    p = pfbd_start_volume("null:64M:mem_align=4096", extra, "", 1);
+    pfbd_driver_ok(p, 0);
+    g_assert_cmpint(pfbd_do_req(p, 0, VIRTIO_BLK_T_IN, 8, buf, sizeof(buf)),
+                    ==, VIRTIO_BLK_S_OK);
+    pfbd_stop(p);
+    g_assert_true(g_file_get_contents(trace, &log, NULL, NULL));
+    unlink(trace);
+    g_test_message("trace: %s", log);
+    g_assert_nonnull(strstr(log, "pfbd_bounce "));
+    g_assert_nonnull(strstr(log, " bytes 4096 new mapping 1"));
+}
+
+/*
  * Set the device up with queue 0 (the only one) of @size entries, as a
  * driver may choose up to 1024 whatever the device offers; with indirect
  * descriptors if @indirect
@@ -2794,6 +2824,13 @@ static unsigned long last_drain_in_flight(const char *path)
  * queue).  The stop finds requests in flight (the drain's trace says how
  * many; the test migrates again until it does), completes them all
  * without an error, and the guest gets the data on the disk.
+ *
+ * Such queues are opened for any thread (PfbdOpenOptions.any_thread):
+ * the migration thread uses the ring that the main thread submitted on,
+ * as it is.  A single-issuer ring would refuse it while requests are in
+ * flight (its waits would fall back to timed polls, and a submission to
+ * an error), and be made anew each time an idle queue changes threads:
+ * the engine's trace events say so, and must not appear.
  */
 static void test_migrate_main_loop_inflight(void)
 {
@@ -2803,6 +2840,7 @@ static void test_migrate_main_loop_inflight(void)
     g_autofree char *extra = NULL;
     g_autofree char *image = NULL;
     g_autofree char *volume = NULL;
+    g_autofree char *log = NULL;
     g_autofree uint8_t *data = g_malloc(65536);
     unsigned long in_flight = 0;
     unsigned int round;
@@ -2826,7 +2864,8 @@ static void test_migrate_main_loop_inflight(void)
     g_assert_cmpint(fsync(image_fd), ==, 0);
     volume = g_strdup_printf("file:%s", image);
     device = pfbd_device_json(volume, ", \"queue-size\": 16");
-    extra = g_strdup_printf("-trace virtio_blk_pfbd_drain -D %s", trace);
+    extra = g_strdup_printf("-trace virtio_blk_pfbd_drain "
+                            "-trace 'pfbd_ring_*' -D %s", trace);
     p = kicker_boot_device(&k, device, extra);
 
     /* Until a migration's stop finds requests in flight */
@@ -2850,8 +2889,14 @@ static void test_migrate_main_loop_inflight(void)
         g_test_message("round %u: the stop's drain found %lu in flight",
                        round, in_flight);
     }
-    unlink(trace);
     g_assert_cmpuint(in_flight, >, 0);
+    g_assert_true(g_file_get_contents(trace, &log, NULL, NULL));
+    unlink(trace);
+    if (strstr(log, "pfbd_ring_")) {
+        g_test_message("engine trace: %s", log);
+    }
+    g_assert_null(strstr(log, "pfbd_ring_busy"));
+    g_assert_null(strstr(log, "pfbd_ring_moved"));
 
     stats = pfbd_stats(p);
     g_assert_cmpint(qdict_get_int(stats_queue(stats, 0), "errors"), ==, 0);
@@ -3094,6 +3139,8 @@ int main(int argc, char **argv)
                    test_stop_cont_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/hotplug-cycles",
                    test_hotplug_cycles);
+    qtest_add_func("/virtio-blk-pfbd/trace/engine-events",
+                   test_trace_engine_events);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/migrate-main-loop-inflight",
                    test_migrate_main_loop_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/kick-storm-reset",

@@ -58,6 +58,52 @@ typedef struct TestVolume {
     PfbdVolumeInfo info;
 } TestVolume;
 
+/* What the engine reported through PfbdTraceOps (open_named() asks) */
+typedef struct TraceSeen {
+    int connect;
+    int reopen;
+    int resend_reopen;
+    int resend_not_primary;
+} TraceSeen;
+
+static TraceSeen trace_seen;
+
+static void trace_connect(void *opaque, PfbdQueue *q, const char *addr)
+{
+    TraceSeen *t = opaque;
+
+    /* The stores of the tests are on the loopback network */
+    g_assert_true(g_str_has_prefix(addr, "127."));
+    t->connect++;
+}
+
+static void trace_reopen(void *opaque, PfbdQueue *q)
+{
+    TraceSeen *t = opaque;
+
+    t->reopen++;
+}
+
+static void trace_resend(void *opaque, PfbdQueue *q, uint64_t offset,
+                         uint64_t len, const char *why)
+{
+    TraceSeen *t = opaque;
+
+    g_assert_cmpuint(len, >, 0);
+    if (!strcmp(why, "REOPEN")) {
+        t->resend_reopen++;
+    } else {
+        g_assert_cmpstr(why, ==, "NOT_PRIMARY");
+        t->resend_not_primary++;
+    }
+}
+
+static const PfbdTraceOps trace_ops = {
+    .connect = trace_connect,
+    .reopen = trace_reopen,
+    .resend = trace_resend,
+};
+
 static void complete_cb(void *opaque, int ret)
 {
     Completion *c = opaque;
@@ -162,8 +208,14 @@ static void open_named(TestVolume *tv, const char *name, const char *extra,
     char *err = NULL;
     int ret;
 
+    PfbdOpenOptions opts = {
+        .trace = &trace_ops,
+        .trace_opaque = &trace_seen,
+    };
+
     tv->spec = make_spec(name, extra);
-    ret = pfbd_volume_open(tv->spec, NULL, &tv->vol, &err);
+    memset(&trace_seen, 0, sizeof(trace_seen));
+    ret = pfbd_volume_open(tv->spec, &opts, &tv->vol, &err);
     if (ret < 0) {
         g_test_message("pfbd_volume_open('%s'): %s", tv->spec, err);
     }
@@ -1031,6 +1083,17 @@ static void test_double_fault(gconstpointer data)
     if (!strstr(stats, "\"faults\": []")) {
         g_test_message("stats: %s", stats);
         g_assert_not_reached();
+    }
+    /* and the engine's trace tells what it did about it */
+    g_assert_cmpint(trace_seen.connect, >=, 1);
+    if (!strcmp(kind, "reopen")) {
+        g_assert_cmpint(trace_seen.resend_reopen, >=, 1);
+        g_assert_cmpint(trace_seen.reopen, >=, 1);
+    } else if (!strcmp(kind, "not_primary")) {
+        g_assert_cmpint(trace_seen.resend_not_primary, >=, 1);
+        g_assert_cmpint(trace_seen.reopen, >=, 1);
+    } else if (!strcmp(kind, "drop") || !strcmp(kind, "hs_reject")) {
+        g_assert_cmpint(trace_seen.connect, >=, 2);
     }
     close_volume(&tv);
 }

@@ -48,6 +48,49 @@ typedef struct Completion {
     int count;
 } Completion;
 
+/* What the engines reported through PfbdTraceOps (open_spec() asks) */
+typedef struct TraceSeen {
+    int ring_moved;
+    int ring_busy;
+    int bounce;
+    int bounce_fresh;
+    uint64_t bounce_bytes;
+} TraceSeen;
+
+static TraceSeen trace_seen;
+
+static void trace_ring_moved(void *opaque, PfbdQueue *q, int ret)
+{
+    TraceSeen *t = opaque;
+
+    g_assert_cmpint(ret, ==, 0);
+    t->ring_moved++;
+}
+
+static void trace_ring_busy(void *opaque, PfbdQueue *q, unsigned inflight)
+{
+    TraceSeen *t = opaque;
+
+    g_assert_cmpuint(inflight, ==, pfbd_queue_inflight(q));
+    t->ring_busy++;
+}
+
+static void trace_bounce(void *opaque, PfbdQueue *q, uint64_t len,
+                         bool fresh)
+{
+    TraceSeen *t = opaque;
+
+    t->bounce++;
+    t->bounce_fresh += fresh;
+    t->bounce_bytes += len;
+}
+
+static const PfbdTraceOps trace_ops = {
+    .ring_moved = trace_ring_moved,
+    .ring_busy = trace_ring_busy,
+    .bounce = trace_bounce,
+};
+
 typedef struct TestVolume {
     char *path;
     PfbdVolume *vol;
@@ -110,10 +153,15 @@ static char *make_file(const char *dir, uint64_t size)
 static void open_spec(TestVolume *tv, const char *spec, bool read_only,
                       unsigned depth)
 {
-    PfbdOpenOptions opts = { .read_only = read_only };
+    PfbdOpenOptions opts = {
+        .read_only = read_only,
+        .trace = &trace_ops,
+        .trace_opaque = &trace_seen,
+    };
     char *err = NULL;
     int ret;
 
+    memset(&trace_seen, 0, sizeof(trace_seen));
     ret = pfbd_volume_open(spec, &opts, &tv->vol, &err);
     if (ret < 0) {
         g_test_message("pfbd_volume_open('%s'): %s", spec, err);
@@ -483,6 +531,8 @@ static void test_null_write_nsec_mem_align(void)
     /* Both bounced: the limit has no room for a third */
     g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &r, 1, 4096, 0,
                                 complete_cb, &c[2]), ==, -EAGAIN);
+    g_assert_cmpint(trace_seen.bounce, ==, 2);
+    g_assert_cmpint(trace_seen.bounce_fresh, ==, 2);
     g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 2);
     g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
     g_assert_cmpint(pfbd_queue_reap(tv.q, 0), ==, 1);
@@ -500,6 +550,9 @@ static void test_null_write_nsec_mem_align(void)
     g_assert_cmpint(c[0].count, ==, 1);
     g_assert_cmpint(c[2].count, ==, 1);
     g_assert_cmpint(c[0].ret, ==, 0);
+    /* Each bounced request was traced once, the refused ones not */
+    g_assert_cmpint(trace_seen.bounce, ==, 3);
+    g_assert_cmpuint(trace_seen.bounce_bytes, ==, 3 * 4096);
     free(mem);
     close_volume(&tv);
 }
@@ -1103,13 +1156,18 @@ static void test_file_any_thread(void)
     int i;
 
     for (i = 0; i < 2; i++) {
-        PfbdOpenOptions opts = { .any_thread = i == 1 };
+        PfbdOpenOptions opts = {
+            .any_thread = i == 1,
+            .trace = &trace_ops,
+            .trace_opaque = &trace_seen,
+        };
         struct iovec iov = { buf, 4096 };
         OtherThread t = { .buf = buf + 4096 };
         Completion c = { 0 };
         PfbdVolume *vol;
         pthread_t th;
 
+        memset(&trace_seen, 0, sizeof(trace_seen));
         g_assert_cmpint(pfbd_volume_open(spec, &opts, &vol, NULL), ==, 0);
         g_assert_cmpint(pfbd_queue_new(vol, 4, &t.q), ==, 0);
         g_assert_cmpint(pfbd_submit(t.q, PFBD_OP_READ, 0, &iov, 1, 4096, 0,
@@ -1122,10 +1180,21 @@ static void test_file_any_thread(void)
             g_assert_cmpint(t.ret, ==, 0);
             g_assert_cmpint(t.c.count, ==, 1);
             g_assert_cmpint(c.count, ==, 1);
+            /* One ring for every thread */
+            g_assert_cmpint(trace_seen.ring_busy, ==, 0);
+            g_assert_cmpint(trace_seen.ring_moved, ==, 0);
         } else {
             g_assert_cmpint(t.ret, ==, -EEXIST);
+            g_assert_cmpint(trace_seen.ring_busy, ==, 1);
             pfbd_queue_drain(t.q);
             g_assert_cmpint(c.count, ==, 1);
+            /* Idle, the queue moves: a new ring for the other thread */
+            g_assert_cmpint(pthread_create(&th, NULL, other_thread_read, &t),
+                            ==, 0);
+            g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+            g_assert_cmpint(t.ret, ==, 0);
+            g_assert_cmpint(t.c.count, ==, 1);
+            g_assert_cmpint(trace_seen.ring_moved, ==, 1);
         }
         g_assert_cmpuint(pfbd_queue_inflight(t.q), ==, 0);
         pfbd_queue_free(t.q);
