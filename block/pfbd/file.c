@@ -42,7 +42,6 @@ typedef struct FileVolume {
     PfbdVolume base;
     int fd;
     bool is_blkdev;
-    bool any_thread;            /* PfbdOpenOptions.any_thread */
     bool has_iowq_cpus;         /* PfbdOpenOptions.iowq_cpus was given: */
     cpu_set_t iowq_cpus;        /* the io_uring workers' CPUs */
     /* Set once the filesystem answered -EOPNOTSUPP; any queue's thread */
@@ -309,7 +308,6 @@ static int pfbd_file_volume_open(const char *spec, const char *path,
         goto fail;
     }
     fv->base.info.size = size;
-    fv->any_thread = opts && opts->any_thread;
     if (opts && opts->iowq_cpus) {
         if (!pfbd_file_parse_cpus(opts->iowq_cpus, &fv->iowq_cpus)) {
             pfbd_set_error(errmsg, "volume '%s': iowq-cpus '%s' is not a "
@@ -372,7 +370,7 @@ static int pfbd_file_ring_init(FileQueue *fq, FileVolume *fv,
     struct epoll_event ev = { .events = EPOLLIN };
     int ret = -EINVAL;
 
-    if (!fv->any_thread) {
+    if (!fv->base.any_thread) {
         ret = io_uring_queue_init(depth, ring, IORING_SETUP_SINGLE_ISSUER |
                                   IORING_SETUP_COOP_TASKRUN |
                                   IORING_SETUP_TASKRUN_FLAG |

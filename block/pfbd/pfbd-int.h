@@ -24,6 +24,7 @@ struct PfbdVolume {
     const PfbdEngine *engine;
     PfbdVolumeInfo info;    /* info.engine is engine->name */
     unsigned nqueues;       /* queues not yet freed */
+    bool any_thread;        /* PfbdOpenOptions.any_thread */
     const PfbdTraceOps *trace;  /* PfbdOpenOptions.trace */
     void *trace_opaque;
 };

@@ -253,9 +253,19 @@ static int pfbd_volume_open_shown(const char *spec, const char *shown,
     /* An engine may force read-only (an rbd snapshot) */
     vol->info.read_only = vol->info.read_only || (opts && opts->read_only);
     vol->nqueues = 0;
+    pfbd_volume_adopt(vol, opts);
+    *volp = vol;
+    return 0;
+}
+
+int pfbd_volume_adopt(PfbdVolume *vol, const PfbdOpenOptions *opts)
+{
+    if (vol->nqueues) {
+        return -EBUSY;
+    }
+    vol->any_thread = opts && opts->any_thread;
     vol->trace = opts ? opts->trace : NULL;
     vol->trace_opaque = opts ? opts->trace_opaque : NULL;
-    *volp = vol;
     return 0;
 }
 

@@ -162,6 +162,15 @@ int pfbd_volume_open(const char *spec, const PfbdOpenOptions *opts,
                      PfbdVolume **volp, char **errmsg);
 
 /**
+ * pfbd_volume_adopt: give @vol, opened by another party (in a worker
+ * thread, ahead of its user), the options of @opts that concern the user
+ * of its queues: any_thread, trace and trace_opaque (the others are those
+ * of the open, and stay).  @opts may be NULL (none of them).  Only while
+ * @vol has no queue: returns 0, or -EBUSY.
+ */
+int pfbd_volume_adopt(PfbdVolume *vol, const PfbdOpenOptions *opts);
+
+/**
  * pfbd_volume_close: close @vol; every queue must have been freed.
  * @vol may be NULL.
  */
