@@ -16,3 +16,15 @@ VirtioBlkPfbdStats *qmp_query_virtio_blk_pfbd_stats(const char *path,
     error_setg(errp, "virtio-blk-pfbd is not built into this QEMU");
     return NULL;
 }
+
+void coroutine_fn qmp_pfbd_volume_open(const char *name, const char *volume,
+                                       bool has_read_only, bool read_only,
+                                       const char *iowq_cpus, Error **errp)
+{
+    error_setg(errp, "virtio-blk-pfbd is not built into this QEMU");
+}
+
+void qmp_pfbd_volume_close(const char *name, Error **errp)
+{
+    error_setg(errp, "virtio-blk-pfbd is not built into this QEMU");
+}

@@ -935,8 +935,11 @@ static bool virtio_blk_pfbd_lock_volume(VirtIOBlockPfbd *s, Error **errp)
     return true;
 }
 
-/* Drop the image locks and close the volume */
-static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
+/*
+ * Drop the image locks and close the volume; if @give_back, a volume of
+ * pfbd-volume-open goes back under its name instead (a failed realize)
+ */
+static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s, bool give_back)
 {
     if (s->lock_exit.notify) {
         virtio_blk_pfbd_drop_locks(s);
@@ -944,7 +947,16 @@ static void virtio_blk_pfbd_close_volume(VirtIOBlockPfbd *s)
         s->lock_exit.notify = NULL;
         migration_remove_notifier(&s->lock_migration);
     }
-    pfbd_volume_close(s->volume);
+    if (s->named && give_back) {
+        virtio_blk_pfbd_give_back_volume(s->conf.volume + 1, s->named);
+    } else {
+        pfbd_volume_close(s->volume);
+        if (s->named) {
+            free(s->named->shown);
+            g_free(s->named);
+        }
+    }
+    s->named = NULL;
     s->volume = NULL;
     free(s->volume_shown);
     s->volume_shown = NULL;
@@ -1551,9 +1563,16 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
  * libpfbd's secret lookup: QEMU's secret objects, as block/rbd.c takes
  * its key-secret
  */
-static int virtio_blk_pfbd_secret_lookup(void *opaque, const char *id,
-                                         char **valuep, char **errmsg)
+/*
+ * PfbdOpenOptions.secret_lookup: the value of the secret object @id.
+ *
+ * Context: any thread; takes the BQL if the caller does not hold it (a
+ * worker thread of pfbd-volume-open)
+ */
+int virtio_blk_pfbd_secret_lookup(void *opaque, const char *id,
+                                  char **valuep, char **errmsg)
 {
+    BQL_LOCK_GUARD();
     Error *local_err = NULL;
     g_autofree char *value = qcrypto_secret_lookup_as_base64(id, &local_err);
 
@@ -1615,6 +1634,45 @@ static const PfbdTraceOps virtio_blk_pfbd_trace_ops = {
     .reopen = virtio_blk_pfbd_trace_reopen,
 };
 
+/*
+ * "volume": "@NAME": take the volume that pfbd-volume-open keeps under
+ * NAME, and make it the device's, with @opts' any_thread and tracing
+ */
+static bool virtio_blk_pfbd_take_named(VirtIOBlockPfbd *s,
+                                       const PfbdOpenOptions *opts,
+                                       Error **errp)
+{
+    ERRP_GUARD();
+    VirtIOBlockPfbdConf *conf = &s->conf;
+    const char *name = conf->volume + 1;
+    VirtIOBlockPfbdNamedVolume *nv = virtio_blk_pfbd_take_volume(name, errp);
+
+    if (!nv) {
+        return false;
+    }
+    if (nv->read_only && !conf->read_only) {
+        error_setg(errp, "volume '@%s' was opened read-only: set "
+                   "read-only=on on the device", name);
+    } else if (conf->iowq_cpus) {
+        error_setg(errp, "iowq-cpus applies when volume '@%s' is opened: "
+                   "give it to pfbd-volume-open", name);
+    } else {
+        free(s->volume_shown);
+        s->volume_shown = strdup(nv->shown);
+        if (!s->volume_shown) {
+            error_setg(errp, "out of memory");
+        }
+    }
+    if (!s->volume_shown || *errp) {
+        virtio_blk_pfbd_give_back_volume(name, nv);
+        return false;
+    }
+    pfbd_volume_adopt(nv->vol, opts);
+    s->named = nv;
+    s->volume = nv->vol;
+    return true;
+}
+
 /* Open the volume and derive the geometry the guest sees */
 static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
 {
@@ -1634,10 +1692,16 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
         .trace_opaque = s,
     };
     char *msg = NULL;
-    int ret;
+    int ret = 0;
 
-    ret = pfbd_volume_open(conf->volume, &opts, &s->volume, &msg);
-    if (ret < 0) {
+    if (conf->volume[0] == '@') {
+        if (!virtio_blk_pfbd_take_named(s, &opts, errp)) {
+            return false;
+        }
+    } else {
+        ret = pfbd_volume_open(conf->volume, &opts, &s->volume, &msg);
+    }
+    if (!s->volume) {
         if (msg) {
             /* libpfbd's message names the volume and the culprit */
             error_setg(errp, "%s", msg);
@@ -1759,7 +1823,7 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
     s->queues = NULL;
 }
 
-static void virtio_blk_pfbd_device_unrealize(DeviceState *dev);
+static void virtio_blk_pfbd_teardown(DeviceState *dev, bool give_back);
 
 static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
 {
@@ -1822,13 +1886,17 @@ static void virtio_blk_pfbd_device_realize(DeviceState *dev, Error **errp)
     return;
 
 fail:
-    virtio_blk_pfbd_device_unrealize(dev);
+    virtio_blk_pfbd_teardown(dev, true);
     return;
 fail_volume:
-    virtio_blk_pfbd_close_volume(s);
+    virtio_blk_pfbd_close_volume(s, true);
 }
 
-static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
+/*
+ * Undo realize; @give_back: a volume of pfbd-volume-open goes back under
+ * its name (realize failed) rather than being closed
+ */
+static void virtio_blk_pfbd_teardown(DeviceState *dev, bool give_back)
 {
     VirtIODevice *vdev = VIRTIO_DEVICE(dev);
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(dev);
@@ -1855,7 +1923,12 @@ static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
         virtio_del_queue(vdev, i);
     }
     virtio_cleanup(vdev);
-    virtio_blk_pfbd_close_volume(s);
+    virtio_blk_pfbd_close_volume(s, give_back);
+}
+
+static void virtio_blk_pfbd_device_unrealize(DeviceState *dev)
+{
+    virtio_blk_pfbd_teardown(dev, false);
 }
 
 static void virtio_blk_pfbd_instance_init(Object *obj)

@@ -162,7 +162,7 @@ class Qmp:
         self._events.extend(self.mon.get_events(wait=False))
         return self._events
 
-    def cmd(self, name, **args):
+    def cmd(self, name, /, **args):
         r = self.mon.cmd_raw(name, args)
         if "error" in r:
             raise RuntimeError("QMP %s failed: %s" % (name, r["error"]))
@@ -199,7 +199,7 @@ class Vm:
             self._qmp = Qmp(self.qmp_path)
         return self._qmp
 
-    def qmp(self, name, **args):
+    def qmp(self, name, /, **args):
         return self.qmp_conn.cmd(name, **args)
 
     def console(self):
@@ -504,7 +504,7 @@ class BareQemu:
             if "return" in r or "error" in r:
                 return r
 
-    def cmd(self, name, **args):
+    def cmd(self, name, /, **args):
         """Run QMP command @name; its "return", or raise RuntimeError"""
         r = self._cmd(self.sock, name, args)
         if "error" in r:

@@ -230,6 +230,42 @@ echo ALL-OK
     assert "ALL-OK" in res.output, res.describe()
 
 
+def test_hotplug_opened_ahead(guest, pureflash):
+    """Hot-plug as the user guide says for cluster volumes: QMP
+    pfbd-volume-open (the open runs off the main loop), then device_add
+    with "volume": "@NAME".  The guest finds the disk and fio verify
+    passes on it; the name was taken by the device."""
+    name = pureflash.create_volume("ahead", 64 * MiB)
+    job = """
+echo WAITING-FOR-DISK
+i=0
+while [ ! -e /sys/block/vda ]; do
+    sleep 0.2; i=$((i + 1)); [ $i -lt 1500 ] || break
+done
+""" + f"""
+{FIO} --ioengine=io_uring --bs=16k --iodepth=16 --rw=randwrite \\
+    --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 \\
+    --name=ahead && echo ALL-OK
+"""
+    # a PCIe root port: the root bus of q35 has no hot-plug
+    extra = ["-device", "pcie-root-port,id=rp1,chassis=1",
+             "-object", "iothread,id=io0"]
+    vm = guest.start(job, extra, timeout=TIMEOUT, qmp=True)
+    try:
+        wait_for(vm, "WAITING-FOR-DISK", "hot-plug")
+        vm.qmp("pfbd-volume-open", name="pf", volume=pureflash.spec(name))
+        vm.qmp("device_add", driver="virtio-blk-pfbd-pci", id=QOM,
+               volume="@pf", bus="rp1", iothread="io0")
+        assert vm.qmp("qom-get", path="/machine/peripheral/" + QOM,
+                      property="volume") == "@pf"
+        with pytest.raises(RuntimeError, match="no volume named .pf."):
+            vm.qmp("pfbd-volume-close", name="pf")
+        res = vm.wait()
+    finally:
+        vm.kill()
+    assert "ALL-OK" in res.output, res.describe()
+
+
 @pytest.mark.parametrize("extra,needle", [
     ("", "cannot open it: the conductor refused it"),
     (":colour=red", "unknown option 'colour'"),

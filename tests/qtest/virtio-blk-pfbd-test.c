@@ -30,6 +30,7 @@
 #include "qemu/memfd.h"
 #include "qapi/error.h"
 #include "qobject/qdict.h"
+#include "qobject/qjson.h"
 #include "qobject/qlist.h"
 #include "qobject/qnum.h"
 #include "standard-headers/linux/virtio_blk.h"
@@ -2120,6 +2121,29 @@ static void hotplug_pfbd(QTestState *qts, const char *volume)
                              addr, volume);
 }
 
+/*
+ * Set up the device hot-plugged in slot PCI_SLOT_HP as a driver would,
+ * queue 0 only, without EVENT_IDX and INDIRECT_DESC; returns the device,
+ * its queue 0 in *@vqp
+ */
+static QVirtioPCIDevice *hotplugged_setup(Pfbd *p, QVirtQueue **vqp)
+{
+    QVirtioPCIDevice *hp = virtio_pci_new(p->qs->pcibus, &(QPCIAddress) {
+                                              .devfn = QPCI_DEVFN(PCI_SLOT_HP,
+                                                                  0) });
+
+    g_assert_nonnull(hp);
+    qvirtio_pci_device_enable(hp);
+    qvirtio_start_device(&hp->vdev);
+    qvirtio_set_features(&hp->vdev, qvirtio_get_features(&hp->vdev) &
+                         ~(QVIRTIO_F_BAD_FEATURE |
+                           (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
+                           (1ull << VIRTIO_RING_F_EVENT_IDX)));
+    *vqp = qvirtqueue_setup(&hp->vdev, &p->qs->alloc, 0);
+    qvirtio_set_driver_ok(&hp->vdev);
+    return hp;
+}
+
 /* Image locks */
 
 /*
@@ -2178,6 +2202,214 @@ static void test_lock_released_on_unplug(void)
     pfbd_stop(p);
 }
 
+/* Volumes opened ahead of hot-plug (QMP pfbd-volume-open) */
+
+/*
+ * Run the QMP command of @fmt on @qts (as qtest_qmp()); it must fail with
+ * a message that contains @want
+ */
+static void G_GNUC_PRINTF(3, 4) qmp_assert_error(QTestState *qts,
+                                                 const char *want,
+                                                 const char *fmt, ...)
+{
+    va_list ap;
+    QDict *rsp, *err;
+    const char *desc;
+
+    va_start(ap, fmt);
+    rsp = qtest_vqmp(qts, fmt, ap);
+    va_end(ap);
+    err = qdict_get_qdict(rsp, "error");
+    desc = err ? qdict_get_try_str(err, "desc") : NULL;
+    if (!desc || !strstr(desc, want)) {
+        g_autoptr(GString) json = qobject_to_json(QOBJECT(rsp));
+
+        g_test_message("'%s' wanted in the reply %s", want, json->str);
+        g_assert_not_reached();
+    }
+    qobject_unref(rsp);
+}
+
+/*
+ * A volume opened by pfbd-volume-open is what a device hot-plugged with
+ * "volume": "@NAME" serves (its data, its image locks); the device takes
+ * it (pfbd-volume-close then fails, and so does a second device), a
+ * failed realize gives it back, and bad names and requests are refused
+ * with what to fix.
+ */
+static void test_volume_open_ahead(void)
+{
+    static const struct {
+        const char *name, *volume, *want;
+    } bad_opens[] = {
+        { "v0", "null:1M", "open already" },
+        { "a/b", "null:1M", "is not valid" },
+        { "v2", "nope:1M", "unknown engine" },
+    };
+    Pfbd *p = pfbd_setup(VOLUME_SIZE,
+                         "-object iothread,id=io0 -object iothread,id=io1",
+                         "", 1);
+    g_autofree char *image = NULL;
+    g_autofree char *volume = NULL;
+    g_autofree char *shown = NULL;
+    uint8_t want[4096], got[4096];
+    QVirtioPCIDevice *hp;
+    QVirtQueue *vq;
+    uint64_t addr;
+    uint32_t head;
+    unsigned int i;
+    QDict *rsp;
+    int fd;
+
+    image = image_create(VOLUME_SIZE, &fd);
+    fill_pattern(want, sizeof(want), 47);
+    g_assert_cmpint(pwrite(fd, want, sizeof(want), 8192), ==, sizeof(want));
+    volume = g_strdup_printf("file:%s", image);
+
+    qtest_qmp_assert_success(p->qts, "{ 'execute': 'pfbd-volume-open', "
+                             "'arguments': { 'name': 'v0', 'volume': %s } }",
+                             volume);
+    g_assert_false(image_byte_locked(fd, 101));
+    for (i = 0; i < G_N_ELEMENTS(bad_opens); i++) {
+        qmp_assert_error(p->qts, bad_opens[i].want,
+                         "{ 'execute': 'pfbd-volume-open', 'arguments': "
+                         "{ 'name': %s, 'volume': %s } }",
+                         bad_opens[i].name, bad_opens[i].volume);
+    }
+    qmp_assert_error(p->qts, "no volume named 'v2'",
+                     "{ 'execute': 'pfbd-volume-close', 'arguments': "
+                     "{ 'name': 'v2' } }");
+    qmp_assert_error(p->qts, "pfbd-volume-open first",
+                     "{ 'execute': 'device_add', 'arguments': "
+                     "{ 'driver': 'virtio-blk-pfbd-pci', 'id': 'drv1', "
+                     "'volume': '@v2' } }");
+
+    /* A failed realize gives the volume back */
+    qtest_qmp_assert_success(p->qts, "{ 'execute': 'pfbd-volume-open', "
+                             "'arguments': { 'name': 'ro', 'volume': %s, "
+                             "'read-only': true } }", volume);
+    qmp_assert_error(p->qts, "read-only=on",
+                     "{ 'execute': 'device_add', 'arguments': "
+                     "{ 'driver': 'virtio-blk-pfbd-pci', 'id': 'drv1', "
+                     "'volume': '@ro' } }");
+    qtest_qmp_assert_success(p->qts, "{ 'execute': 'pfbd-volume-close', "
+                             "'arguments': { 'name': 'ro' } }");
+
+    /* The device serves it */
+    hotplug_pfbd(p->qts, "@v0");
+    rsp = qtest_qmp(p->qts, "{ 'execute': 'qom-get', 'arguments': "
+                    "{ 'path': '/machine/peripheral/drv1', "
+                    "'property': 'volume' } }");
+    shown = g_strdup(qdict_get_str(rsp, "return"));
+    qobject_unref(rsp);
+    g_assert_cmpstr(shown, ==, "@v0");
+    g_assert_true(image_byte_locked(fd, 101));
+    qmp_assert_error(p->qts, "no volume named 'v0'",
+                     "{ 'execute': 'pfbd-volume-close', 'arguments': "
+                     "{ 'name': 'v0' } }");
+
+    hp = hotplugged_setup(p, &vq);
+    addr = guest_alloc(&p->qs->alloc, 16 + sizeof(got) + 1);
+    qtest_memwrite(p->qts, addr, &(struct virtio_blk_outhdr) {
+                       .type = cpu_to_le32(VIRTIO_BLK_T_IN),
+                       .sector = cpu_to_le64(16),
+                   }, 16);
+    head = qvirtqueue_add(p->qts, vq, addr, 16, false, true);
+    qvirtqueue_add(p->qts, vq, addr + 16, sizeof(got), true, true);
+    qvirtqueue_add(p->qts, vq, addr + 16 + sizeof(got), 1, true, false);
+    qvirtqueue_kick(p->qts, &hp->vdev, vq, head);
+    qvirtio_wait_used_elem(p->qts, &hp->vdev, vq, head, NULL,
+                           TIMEOUT_US);
+    g_assert_cmpint(qtest_readb(p->qts, addr + 16 + sizeof(got)), ==,
+                    VIRTIO_BLK_S_OK);
+    qtest_memread(p->qts, addr + 16, got, sizeof(got));
+    g_assert_cmpmem(got, sizeof(got), want, sizeof(want));
+
+    qpci_unplug_acpi_device_test(p->qts, "drv1", PCI_SLOT_HP);
+    g_free(vq);
+    guest_free(&p->qs->alloc, addr);
+    qos_object_destroy((QOSGraphObject *)hp);
+    g_assert_false(image_byte_locked(fd, 101));
+    /* Taken, then closed with its device */
+    qmp_assert_error(p->qts, "pfbd-volume-open first",
+                     "{ 'execute': 'device_add', 'arguments': "
+                     "{ 'driver': 'virtio-blk-pfbd-pci', 'id': 'drv1', "
+                     "'volume': '@v0' } }");
+    close(fd);
+    unlink(image);
+    pfbd_stop(p);
+}
+
+/*
+ * pfbd-volume-open waits for the network outside the main loop: a
+ * PureFlash conductor that takes the connection and does not answer
+ * holds the command (the open's timeout is 60 s), while the main loop
+ * goes on serving qtest commands under the BQL.  Only once one of them
+ * has been answered does the conductor reply, HTTP 503: the command then
+ * fails with that reply, not with a timeout, and the name is free again.
+ */
+static void test_volume_open_off_main_loop(void)
+{
+    Pfbd *p = pfbd_setup(VOLUME_SIZE, "", "", 1);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    socklen_t len = sizeof(sa);
+    g_autofree char *spec = NULL;
+    const char *desc;
+    char req[4096];
+    size_t got = 0;
+    ssize_t n;
+    int lfd, cfd;
+    QDict *rsp;
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    g_assert_cmpint(lfd, >=, 0);
+    g_assert_cmpint(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(listen(lfd, 1), ==, 0);
+    g_assert_cmpint(getsockname(lfd, (struct sockaddr *)&sa, &len), ==, 0);
+    spec = g_strdup_printf("pureflash:vol1:conductor=127.0.0.1:%u:timeout=60",
+                           ntohs(sa.sin_port));
+
+    qtest_qmp_send(p->qts, "{ 'execute': 'pfbd-volume-open', 'arguments': "
+                   "{ 'name': 'pf', 'volume': %s } }", spec);
+    /* The open's request reaches the conductor */
+    cfd = accept(lfd, NULL, NULL);
+    g_assert_cmpint(cfd, >=, 0);
+    while (!g_strstr_len(req, got, "\r\n\r\n")) {
+        n = recv(cfd, req + got, sizeof(req) - 1 - got, 0);
+        g_assert_cmpint(n, >, 0);
+        got += n;
+    }
+    req[got] = '\0';
+    g_assert_nonnull(strstr(req, "op=open_volume"));
+
+    /*
+     * Meanwhile the main loop serves the qtest socket, under the BQL (the
+     * QMP monitor is busy with the command: it answers afterwards)
+     */
+    qtest_writel(p->qts, 0x1000, 0x5a5a1234);
+    g_assert_cmphex(qtest_readl(p->qts, 0x1000), ==, 0x5a5a1234);
+
+    n = strlen("HTTP/1.1 503 Service Unavailable\r\n"
+               "Content-Length: 0\r\n\r\n");
+    g_assert_cmpint(send(cfd, "HTTP/1.1 503 Service Unavailable\r\n"
+                         "Content-Length: 0\r\n\r\n", n, MSG_NOSIGNAL),
+                    ==, n);
+    close(cfd);
+    close(lfd);
+
+    rsp = qtest_qmp_receive(p->qts);
+    g_assert_true(qdict_haskey(rsp, "error"));
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    g_test_message("pfbd-volume-open: %s", desc);
+    g_assert_nonnull(strstr(desc, "HTTP status 503"));
+    qobject_unref(rsp);
+    qmp_assert_error(p->qts, "no volume named 'pf'",
+                     "{ 'execute': 'pfbd-volume-close', 'arguments': "
+                     "{ 'name': 'pf' } }");
+    pfbd_stop(p);
+}
+
 /*
  * Hot-plug and unplug a two-queue device on two IOThreads 20 times, with
  * requests in flight at each unplug: QEMU survives, keeps no fd and does
@@ -2201,17 +2433,7 @@ static void test_hotplug_cycles(void)
         unsigned int j;
 
         hotplug_pfbd(p->qts, SLOW_VOLUME);
-        hp = virtio_pci_new(p->qs->pcibus, &(QPCIAddress) {
-                                .devfn = QPCI_DEVFN(PCI_SLOT_HP, 0) });
-        g_assert_nonnull(hp);
-        qvirtio_pci_device_enable(hp);
-        qvirtio_start_device(&hp->vdev);
-        qvirtio_set_features(&hp->vdev, qvirtio_get_features(&hp->vdev) &
-                             ~(QVIRTIO_F_BAD_FEATURE |
-                               (1ull << VIRTIO_RING_F_INDIRECT_DESC) |
-                               (1ull << VIRTIO_RING_F_EVENT_IDX)));
-        vq = qvirtqueue_setup(&hp->vdev, &p->qs->alloc, 0);
-        qvirtio_set_driver_ok(&hp->vdev);
+        hp = hotplugged_setup(p, &vq);
 
         /* Reads in flight when the unplug comes */
         addr = guest_alloc(&p->qs->alloc, 32 * (16 + 65536 + 1));
@@ -3137,6 +3359,10 @@ int main(int argc, char **argv)
                    test_reset_inflight);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/stop-cont-inflight",
                    test_stop_cont_inflight);
+    qtest_add_func("/virtio-blk-pfbd/volume/open-ahead",
+                   test_volume_open_ahead);
+    qtest_add_func("/virtio-blk-pfbd/volume/open-off-main-loop",
+                   test_volume_open_off_main_loop);
     qtest_add_func("/virtio-blk-pfbd/lifecycle/hotplug-cycles",
                    test_hotplug_cycles);
     qtest_add_func("/virtio-blk-pfbd/trace/engine-events",

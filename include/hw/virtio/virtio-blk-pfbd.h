@@ -127,6 +127,8 @@ struct VirtIOBlockPfbd {
 
     PfbdVolume *volume;
     char *volume_shown;         /* conf.volume without secrets (malloc) */
+    /* "volume": "@NAME": what pfbd-volume-open kept under NAME */
+    struct VirtIOBlockPfbdNamedVolume *named;
     Notifier lock_exit;         /* drops the image locks at exit */
     NotifierWithReturn lock_migration;  /* passes them on to migrate */
     bool locked;                /* the image locks are taken */
@@ -181,6 +183,21 @@ typedef struct VirtIOBlockPfbdReq {
     bool migrated;                  /* parked on a migration's source */
     QSIMPLEQ_ENTRY(VirtIOBlockPfbdReq) next_waiting;
 } VirtIOBlockPfbdReq;
+
+/* hw/block/virtio-blk-pfbd-volumes.c: volumes of QMP pfbd-volume-open */
+typedef struct VirtIOBlockPfbdNamedVolume {
+    PfbdVolume *vol;            /* NULL while the open runs */
+    char *shown;                /* its spec without secrets (malloc) */
+    bool read_only;             /* opened read-only */
+    bool iowq_cpus;             /* opened with iowq-cpus */
+} VirtIOBlockPfbdNamedVolume;
+
+VirtIOBlockPfbdNamedVolume *virtio_blk_pfbd_take_volume(const char *name,
+                                                        Error **errp);
+void virtio_blk_pfbd_give_back_volume(const char *name,
+                                      VirtIOBlockPfbdNamedVolume *nv);
+int virtio_blk_pfbd_secret_lookup(void *opaque, const char *id,
+                                  char **valuep, char **errmsg);
 
 /* hw/block/virtio-blk-pfbd-stats.c: the "stats" property */
 void virtio_blk_pfbd_stats_class_init(ObjectClass *klass);
