@@ -13,6 +13,10 @@
 #                the emulator as pfbd-qemu-system-x86_64, pfbd-stat and
 #                the docs, under $(DESTDIR)$(PREFIX) (default /usr/local)
 #   make deb     the Debian package pfbd-qemu, in build/deb
+#   make series  the series a maintainer applies (patches/export/plan):
+#                build/series/patches, every new file in its patch
+#   make check-series-bisect
+#                build every prefix of that series (by hand: slow)
 
 BUILD ?= build
 QB := $(BUILD)/qemu-build
@@ -55,7 +59,7 @@ PREFIX ?= /usr/local
 
 .PHONY: all build deps config run check FORCE check-unit check-qtest \
 	check-sanitizers check-functional fuzz guest clean distclean \
-	install uninstall deb check-deb
+	install uninstall deb check-deb series check-series check-series-bisect
 
 all: build
 
@@ -169,8 +173,30 @@ deb: build
 check-deb: deb
 	bash tests/deb/test-deb.sh $(firstword $(wildcard $(BUILD)/deb/pfbd-qemu_*.deb))
 
+# The exported series: patches/ and the overlay as one git format-patch
+# series against the unpacked upstream tree (scripts/export-series.sh),
+# made from the Debian source package that configure unpacks
+SERIES := $(BUILD)/series
+SERIES_DSC = $(lastword $(sort $(wildcard build/dl/qemu_10.0.*.dsc)))
+
+series: $(BUILD)/.configured
+	@test -n "$(SERIES_DSC)" || { echo "make series: no QEMU source package in build/dl"; exit 1; }
+	bash scripts/export-series.sh $(SERIES_DSC) $(SERIES)
+
+# It applies with git am to a freshly unpacked tree, and that tree builds
+# with the options of make build (ccache makes this second build cheap)
+check-series: series
+	./configure --build-dir=$(SERIES) --exported-series=$(SERIES)/patches \
+		$(CONFIGURE_FLAGS)
+	$(NINJA) -C $(SERIES)/qemu-build $(NINJA_TARGETS)
+
+# Every prefix of it builds: each patch in turn, an incremental build
+check-series-bisect: series
+	bash scripts/series-bisect.sh $(SERIES)
+
 check: deps
-	$(MAKE) check-unit check-qtest check-sanitizers check-functional check-deb
+	$(MAKE) check-unit check-qtest check-sanitizers check-series \
+		check-functional check-deb
 
 # make bench: the benchmark rig (tests/bench/)
 -include tests/bench/bench.mk
