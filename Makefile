@@ -155,19 +155,18 @@ install: build
 uninstall:
 	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' bash scripts/install.sh uninstall $(QB)
 
-# The Debian package, with Debian's tools (debian/rules calls make build
-# and make install), into $(BUILD)/deb; lintian must find no error
-DEB_VERSION = $(shell dpkg-parsechangelog -S Version)
+# The Debian source package pfbd-qemu (QEMU's tarball as the orig, the
+# exported series as debian/patches) and its binary package, built in a
+# fresh root with only the Build-Depends and no network
+# (scripts/build-deb.sh), into $(BUILD)/deb; lintian must find no error.
+# Building it applies the series to pristine upstream and builds it.
+DEB_VERSION = $(shell dpkg-parsechangelog -S Version | sed 's/^[0-9]*://')
 
-deb: build
-	@mkdir -p $(BUILD)/deb
-	rm -f $(BUILD)/deb/pfbd-qemu_*
-	dpkg-buildpackage -b -us -uc \
-		--buildinfo-option=-u$(BUILD)/deb --changes-option=-u$(BUILD)/deb \
-		--buildinfo-file=$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION)_amd64.buildinfo \
-		--changes-file=$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION)_amd64.changes
+deb: series
+	bash scripts/build-deb.sh $(SERIES_DSC) $(SERIES)/patches $(BUILD)/deb
 	lintian --fail-on error \
-		$(BUILD)/deb/pfbd-qemu_*.changes
+		$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION).dsc \
+		$(BUILD)/deb/pfbd-qemu_$(DEB_VERSION)_amd64.changes
 
 # The package installed with apt-get into a fresh Debian root (mmdebstrap)
 check-deb: deb
@@ -183,8 +182,10 @@ series: $(BUILD)/.configured
 	@test -n "$(SERIES_DSC)" || { echo "make series: no QEMU source package in build/dl"; exit 1; }
 	bash scripts/export-series.sh $(SERIES_DSC) $(SERIES)
 
-# It applies with git am to a freshly unpacked tree, and that tree builds
-# with the options of make build (ccache makes this second build cheap)
+# It applies with git am to a freshly unpacked tree (with Debian's
+# patches), and that tree builds with the options of make build (ccache
+# makes this second build cheap).  make check builds the series in the
+# Debian package instead (make deb), on QEMU's own tarball.
 check-series: series
 	./configure --build-dir=$(SERIES) --exported-series=$(SERIES)/patches \
 		$(CONFIGURE_FLAGS)
@@ -195,8 +196,8 @@ check-series-bisect: series
 	bash scripts/series-bisect.sh $(SERIES)
 
 check: deps
-	$(MAKE) check-unit check-qtest check-sanitizers check-series \
-		check-functional check-deb
+	$(MAKE) check-unit check-qtest check-sanitizers check-functional \
+		check-deb
 
 # make bench: the benchmark rig (tests/bench/)
 -include tests/bench/bench.mk

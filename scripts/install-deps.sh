@@ -2,6 +2,10 @@
 # install-deps.sh: install every Debian package that building pfbd-qemu,
 # its tests and its test guest need.  Idempotent; run as root.
 #
+# The packages come in two lists: what building the emulator needs (a
+# plain `make` checks those only) and what the tests, the test guest,
+# the image and the package need on top (`make deps` installs both).
+#
 # On bookworm it adds the bookworm-backports suite (meson >= 1.5 and
 # python3-pycotap live there) and a deb-src entry for trixie (the QEMU
 # 10.0.x source package), reusing the URI of the machine's existing Debian
@@ -9,14 +13,18 @@
 
 set -euo pipefail
 
+# --build: only what building needs
 # --fuzz: also what `make fuzz` needs (clang and its libFuzzer runtime)
-# --check: install nothing and touch no apt source: list what is missing
-# and exit 1 if anything is (what a plain `make` does)
+# --check: install nothing and touch no apt source: list what building
+# needs and is missing, and exit 1 if anything is (what a plain `make`
+# does)
 fuzz=
 check=
+build_only=
 case "${1:-}" in
+--build) build_only=1 ;;
 --fuzz) fuzz=1 ;;
---check) check=1 ;;
+--check) check=1; build_only=1 ;;
 esac
 
 say() { echo "install-deps: $*"; }
@@ -89,8 +97,10 @@ pkgs=(
     liburing-dev libaio-dev librbd-dev libzookeeper-mt-dev
     # upstream source and its unpacking
     dpkg-dev xz-utils patch git
-    # firmware for the test guests
+    # the emulator finds its firmware in Debian's packages
     seabios qemu-system-data ipxe-qemu
+)
+test_pkgs=(
     # tests and the test guest
     python3-pytest fio busybox-static cpio kmod util-linux e2fsprogs
     # the throwaway Ceph cluster of the rbd tests (tests/ceph/)
@@ -99,15 +109,20 @@ pkgs=(
     zookeeper
     # the bootable Debian image (tests/image/build-image.sh)
     mmdebstrap grub-pc-bin fdisk
-    # the Debian package (make deb) and its install test (make check-deb)
-    debhelper lintian fakeroot
+    # the Debian package (make deb: built in a fresh root of mmdebstrap)
+    # and its install test (make check-deb)
+    lintian
     # libvirt (tests/functional/test_libvirt.py)
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 )
+if [ -z "$build_only" ]; then
+    pkgs+=("${test_pkgs[@]}")
+fi
 if [ -n "$fuzz" ]; then
     pkgs+=(clang libclang-rt-dev)
 fi
-bpo_pkgs=(meson python3-pycotap)
+bpo_pkgs=(meson)
+[ -n "$build_only" ] || bpo_pkgs+=(python3-pycotap)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -120,7 +135,7 @@ if command -v meson >/dev/null &&
     meson_ok=1
 fi
 pycotap_ok=0
-if /usr/bin/python3 -c 'import pycotap' 2>/dev/null; then
+if [ -n "$build_only" ] || /usr/bin/python3 -c 'import pycotap' 2>/dev/null; then
     pycotap_ok=1
 fi
 

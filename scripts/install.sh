@@ -41,6 +41,9 @@ esac
 root=${DESTDIR:-}$prefix
 manifest=share/pfbd-qemu/installed-files
 top=$(cd "$(dirname "$0")/.." && pwd)
+# The QEMU source tree (COPYING, LICENSE, the QMP client): the build's
+# sibling in a pfbd-qemu build directory; the package build sets it
+qemu_src=${QEMU_SRC:-$qb/../qemu-src}
 
 if [ "$action" = uninstall ]; then
     if [ ! -f "$root/$manifest" ]; then
@@ -68,7 +71,7 @@ put() {     # put MODE SOURCE DEST (DEST relative to $root)
 put 755 "$qb/qemu-system-x86_64" bin/pfbd-qemu-system-x86_64
 put 755 "$top/scripts/pfbd-stat" bin/pfbd-stat
 # pfbd-stat's QMP client: qemu.qmp from the QEMU source (not its shells)
-for f in "$qb/../qemu-src/python/qemu/qmp/"*.py; do
+for f in "$qemu_src/python/qemu/qmp/"*.py; do
     case $(basename "$f") in
     qmp_shell.py|qmp_tui.py) ;;
     *) put 644 "$f" "share/pfbd-qemu/python/qemu/qmp/$(basename "$f")" ;;
@@ -85,7 +88,7 @@ for f in user-guide.rst design.rst images.rst pureflash.rst benchmarks.md; do
     put 644 "$top/docs/$f" "share/doc/pfbd-qemu/$f"
 done
 for f in COPYING LICENSE; do
-    put 644 "$qb/../qemu-src/$f" "share/doc/pfbd-qemu/$f"
+    put 644 "$qemu_src/$f" "share/doc/pfbd-qemu/$f"
 done
 # What upstream installs in the data directory (keymaps, trace-events-all)
 data=$qb/qemu-bundle/usr/local/share/pfbd-qemu

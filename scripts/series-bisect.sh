@@ -7,13 +7,13 @@
 # built incrementally (ninja's default targets, and those of make build
 # that exist by then).  Prints one line per patch: its build time and
 # result; stops at the first that does not build.  The build is in
-# SERIES/bisect.
+# SERIES-bisect (next to SERIES, which make series replaces).
 set -euo pipefail
 
 series=$(cd "${1:?usage: $0 SERIES}" && pwd)
 top=$(cd "$(dirname "$0")/.." && pwd)
 gd=$series/tree/.git
-bis=$series/bisect
+bis=$series-bisect
 src=$bis/qemu-src
 qb=$bis/qemu-build
 extra=(tests/unit/test-pfbd tests/unit/test-pfbd-pureflash
