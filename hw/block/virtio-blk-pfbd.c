@@ -1560,11 +1560,8 @@ static bool virtio_blk_pfbd_check_conf(VirtIOBlockPfbd *s, Error **errp)
 }
 
 /*
- * libpfbd's secret lookup: QEMU's secret objects, as block/rbd.c takes
- * its key-secret
- */
-/*
- * PfbdOpenOptions.secret_lookup: the value of the secret object @id.
+ * libpfbd's secret lookup (PfbdOpenOptions.secret_lookup): the value of
+ * QEMU's secret object @id, as block/rbd.c takes its key-secret.
  *
  * Context: any thread; takes the BQL if the caller does not hold it (a
  * worker thread of pfbd-volume-open)
