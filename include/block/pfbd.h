@@ -69,7 +69,10 @@ typedef struct PfbdTraceOps {
      * on it while @inflight requests were in flight (-EEXIST)
      */
     void (*ring_busy)(void *opaque, PfbdQueue *q, unsigned inflight);
-    /* A request of @len bytes of @q goes through a bounce buffer */
+    /*
+     * A request of @len bytes of @q goes through a bounce buffer, in a
+     * new mapping if @fresh (else in one its request slot kept)
+     */
     void (*bounce)(void *opaque, PfbdQueue *q, uint64_t len, bool fresh);
     /*
      * An engine sends what is left of a request again without the caller:
