@@ -945,9 +945,7 @@ static int pfbd_file_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     };
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
-        (iovcnt > IOV_MAX ||
-         !pfbd_iov_is_aligned(iov, iovcnt, mem_align,
-                              mem_align > 1 ? q->vol->info.block_size : 1))) {
+        (iovcnt > IOV_MAX || !(flags & PFBD_REQ_ALIGNED))) {
         fresh = !req->bounce.map;
         ret = pfbd_bounce_map(q, &req->bounce, len, mem_align);
         if (ret < 0) {

@@ -387,14 +387,13 @@ static inline void pfbd_null_enqueue(NullQueue *nq, PfbdOp op,
  */
 static __attribute__((noinline)) int
 pfbd_null_submit_aligned(NullQueue *nq, PfbdOp op, const struct iovec *iov,
-                         int iovcnt, uint64_t len, PfbdCompletionFunc *cb,
-                         void *opaque)
+                         int iovcnt, uint64_t len, unsigned flags,
+                         PfbdCompletionFunc *cb, void *opaque)
 {
     int ret;
 
     if ((op == PFBD_OP_READ || op == PFBD_OP_WRITE) &&
-        !pfbd_iov_is_aligned(iov, iovcnt, nq->mem_align,
-                             nq->base.vol->info.block_size)) {
+        !(flags & PFBD_REQ_ALIGNED)) {
         ret = pfbd_null_bounce(nq, nq->free_reqs, op, iov, iovcnt, len);
         if (ret < 0) {
             return ret;
@@ -412,8 +411,8 @@ static int pfbd_null_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
     NullQueue *nq = (NullQueue *)q;
 
     if (__builtin_expect(nq->mem_align > 1, 0)) {
-        return pfbd_null_submit_aligned(nq, op, iov, iovcnt, len, cb,
-                                        opaque);
+        return pfbd_null_submit_aligned(nq, op, iov, iovcnt, len, flags,
+                                        cb, opaque);
     }
     pfbd_null_enqueue(nq, op, cb, opaque);
     return 0;

@@ -5,8 +5,9 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * pfbd.c parses the volume spec, validates every request and keeps the
- * in-flight count; an engine only moves data.  Each engine is one file
+ * pfbd.c parses the volume spec, validates every request, keeps the
+ * in-flight count and the requests that wait for room, and runs the
+ * submit/reap loop; an engine only moves data.  Each engine is one file
  * that defines one PfbdEngine and embeds PfbdVolume and PfbdQueue as the
  * first member of its own volume and queue structs.
  */
@@ -23,6 +24,8 @@ typedef struct PfbdEngine PfbdEngine;
 struct PfbdVolume {
     const PfbdEngine *engine;
     PfbdVolumeInfo info;    /* info.engine is engine->name */
+    /* What offsets and lengths align to: set_block_size(), or block_size */
+    uint32_t align;
     unsigned nqueues;       /* queues not yet freed */
     bool any_thread;        /* PfbdOpenOptions.any_thread */
     const PfbdTraceOps *trace;  /* PfbdOpenOptions.trace */
@@ -38,10 +41,53 @@ struct PfbdVolume {
         }                                                               \
     } while (0)
 
+/*
+ * pfbd_submit() sets it for READ and WRITE whose buffers are all aligned
+ * to the volume's mem_align, and whose lengths to its block size (when
+ * mem_align > 1): what O_DIRECT takes as it is, as the kernel's block
+ * layer checks it (Linux 6.1 wants every segment a multiple of the logical
+ * block size) and as QEMU's file-posix decides what to bounce.  Engines
+ * test it instead of walking the iovec again.
+ */
+#define PFBD_REQ_ALIGNED    (1u << 31)
+
+typedef struct PfbdWaiting PfbdWaiting;
+
+/*
+ * A request that pfbd_submit() took and the engine did not, for
+ * pfbd_queue_do_io(): to send when there is room (@ret PFBD_WAITING_SEND),
+ * to complete with success (PFBD_WAITING_DONE: it moves no byte), or to
+ * complete with the engine's refusal (@ret < 0)
+ */
+#define PFBD_WAITING_SEND   1
+#define PFBD_WAITING_DONE   2
+
+struct PfbdWaiting {
+    PfbdWaiting *next;
+    PfbdOp op;
+    int ret;
+    uint64_t offset;
+    const struct iovec *iov;
+    int iovcnt;
+    unsigned flags;
+    uint64_t len;
+    PfbdCompletionFunc *cb;
+    void *opaque;
+};
+
 struct PfbdQueue {
     PfbdVolume *vol;
     unsigned depth;
-    unsigned inflight;      /* submitted, callback not run yet */
+    unsigned inflight;      /* in the engine, callback not run yet */
+    unsigned nwaiting;      /* in @waiting */
+    /* pfbd_submit()'s requests that the engine did not take yet */
+    PfbdWaiting *waiting;
+    PfbdWaiting **waiting_tail;
+    PfbdWaiting *waiting_free;  /* entries for reuse */
+    /* A memory registration that waits for @inflight to reach 0 */
+    bool reg_waits;
+    struct iovec *reg_iov;
+    unsigned reg_n;
     uint64_t bounce_limit;  /* pfbd_queue_set_bounce_limit(), 0: none */
     uint64_t bounce_bytes;  /* bounce mappings of the requests in flight */
     uint64_t bounce_kept;   /* bounce mappings that free requests keep */
@@ -94,7 +140,8 @@ void pfbd_bounce_free(PfbdBounce *b);
 
 /*
  * The operations of one engine.  pfbd.c has already validated every
- * argument when it calls them.
+ * argument when it calls them, and calls the queue operations from the
+ * queue's thread.
  */
 struct PfbdEngine {
     const char *name;       /* the spec prefix, "file" for "file:PATH" */
@@ -121,19 +168,26 @@ struct PfbdEngine {
     int (*queue_new)(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);
     void (*queue_free)(PfbdQueue *q);
     int (*queue_get_fd)(PfbdQueue *q);
-    /* May be NULL: no memory registration (-ENOTSUP) */
+    /*
+     * May be NULL: no memory registration (-ENOTSUP).  With @n > 0 it is
+     * called only while nothing is in flight.
+     */
     int (*queue_register_memory)(PfbdQueue *q, const struct iovec *iov,
                                  unsigned n);
 
     /*
-     * Queue one validated request; never block.  On success the engine
-     * must later complete it with pfbd_complete().
+     * Queue one validated request (@flags may have PFBD_REQ_ALIGNED); never
+     * block.  On success the engine must later complete it with
+     * pfbd_complete().  -EAGAIN: no room now (a bounce limit, a full
+     * engine queue); the request waits in pfbd.c for a completion.
      */
     int (*submit)(PfbdQueue *q, PfbdOp op, uint64_t offset,
                   const struct iovec *iov, int iovcnt, uint64_t len,
                   unsigned flags, PfbdCompletionFunc *cb, void *opaque);
+    /* Send what is queued: the number sent, 0 if none, or -errno */
     int (*flush)(PfbdQueue *q);
     bool (*completions_ready)(PfbdQueue *q);
+    /* Complete up to @max (0: all) ready requests; return how many */
     int (*reap)(PfbdQueue *q, unsigned max);
     /* Send what is queued and block until at least one completion. */
     void (*wait)(PfbdQueue *q);
@@ -171,8 +225,8 @@ int pfbd_pureflash_zk_conductor(const char *hosts, const char *cluster,
 #endif
 
 /*
- * pfbd_complete: end a request of @q.  Engines call it from their reap and
- * wait operations; it runs @cb, which may submit new requests on @q.
+ * pfbd_complete: end a request of @q.  Engines call it from their reap
+ * operation; it runs @cb, which may submit new requests on @q.
  */
 static inline void pfbd_complete(PfbdQueue *q, PfbdCompletionFunc *cb,
                                  void *opaque, int ret)
@@ -197,17 +251,6 @@ void pfbd_set_error(char **errmsg, const char *fmt, ...)
  * "POOL/IMAGE@SNAP:KEY=VALUE".
  */
 char *pfbd_next_token(const char **p, const char *delims, char *found);
-
-/*
- * pfbd_iov_is_aligned: true if every base in @iov is a multiple of
- * @mem_align and every length a multiple of @len_align (powers of two).
- * For O_DIRECT: the memory alignment for the bases, the block size for
- * the lengths, as the kernel's block layer checks them (Linux 6.1 wants
- * every segment a multiple of the logical block size) and as QEMU's
- * file-posix decides what to bounce.
- */
-bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt,
-                         uint32_t mem_align, uint32_t len_align);
 
 /*
  * pfbd_iov_seek: where the byte @skip bytes into @iov lies.  Returns the

@@ -6,6 +6,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -74,22 +75,6 @@ char *pfbd_next_token(const char **p, const char *delims, char *found)
     *out = '\0';
     *p = *s ? s + 1 : NULL;
     return tok;
-}
-
-bool pfbd_iov_is_aligned(const struct iovec *iov, int iovcnt,
-                         uint32_t mem_align, uint32_t len_align)
-{
-    uintptr_t mem_mask = mem_align - 1;
-    size_t len_mask = len_align - 1;
-    int i;
-
-    for (i = 0; i < iovcnt; i++) {
-        if (((uintptr_t)iov[i].iov_base & mem_mask) ||
-            (iov[i].iov_len & len_mask)) {
-            return false;
-        }
-    }
-    return true;
 }
 
 int pfbd_iov_seek(const struct iovec *iov, int iovcnt, uint64_t skip,
@@ -252,6 +237,7 @@ static int pfbd_volume_open_shown(const char *spec, const char *shown,
     vol->info.engine = vol->engine->name;
     /* An engine may force read-only (an rbd snapshot) */
     vol->info.read_only = vol->info.read_only || (opts && opts->read_only);
+    vol->align = vol->info.block_size;
     vol->nqueues = 0;
     pfbd_volume_adopt(vol, opts);
     *volp = vol;
@@ -349,17 +335,31 @@ int pfbd_volume_get_file_fd(PfbdVolume *vol)
     return vol->engine->volume_get_file_fd(vol);
 }
 
-int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size)
+int pfbd_volume_set_block_size(PfbdVolume *vol, uint32_t block_size)
+{
+    uint64_t size;
+
+    if (vol->nqueues) {
+        return -EBUSY;
+    }
+    if (!block_size || (block_size & (block_size - 1)) ||
+        block_size % vol->info.block_size) {
+        return -EINVAL;
+    }
+    size = vol->info.size - vol->info.size % block_size;
+    if (size == 0) {
+        return -EINVAL;
+    }
+    vol->align = block_size;
+    vol->info.size = size;
+    return 0;
+}
+
+int pfbd_volume_refresh_size(PfbdVolume *vol)
 {
     uint64_t size;
     int ret;
 
-    if (!block_size) {
-        block_size = vol->info.block_size;
-    }
-    if (block_size % vol->info.block_size) {
-        return -EINVAL;
-    }
     if (!vol->engine->volume_get_size) {
         return 0;
     }
@@ -367,7 +367,7 @@ int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size)
     if (ret < 0) {
         return ret;
     }
-    size -= size % block_size;
+    size -= size % vol->align;
     if (size == 0) {
         return -EINVAL;
     }
@@ -392,6 +392,13 @@ int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
     q->vol = vol;
     q->depth = depth;
     q->inflight = 0;
+    q->nwaiting = 0;
+    q->waiting = NULL;
+    q->waiting_tail = &q->waiting;
+    q->waiting_free = NULL;
+    q->reg_waits = false;
+    q->reg_iov = NULL;
+    q->reg_n = 0;
     q->bounce_limit = 0;
     q->bounce_bytes = 0;
     q->bounce_kept = 0;
@@ -402,7 +409,14 @@ int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp)
 
 void pfbd_queue_free(PfbdQueue *q)
 {
+    PfbdWaiting *w;
+
     if (q) {
+        while ((w = q->waiting_free)) {
+            q->waiting_free = w->next;
+            free(w);
+        }
+        free(q->reg_iov);
         q->vol->nqueues--;
         q->vol->engine->queue_free(q);
     }
@@ -426,12 +440,19 @@ static unsigned pfbd_op_flags(PfbdOp op)
     }
 }
 
-/* Check the arguments of pfbd_submit() against the volume */
+/*
+ * Check the arguments of pfbd_submit() against the volume.  Returns 0 and
+ * adds PFBD_REQ_ALIGNED to *@flags where it applies, or a negative errno.
+ */
 static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
                               const struct iovec *iov, int iovcnt,
-                              uint64_t len, unsigned flags)
+                              uint64_t len, unsigned *flags)
 {
-    const PfbdVolumeInfo *info = &q->vol->info;
+    const PfbdVolume *vol = q->vol;
+    const PfbdVolumeInfo *info = &vol->info;
+    uintptr_t mem_mask = info->mem_align - 1;
+    size_t len_mask = info->mem_align > 1 ? info->block_size - 1 : 0;
+    uintptr_t misaligned = 0;
     uint32_t cap;
     uint64_t total;
     uint64_t size;
@@ -454,7 +475,7 @@ static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
     default:
         return -EINVAL;
     }
-    if (flags & ~pfbd_op_flags(op)) {
+    if (*flags & ~pfbd_op_flags(op)) {
         return -EINVAL;
     }
     if (op != PFBD_OP_READ && op != PFBD_OP_FLUSH && info->read_only) {
@@ -469,25 +490,30 @@ static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
     }
 
     if (op == PFBD_OP_READ || op == PFBD_OP_WRITE) {
-        if (!iov || iovcnt < 1) {
+        if (iovcnt < 0 || (!iov && iovcnt)) {
             return -EINVAL;
         }
+        /* One walk: the total, and whether O_DIRECT takes it as it is */
         total = 0;
         for (i = 0; i < iovcnt; i++) {
             if (iov[i].iov_len > UINT64_MAX - total) {
                 return -EINVAL;
             }
             total += iov[i].iov_len;
+            misaligned |= ((uintptr_t)iov[i].iov_base & mem_mask) |
+                          (iov[i].iov_len & len_mask);
         }
         if (total != len) {
             return -EINVAL;
+        }
+        if (!misaligned) {
+            *flags |= PFBD_REQ_ALIGNED;
         }
     } else if (iov || iovcnt) {
         return -EINVAL;
     }
 
-    if (len == 0 || (offset % info->block_size) ||
-        (len % info->block_size)) {
+    if ((offset % vol->align) || (len % vol->align)) {
         return -EINVAL;
     }
     /* The size may change under us (pfbd_volume_refresh_size()) */
@@ -498,26 +524,132 @@ static int pfbd_check_request(PfbdQueue *q, PfbdOp op, uint64_t offset,
     return 0;
 }
 
-int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
-                const struct iovec *iov, int iovcnt, uint64_t len,
-                unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+/* Give a request to the engine: 0, -EAGAIN (no room), or its error */
+static int pfbd_engine_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                              const struct iovec *iov, int iovcnt,
+                              uint64_t len, unsigned flags,
+                              PfbdCompletionFunc *cb, void *opaque)
 {
     int ret;
 
-    ret = pfbd_check_request(q, op, offset, iov, iovcnt, len, flags);
-    if (ret < 0) {
-        return ret;
-    }
-    if (q->inflight >= q->depth) {
+    if (q->inflight >= q->depth || q->reg_waits) {
         return -EAGAIN;
     }
     ret = q->vol->engine->submit(q, op, offset, iov, iovcnt, len, flags,
                                  cb, opaque);
+    if (ret == 0) {
+        q->inflight++;
+    }
+    return ret;
+}
+
+int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
+                const struct iovec *iov, int iovcnt, uint64_t len,
+                unsigned flags, PfbdCompletionFunc *cb, void *opaque)
+{
+    PfbdWaiting *w;
+    int ret;
+
+    ret = pfbd_check_request(q, op, offset, iov, iovcnt, len, &flags);
     if (ret < 0) {
         return ret;
     }
-    q->inflight++;
+    /* Behind those that wait, in order */
+    ret = -EAGAIN;
+    if (len == 0 && op != PFBD_OP_FLUSH) {
+        ret = PFBD_WAITING_DONE;
+    } else if (!q->waiting) {
+        ret = pfbd_engine_submit(q, op, offset, iov, iovcnt, len, flags,
+                                 cb, opaque);
+        if (ret == 0) {
+            return 0;
+        }
+    }
+    w = q->waiting_free;
+    if (w) {
+        q->waiting_free = w->next;
+    } else {
+        w = malloc(sizeof(*w));
+        if (!w) {
+            return -ENOMEM;
+        }
+    }
+    *w = (PfbdWaiting) {
+        .op = op,
+        .ret = ret == -EAGAIN ? PFBD_WAITING_SEND : ret,
+        .offset = offset,
+        .iov = iov,
+        .iovcnt = iovcnt,
+        .flags = flags,
+        .len = len,
+        .cb = cb,
+        .opaque = opaque,
+    };
+    *q->waiting_tail = w;
+    q->waiting_tail = &w->next;
+    q->nwaiting++;
+    pfbd_trace(q, waits, q->nwaiting);
     return 0;
+}
+
+/* Make the registration that waited for the requests in flight */
+static void pfbd_register_waiting(PfbdQueue *q)
+{
+    int ret;
+
+    q->reg_waits = false;
+    ret = q->vol->engine->queue_register_memory(q, q->reg_iov, q->reg_n);
+    pfbd_trace(q, memory_registered, q->reg_n, ret);
+    free(q->reg_iov);
+    q->reg_iov = NULL;
+    q->reg_n = 0;
+}
+
+/*
+ * Send what waits, oldest first, while the engine takes it; complete
+ * what the engine refused.  Returns how many callbacks ran.
+ */
+static unsigned pfbd_send_waiting(PfbdQueue *q)
+{
+    PfbdCompletionFunc *cb;
+    PfbdWaiting *w;
+    unsigned done = 0;
+    void *opaque;
+    int ret;
+
+    if (q->reg_waits && q->inflight == 0) {
+        pfbd_register_waiting(q);
+    }
+    while ((w = q->waiting)) {
+        ret = w->ret;
+        if (ret == PFBD_WAITING_SEND) {
+            ret = pfbd_engine_submit(q, w->op, w->offset, w->iov, w->iovcnt,
+                                     w->len, w->flags, w->cb, w->opaque);
+            if (ret == -EAGAIN) {
+                /*
+                 * Room comes with a completion: with none in flight, the
+                 * engine takes any request
+                 */
+                assert(q->inflight > 0);
+                break;
+            }
+        }
+        q->waiting = w->next;
+        if (!q->waiting) {
+            q->waiting_tail = &q->waiting;
+        }
+        q->nwaiting--;
+        cb = w->cb;
+        opaque = w->opaque;
+        w->next = q->waiting_free;
+        q->waiting_free = w;
+        if (ret != 0) {
+            /* (It may submit, and take @w again) */
+            cb(opaque, ret == PFBD_WAITING_DONE ? 0 : ret);
+            done++;
+        }
+    }
+    return done;
 }
 
 /*
@@ -647,21 +779,62 @@ void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes)
     q->bounce_limit = bytes;
 }
 
+/* Forget a registration that waits */
+static void pfbd_register_cancel(PfbdQueue *q)
+{
+    free(q->reg_iov);
+    q->reg_iov = NULL;
+    q->reg_n = 0;
+    q->reg_waits = false;
+}
+
+/*
+ * Keep a copy of @iov, to register before the engine gets another
+ * request: 0, or -ENOMEM with nothing registered
+ */
+static int pfbd_register_defer(PfbdQueue *q, const struct iovec *iov,
+                               unsigned n)
+{
+    struct iovec *copy = malloc(n * sizeof(*iov));
+
+    if (!copy) {
+        q->vol->engine->queue_register_memory(q, NULL, 0);
+        return -ENOMEM;
+    }
+    memcpy(copy, iov, n * sizeof(*iov));
+    q->reg_iov = copy;
+    q->reg_n = n;
+    q->reg_waits = true;
+    return 0;
+}
+
 int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
                                unsigned n)
 {
+    int ret;
+
     if (!q->vol->engine->queue_register_memory) {
         return -ENOTSUP;
     }
+    pfbd_register_cancel(q);
     if (q->inflight > 0 && n > 0) {
-        return -EBUSY;
+        ret = pfbd_register_defer(q, iov, n);
+        return ret < 0 ? ret : -EINPROGRESS;
     }
     return q->vol->engine->queue_register_memory(q, iov, n);
 }
 
-int pfbd_queue_flush(PfbdQueue *q)
+int pfbd_queue_register_memory_later(PfbdQueue *q, const struct iovec *iov,
+                                     unsigned n)
 {
-    return q->vol->engine->flush(q);
+    if (!q->vol->engine->queue_register_memory) {
+        return -ENOTSUP;
+    }
+    pfbd_register_cancel(q);
+    if (n == 0) {
+        return q->vol->engine->queue_register_memory(q, NULL, 0);
+    }
+    return pfbd_register_defer(q, iov, n);
 }
 
 bool pfbd_queue_completions_ready(PfbdQueue *q)
@@ -669,24 +842,60 @@ bool pfbd_queue_completions_ready(PfbdQueue *q)
     return q->vol->engine->completions_ready(q);
 }
 
-int pfbd_queue_reap(PfbdQueue *q, unsigned max)
+int pfbd_queue_do_io(PfbdQueue *q, unsigned min_completions,
+                     unsigned max_completions, PfbdIoCounts *counts)
 {
-    return q->vol->engine->reap(q, max);
+    const PfbdEngine *engine = q->vol->engine;
+    unsigned done = 0, sent = 0;
+    bool woken = true;
+    int err = 0;
+    int ret;
+
+    for (;;) {
+        done += pfbd_send_waiting(q);
+        ret = engine->flush(q);
+        if (ret > 0) {
+            sent++;
+        }
+        err = ret < 0 ? ret : 0;
+        if (max_completions && done >= max_completions) {
+            break;
+        }
+        /*
+         * After a wake-up, reap even when nothing looks ready: an engine
+         * may have to read its sockets first (pureflash).  Completions
+         * make room for what waits, and callbacks may submit: send again.
+         */
+        if (woken || engine->completions_ready(q)) {
+            woken = false;
+            ret = engine->reap(q, max_completions ?
+                                  max_completions - done : 0);
+            if (ret > 0) {
+                done += ret;
+                continue;
+            }
+        }
+        if (done >= min_completions || pfbd_queue_inflight(q) == 0) {
+            break;
+        }
+        engine->wait(q);
+        woken = true;
+    }
+    if (counts) {
+        counts->sent = sent;
+        counts->completed = done;
+    }
+    return err;
 }
 
 unsigned pfbd_queue_inflight(PfbdQueue *q)
 {
-    return q->inflight;
+    return q->inflight + q->nwaiting;
 }
 
 void pfbd_queue_drain(PfbdQueue *q)
 {
-    pfbd_queue_flush(q);
-    for (;;) {
-        pfbd_queue_reap(q, 0);
-        if (q->inflight == 0) {
-            break;
-        }
-        q->vol->engine->wait(q);
+    while (pfbd_queue_inflight(q) > 0) {
+        pfbd_queue_do_io(q, 1, 0, NULL);
     }
 }

@@ -71,8 +71,12 @@ static void virtio_blk_pfbd_scan_ram(VirtIOBlockPfbd *s, void *gone)
 }
 
 /*
- * Hand the queue the new guest RAM: it registers it before its next
- * request (virtio_blk_pfbd_apply_ram())
+ * Hand the queue the guest RAM now in s->ram: libpfbd registers it before
+ * the queue's next request, once those in flight have completed, and
+ * sends nothing before (the pinning happens in the IOThread then, not
+ * while the main loop waits here).  The result comes as the trace event
+ * pfbd_memory_registered; on failure nothing is registered: requests
+ * work, mapped as usual.
  *
  * Context: BH in the virtqueue's AioContext, the main loop waiting for it
  */
@@ -80,11 +84,10 @@ static void virtio_blk_pfbd_ram_changed_bh(void *opaque)
 {
     VirtIOBlockPfbdQueue *q = opaque;
     VirtIOBlockPfbd *s = q->s;
+    int ret;
 
-    g_free(q->ram_next);
-    q->ram_next = g_memdup2(s->ram, s->ram_count * sizeof(s->ram[0]));
-    q->ram_next_count = s->ram_count;
-    q->ram_change = true;
+    ret = pfbd_queue_register_memory_later(q->pq, s->ram, s->ram_count);
+    trace_virtio_blk_pfbd_register_ram(s, q->index, s->ram_count, ret);
 }
 
 /* The same, after the queue has stopped using what it registered */
@@ -95,25 +98,6 @@ static void virtio_blk_pfbd_ram_going_bh(void *opaque)
     /* This stops the use of the ranges even when it fails */
     pfbd_queue_register_memory(q->pq, NULL, 0);
     virtio_blk_pfbd_ram_changed_bh(q);
-}
-
-bool virtio_blk_pfbd_apply_ram(VirtIOBlockPfbdQueue *q)
-{
-    int ret;
-
-    /* The engine registers memory only while nothing is in flight */
-    if (pfbd_queue_inflight(q->pq)) {
-        return false;
-    }
-    ret = pfbd_queue_register_memory(q->pq, q->ram_next, q->ram_next_count);
-    trace_virtio_blk_pfbd_register_ram(q->s, q->index, q->ram_next_count,
-                                       ret);
-    /* On failure nothing is registered: requests work, mapped as usual */
-    g_free(q->ram_next);
-    q->ram_next = NULL;
-    q->ram_next_count = 0;
-    q->ram_change = false;
-    return true;
 }
 
 /* Context: BQL held, a RAM block added (a DIMM's memory backend) */

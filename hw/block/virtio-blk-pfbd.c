@@ -129,6 +129,22 @@ static void virtio_blk_pfbd_clock(VirtIOBlockPfbdQueue *q)
 }
 
 /*
+ * The capacity the guest sees, in sectors: the size of the volume, which
+ * libpfbd keeps in the device's logical blocks (and checks requests
+ * against); 0 without a volume
+ */
+static uint64_t virtio_blk_pfbd_capacity(VirtIOBlockPfbd *s)
+{
+    PfbdVolumeInfo info;
+
+    if (!s->volume) {
+        return 0;
+    }
+    pfbd_volume_get_info(s->volume, &info);
+    return info.size >> BDRV_SECTOR_BITS;
+}
+
+/*
  * Fill @req's used ring entry.  The used index moves, and the guest is
  * notified, once at the end of the batch: virtio_blk_pfbd_notify().
  */
@@ -198,111 +214,60 @@ static void virtio_blk_pfbd_error_event(VirtIOBlockPfbd *s,
 }
 
 /*
- * The engine's answer to @req: 0, or a negative errno that rerror/werror
- * decides about (a failed disk, a full file system, a lost cluster)
+ * The one mapping of libpfbd's errors to the guest's status: @req failed
+ * with @ret, a negative errno.  What pfbd_submit() refused (@refused) is
+ * the request's own fault: an I/O error for the guest, an unsupported
+ * operation, or (-ENOMEM) the host's.  Errors of the engine and of the
+ * host are for rerror/werror (a failed disk, a full file system, a lost
+ * cluster).
  */
-static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
+static void virtio_blk_pfbd_req_failed(VirtIOBlockPfbdReq *req, int ret,
+                                       bool refused)
 {
-    VirtIOBlockPfbdReq *req = opaque;
     VirtIOBlockPfbdQueue *q = req->q;
-    uint8_t status = VIRTIO_BLK_S_OK;
+    uint8_t status = VIRTIO_BLK_S_IOERR;
     BlockErrorAction action;
     bool is_read;
 
-    if (ret < 0) {
-        trace_virtio_blk_pfbd_io_error(q->s, q->index, req, req->type,
-                                       req->sector, ret);
-        if (ret == -ENOTSUP) {
-            status = VIRTIO_BLK_S_UNSUPP;
-        } else {
-            /* Flush, discard and write-zeroes count as writes */
-            is_read = req->op == PFBD_OP_READ;
-            action = virtio_blk_pfbd_error_action(q->s, is_read, -ret);
-            trace_virtio_blk_pfbd_error_action(q->s, q->index, req, -ret,
-                                               action);
-            virtio_blk_pfbd_error_event(q->s, action, is_read, -ret);
-            if (action == BLOCK_ERROR_ACTION_STOP) {
-                req->next_parked = q->parked;
-                q->parked = req;
-                return;
-            }
-            if (action == BLOCK_ERROR_ACTION_REPORT) {
-                status = VIRTIO_BLK_S_IOERR;
-            }
+    trace_virtio_blk_pfbd_io_error(q->s, q->index, req, req->type,
+                                   req->sector, ret);
+    if (ret == -ENOTSUP) {
+        status = VIRTIO_BLK_S_UNSUPP;
+    } else if (!refused || ret == -ENOMEM) {
+        /* Flush, discard and write-zeroes count as writes */
+        is_read = req->op == PFBD_OP_READ;
+        action = virtio_blk_pfbd_error_action(q->s, is_read, -ret);
+        trace_virtio_blk_pfbd_error_action(q->s, q->index, req, -ret,
+                                           action);
+        virtio_blk_pfbd_error_event(q->s, action, is_read, -ret);
+        if (action == BLOCK_ERROR_ACTION_STOP) {
+            req->next_parked = q->parked;
+            q->parked = req;
+            return;
+        }
+        if (action == BLOCK_ERROR_ACTION_IGNORE) {
+            status = VIRTIO_BLK_S_OK;
         }
     }
     virtio_blk_pfbd_req_complete(req, status);
 }
 
-/*
- * pfbd_submit() of @req, whose operation is set.  Returns false if the
- * engine queue has no room for it now (-EAGAIN); other errors complete
- * the request.
- */
-static bool virtio_blk_pfbd_send(VirtIOBlockPfbdReq *req)
+/* The engine's answer to @req: 0, or a negative errno */
+static void virtio_blk_pfbd_engine_cb(void *opaque, int ret)
 {
-    VirtIOBlockPfbdQueue *q = req->q;
-    int ret;
+    VirtIOBlockPfbdReq *req = opaque;
 
-    if (unlikely(q->ram_change) && !virtio_blk_pfbd_apply_ram(q)) {
-        return false;           /* the guest RAM changed: see apply_ram */
+    if (ret < 0) {
+        virtio_blk_pfbd_req_failed(req, ret, false);
+        return;
     }
-    ret = pfbd_submit(q->pq, req->op, req->sector << BDRV_SECTOR_BITS,
-                      req->iov, req->iovcnt, req->len, req->flags,
-                      virtio_blk_pfbd_engine_cb, req);
-    switch (ret) {
-    case 0:
-        break;
-    case -EAGAIN:
-        if (pfbd_queue_inflight(q->pq)) {
-            return false;       /* a completion will make room */
-        }
-        /* No room with nothing in flight: none will come */
-        virtio_blk_pfbd_engine_cb(req, ret);
-        break;
-    case -ENOTSUP:
-        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
-        break;
-    case -EINVAL:
-    case -ERANGE:
-    case -EROFS:
-        /* libpfbd refused the request itself: the guest's error */
-        trace_virtio_blk_pfbd_io_error(q->s, q->index, req, req->type,
-                                       req->sector, ret);
-        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
-        break;
-    default:
-        /* The host's (out of memory...): rerror/werror decides */
-        virtio_blk_pfbd_engine_cb(req, ret);
-        break;
-    }
-    return true;
+    virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
 }
 
 /*
- * Send the requests that waited for room in the engine queue, oldest
- * first.  Returns how many were sent.
- */
-static unsigned int virtio_blk_pfbd_send_waiting(VirtIOBlockPfbdQueue *q)
-{
-    VirtIOBlockPfbdReq *req;
-    unsigned int n = 0;
-
-    while ((req = QSIMPLEQ_FIRST(&q->waiting))) {
-        if (!virtio_blk_pfbd_send(req)) {
-            break;
-        }
-        QSIMPLEQ_REMOVE_HEAD(&q->waiting, next_waiting);
-        n++;
-    }
-    if (n) {
-        trace_virtio_blk_pfbd_send_waiting(q->s, q->index, n);
-    }
-    return n;
-}
-
-/*
- * Hand @req to the engine, or queue it behind others that wait for room
+ * Hand @req to libpfbd, which checks it against the volume (range,
+ * alignment to the logical block size, read-only) and sends it with the
+ * batch at virtio_blk_pfbd_do_io(), or keeps it until the engine has room
  * (the driver may size its ring above the engine queue's depth, and
  * bounce buffers are bounded): back-pressure, not an error.
  */
@@ -311,6 +276,7 @@ static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
                                    uint64_t bytes, unsigned flags)
 {
     VirtIOBlockPfbdQueue *q = req->q;
+    int ret;
 
     req->op = op;
     req->iov = iov;
@@ -319,26 +285,17 @@ static void virtio_blk_pfbd_submit(VirtIOBlockPfbdReq *req, PfbdOp op,
     req->flags = flags;
     trace_virtio_blk_pfbd_req(q->s, q->index, req, req->type, req->sector,
                               bytes);
-    if (!QSIMPLEQ_EMPTY(&q->waiting) || !virtio_blk_pfbd_send(req)) {
-        trace_virtio_blk_pfbd_wait_room(q->s, q->index, req);
-        QSIMPLEQ_INSERT_TAIL(&q->waiting, req, next_waiting);
+    /* The one check libpfbd cannot make: the sector's byte offset */
+    if (req->sector > UINT64_MAX >> BDRV_SECTOR_BITS) {
+        ret = -ERANGE;
+    } else {
+        ret = pfbd_submit(q->pq, op, req->sector << BDRV_SECTOR_BITS, iov,
+                          iovcnt, bytes, flags, virtio_blk_pfbd_engine_cb,
+                          req);
     }
-}
-
-static bool virtio_blk_pfbd_sect_range_ok(VirtIOBlockPfbd *s,
-                                          uint64_t sector, uint64_t bytes)
-{
-    uint64_t nb_sectors = bytes >> BDRV_SECTOR_BITS;
-    /* volume-size may change it from the main loop */
-    uint64_t capacity = qatomic_read(&s->capacity);
-
-    if (sector & s->sector_mask) {
-        return false;
+    if (ret < 0) {
+        virtio_blk_pfbd_req_failed(req, ret, true);
     }
-    if (bytes % s->conf.logical_block_size) {
-        return false;
-    }
-    return sector <= capacity && nb_sectors <= capacity - sector;
 }
 
 /*
@@ -392,17 +349,11 @@ static void virtio_blk_pfbd_handle_rw(VirtIOBlockPfbdReq *req, bool is_write)
     bytes = iov_size(iov, cnt);
     req->bytes = bytes;
 
-    if (bytes > s->max_request_bytes ||
-        !virtio_blk_pfbd_sect_range_ok(s, req->sector, bytes) ||
-        (is_write && s->info.read_only)) {
+    /* What the device told the guest (seg_max, size_max) */
+    if (bytes > s->max_request_bytes) {
         virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
         return;
     }
-    if (bytes == 0) {
-        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
-        return;
-    }
-
     virtio_blk_pfbd_submit(req, is_write ? PFBD_OP_WRITE : PFBD_OP_READ,
                            iov, cnt, bytes,
                            is_write && !qatomic_read(&s->writeback) ?
@@ -461,17 +412,11 @@ static bool virtio_blk_pfbd_handle_discard_write_zeroes(
         virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_UNSUPP);
         return true;
     }
-    if (num_sectors > max_sectors || s->info.read_only ||
-        !virtio_blk_pfbd_sect_range_ok(s, req->sector, (uint64_t)num_sectors
-                                       << BDRV_SECTOR_BITS)) {
+    /* What the device told the guest; libpfbd checks the rest */
+    if (num_sectors > max_sectors) {
         virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_IOERR);
         return true;
     }
-    if (num_sectors == 0) {
-        virtio_blk_pfbd_req_complete(req, VIRTIO_BLK_S_OK);
-        return true;
-    }
-
     virtio_blk_pfbd_submit(req, is_write_zeroes ? PFBD_OP_WRITE_ZEROES :
                                                   PFBD_OP_DISCARD,
                            NULL, 0, (uint64_t)num_sectors << BDRV_SECTOR_BITS,
@@ -551,106 +496,56 @@ static bool virtio_blk_pfbd_handle_request(VirtIOBlockPfbdReq *req)
 }
 
 /*
- * Complete what the engine has completed, then give the room it made to
- * the requests waiting for it.  Returns true if requests were sent to the
- * engine queue, which then needs a flush.
+ * The one libpfbd call of a wake-up: send what was submitted, complete
+ * what the engine completed (libpfbd sends what waited for the room that
+ * made), then tell the guest.  Every path that submits or reaps ends here.
  *
- * Context: the virtqueue's AioContext
+ * Context: the virtqueue's AioContext, RCU read lock held (see
+ * virtio_blk_pfbd_handle_vq()), q->now_ns current
  */
-static bool virtio_blk_pfbd_complete_ready(VirtIOBlockPfbdQueue *q)
+static void virtio_blk_pfbd_do_io(VirtIOBlockPfbdQueue *q)
 {
-    int n;
-
-    /* See virtio_blk_pfbd_handle_vq() */
-    RCU_READ_LOCK_GUARD();
-    virtio_blk_pfbd_clock(q);
-    n = pfbd_queue_reap(q->pq, 0);
-    if (n <= 0) {
-        return false;
-    }
-    trace_virtio_blk_pfbd_reap(q->s, q->index, n);
-    return !QSIMPLEQ_EMPTY(&q->waiting) && virtio_blk_pfbd_send_waiting(q);
-}
-
-/*
- * Send the queued requests to the engine.  Engines may complete requests
- * during the submit (null always; io_uring on a page cache hit) without
- * making the completion fd readable: take those now, and send what their
- * room lets through.  The fd is level-triggered and the reap clears it, so
- * no wakeup is left behind.
- */
-static void virtio_blk_pfbd_flush(VirtIOBlockPfbdQueue *q)
-{
+    PfbdIoCounts counts;
     int ret;
 
-    do {
-        ret = pfbd_queue_flush(q->pq);
-        trace_virtio_blk_pfbd_submit(q->s, q->index, ret);
-        if (ret > 0) {
-            virtio_blk_pfbd_stat_add(&q->stats.submits, 1);
-        } else if (ret < 0) {
-            /*
-             * The engine could not send (io_uring_submit(): -EAGAIN,
-             * -EBUSY); the requests stay queued.  The guest may not kick
-             * again before they complete: try again shortly.
-             */
-            timer_mod(q->retry_timer,
-                      qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + 1);
-        }
-    } while (pfbd_queue_completions_ready(q->pq) &&
-             virtio_blk_pfbd_complete_ready(q));
-}
-
-/*
- * Send what a failed engine submit left queued.
- *
- * Context: timer in the virtqueue's AioContext
- */
-static void virtio_blk_pfbd_retry_flush(void *opaque)
-{
-    VirtIOBlockPfbdQueue *q = opaque;
-
-    virtio_blk_pfbd_flush(q);
+    ret = pfbd_queue_do_io(q->pq, 0, 0, &counts);
+    trace_virtio_blk_pfbd_do_io(q->s, q->index, counts.sent,
+                                counts.completed, ret);
+    if (counts.sent) {
+        virtio_blk_pfbd_stat_add(&q->stats.submits, counts.sent);
+    }
+    if (ret < 0) {
+        /*
+         * The engine could not send (io_uring_submit(): -EAGAIN, -EBUSY);
+         * the requests stay queued.  The guest may not kick again before
+         * they complete: try again shortly.
+         */
+        timer_mod(q->retry_timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + 1);
+    }
     virtio_blk_pfbd_notify(q);
 }
 
 /*
- * The flush sends what the completions let through from the waiting
- * list, and what the engine could not send before: an engine submit the
- * kernel took only part of, or the next step of a short transfer.  It
- * costs no system call when there is nothing to send.
+ * The queue's completion fd, its poll handler, and the retry timer
  *
  * Context: the virtqueue's AioContext
  */
-static void virtio_blk_pfbd_reap(VirtIOBlockPfbdQueue *q)
+static void virtio_blk_pfbd_wake(VirtIOBlockPfbdQueue *q)
 {
-    virtio_blk_pfbd_complete_ready(q);
-    virtio_blk_pfbd_flush(q);
-    virtio_blk_pfbd_notify(q);
+    RCU_READ_LOCK_GUARD();
+    virtio_blk_pfbd_clock(q);
+    virtio_blk_pfbd_do_io(q);
 }
 
-/*
- * Wait for every request of @q: those in the engine and those waiting for
- * room in it (virtio_blk_pfbd_send() takes or fails at least one of these
- * when nothing is in flight).
- *
- * Context: the virtqueue's AioContext
- */
-static void virtio_blk_pfbd_drain(VirtIOBlockPfbdQueue *q)
+static void virtio_blk_pfbd_retry(void *opaque)
 {
-    do {
-        pfbd_queue_drain(q->pq);
-    } while (virtio_blk_pfbd_send_waiting(q));
-    assert(QSIMPLEQ_EMPTY(&q->waiting));
+    virtio_blk_pfbd_wake(opaque);
 }
 
 static void virtio_blk_pfbd_completion_read(EventNotifier *e)
 {
-    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
-                                           completion);
-
     /* Level-triggered (pfbd_queue_get_fd()): the reap clears it */
-    virtio_blk_pfbd_reap(q);
+    virtio_blk_pfbd_wake(container_of(e, VirtIOBlockPfbdQueue, completion));
 }
 
 /*
@@ -721,8 +616,7 @@ static void virtio_blk_pfbd_handle_vq(VirtIOBlockPfbdQueue *q)
     }
 
     /* One engine submit for the whole batch */
-    virtio_blk_pfbd_flush(q);
-    virtio_blk_pfbd_notify(q);
+    virtio_blk_pfbd_do_io(q);
 }
 
 static void virtio_blk_pfbd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
@@ -768,10 +662,7 @@ static bool virtio_blk_pfbd_completion_poll(void *opaque)
 
 static void virtio_blk_pfbd_completion_poll_ready(EventNotifier *e)
 {
-    VirtIOBlockPfbdQueue *q = container_of(e, VirtIOBlockPfbdQueue,
-                                           completion);
-
-    virtio_blk_pfbd_reap(q);
+    virtio_blk_pfbd_wake(container_of(e, VirtIOBlockPfbdQueue, completion));
 }
 
 /*
@@ -810,8 +701,7 @@ static void virtio_blk_pfbd_resubmit_bh(void *opaque)
         virtio_blk_pfbd_submit(req, req->op, req->iov, req->iovcnt, req->len,
                                req->flags);
     }
-    virtio_blk_pfbd_flush(q);
-    virtio_blk_pfbd_notify(q);
+    virtio_blk_pfbd_do_io(q);
 }
 
 /*
@@ -1142,7 +1032,7 @@ static void virtio_blk_pfbd_update_config(VirtIODevice *vdev, uint8_t *config)
     uint32_t blk_size = conf->logical_block_size;
 
     memset(&blkcfg, 0, sizeof(blkcfg));
-    virtio_stq_p(vdev, &blkcfg.capacity, qatomic_read(&s->capacity));
+    virtio_stq_p(vdev, &blkcfg.capacity, virtio_blk_pfbd_capacity(s));
     virtio_stl_p(vdev, &blkcfg.seg_max, s->seg_max);
     virtio_stl_p(vdev, &blkcfg.size_max, VIRTIO_BLK_PFBD_SIZE_MAX);
     virtio_stl_p(vdev, &blkcfg.blk_size, blk_size);
@@ -1302,7 +1192,7 @@ static void virtio_blk_pfbd_stop_vq_bh(void *opaque)
 
     trace_virtio_blk_pfbd_drain(q->s, q->index, pfbd_queue_inflight(q->pq));
     virtio_blk_pfbd_clock(q);
-    virtio_blk_pfbd_drain(q);
+    pfbd_queue_drain(q->pq);
     virtio_blk_pfbd_notify(q);
     timer_del(q->retry_timer);
 
@@ -1622,6 +1512,19 @@ static void virtio_blk_pfbd_trace_reopen(void *opaque, PfbdQueue *q)
     trace_pfbd_reopen(opaque, q);
 }
 
+static void virtio_blk_pfbd_trace_waits(void *opaque, PfbdQueue *q,
+                                        unsigned nwaiting)
+{
+    trace_pfbd_waits(opaque, q, nwaiting);
+}
+
+static void virtio_blk_pfbd_trace_memory_registered(void *opaque,
+                                                    PfbdQueue *q,
+                                                    unsigned n, int ret)
+{
+    trace_pfbd_memory_registered(opaque, q, n, ret);
+}
+
 static const PfbdTraceOps virtio_blk_pfbd_trace_ops = {
     .ring_moved = virtio_blk_pfbd_trace_ring_moved,
     .ring_busy = virtio_blk_pfbd_trace_ring_busy,
@@ -1629,6 +1532,8 @@ static const PfbdTraceOps virtio_blk_pfbd_trace_ops = {
     .resend = virtio_blk_pfbd_trace_resend,
     .connect = virtio_blk_pfbd_trace_connect,
     .reopen = virtio_blk_pfbd_trace_reopen,
+    .waits = virtio_blk_pfbd_trace_waits,
+    .memory_registered = virtio_blk_pfbd_trace_memory_registered,
 };
 
 /*
@@ -1732,10 +1637,8 @@ static bool virtio_blk_pfbd_open_volume(VirtIOBlockPfbd *s, Error **errp)
                    "not supported");
         return false;
     }
-    s->sector_mask = (conf->logical_block_size >> BDRV_SECTOR_BITS) - 1;
-    s->capacity = QEMU_ALIGN_DOWN(s->info.size, conf->logical_block_size) >>
-                  BDRV_SECTOR_BITS;
-    if (s->capacity == 0) {
+    /* libpfbd checks requests against it, and rounds the size down */
+    if (pfbd_volume_set_block_size(s->volume, conf->logical_block_size)) {
         error_setg(errp, "volume '%s' is smaller than one block (%" PRIu32
                    " bytes)", s->volume_shown, conf->logical_block_size);
         return false;
@@ -1785,9 +1688,8 @@ static bool virtio_blk_pfbd_queues_init(VirtIOBlockPfbd *s, Error **errp)
         q->vq = virtio_get_queue(vdev, i);
         q->ctx = s->vq_aio_context[i];
         q->iothread_name = virtio_blk_pfbd_iothread_name(s, q->ctx);
-        QSIMPLEQ_INIT(&q->waiting);
         q->retry_timer = aio_timer_new(q->ctx, QEMU_CLOCK_REALTIME, SCALE_MS,
-                                       virtio_blk_pfbd_retry_flush, q);
+                                       virtio_blk_pfbd_retry, q);
         ret = pfbd_queue_new(s->volume, s->conf.queue_size, &q->pq);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot create engine queue %u "
@@ -1814,7 +1716,6 @@ static void virtio_blk_pfbd_queues_cleanup(VirtIOBlockPfbd *s)
             timer_free(s->queues[i].retry_timer);
         }
         g_free(s->queues[i].iothread_name);
-        g_free(s->queues[i].ram_next);
     }
     g_free(s->queues);
     s->queues = NULL;
@@ -1947,7 +1848,7 @@ static void virtio_blk_pfbd_get_volume_size(Object *obj, Visitor *v,
                                             Error **errp)
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
-    uint64_t value = qatomic_read(&s->capacity) << BDRV_SECTOR_BITS;
+    uint64_t value = virtio_blk_pfbd_capacity(s) << BDRV_SECTOR_BITS;
 
     visit_type_uint64(v, name, &value, errp);
 }
@@ -1958,8 +1859,7 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
 {
     VirtIOBlockPfbd *s = VIRTIO_BLK_PFBD(obj);
     VirtIODevice *vdev = VIRTIO_DEVICE(obj);
-    PfbdVolumeInfo info;
-    uint64_t value, capacity;
+    uint64_t value, old, capacity;
     int ret;
 
     if (!visit_type_uint64(v, name, &value, errp)) {
@@ -1975,7 +1875,8 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
         return;
     }
     /* In the device's blocks: a size it refuses changes nothing */
-    ret = pfbd_volume_refresh_size(s->volume, s->conf.logical_block_size);
+    old = virtio_blk_pfbd_capacity(s);
+    ret = pfbd_volume_refresh_size(s->volume);
     if (ret == -EINVAL) {
         error_setg(errp, "volume '%s' is now smaller than one block (%"
                    PRIu32 " bytes)", s->volume_shown,
@@ -1987,13 +1888,9 @@ static void virtio_blk_pfbd_set_volume_size(Object *obj, Visitor *v,
                          "'%s'", s->volume_shown);
         return;
     }
-    pfbd_volume_get_info(s->volume, &info);
-    /* (An engine whose size never changes did not round it) */
-    capacity = QEMU_ALIGN_DOWN(info.size, s->conf.logical_block_size) >>
-               BDRV_SECTOR_BITS;
-    trace_virtio_blk_pfbd_resize(s, qatomic_read(&s->capacity), capacity);
-    if (capacity != qatomic_read(&s->capacity)) {
-        qatomic_set(&s->capacity, capacity);
+    capacity = virtio_blk_pfbd_capacity(s);
+    trace_virtio_blk_pfbd_resize(s, old, capacity);
+    if (capacity != old) {
         virtio_notify_config(vdev);
     }
 }

@@ -14,12 +14,19 @@
  * concurrently with each other or while queues of the volume exist (except
  * pfbd_volume_get_info() and pfbd_volume_refresh_size(), which may run
  * while the queues work).  A PfbdQueue and everything submitted on it
- * belongs to one thread at a time: pfbd_submit(), pfbd_queue_flush(),
- * pfbd_queue_reap() and pfbd_queue_drain() must be called from that thread,
- * and completion callbacks run only inside pfbd_queue_reap() or
- * pfbd_queue_drain(), in that thread.  A queue may move to another thread
- * while no request is in flight, or at any time on a volume opened with
+ * belongs to one thread at a time: pfbd_submit(), pfbd_queue_do_io() and
+ * pfbd_queue_drain() must be called from that thread, and completion
+ * callbacks run only inside pfbd_queue_do_io() or pfbd_queue_drain(), in
+ * that thread.  A queue may move to another thread while no request is in
+ * flight, or at any time on a volume opened with
  * PfbdOpenOptions.any_thread.
+ *
+ * The work of a queue's thread is two calls: pfbd_submit() for each new
+ * request, then pfbd_queue_do_io() once, and pfbd_queue_do_io() again
+ * whenever the queue's fd (pfbd_queue_get_fd()) is readable.  The library
+ * keeps what has to wait (for room in the engine, for bounce memory, for a
+ * memory registration) and sends it when it can; it validates every
+ * request, so that engines and callers need not.
  *
  * Errors are negative errno values, like liburing.
  */
@@ -84,6 +91,19 @@ typedef struct PfbdTraceOps {
     void (*connect)(void *opaque, PfbdQueue *q, const char *addr);
     /* pureflash: @q asks the conductor for the volume again */
     void (*reopen)(void *opaque, PfbdQueue *q);
+    /*
+     * A request of @q waits in the queue, behind @nwaiting - 1 others, for
+     * room in the engine (its depth, the bounce limit, a registration)
+     */
+    void (*waits)(void *opaque, PfbdQueue *q, unsigned nwaiting);
+    /*
+     * A registration of @n memory ranges that waited (for @q's requests
+     * in flight, pfbd_queue_register_memory()'s -EINPROGRESS, or for its
+     * next request, pfbd_queue_register_memory_later()) was made: @ret is
+     * its result, as pfbd_queue_register_memory() would return it
+     */
+    void (*memory_registered)(void *opaque, PfbdQueue *q, unsigned n,
+                              int ret);
 } PfbdTraceOps;
 
 typedef struct PfbdOpenOptions {
@@ -124,15 +144,21 @@ typedef struct PfbdOpenOptions {
 typedef struct PfbdVolumeInfo {
     const char *engine;     /* "file", "null", ... (static string) */
     uint64_t size;          /* bytes, a multiple of block_size */
-    uint32_t block_size;    /* required alignment of offsets and lengths */
+    /*
+     * The volume's own block: offsets and lengths are multiples of it (or
+     * of the larger one of pfbd_volume_set_block_size())
+     */
+    uint32_t block_size;
     uint32_t mem_align;     /* buffer alignment served without bouncing */
     uint32_t caps;          /* PFBD_CAP_* */
     bool read_only;
 } PfbdVolumeInfo;
 
 /*
- * Completion callback: @ret is 0 on success or a negative errno.  Runs in
- * the thread that owns the queue, from pfbd_queue_reap() or
+ * Completion callback: @ret is 0 on success or a negative errno: the
+ * engine's error, or the host's (-ENOMEM for a bounce buffer), never one
+ * of the request's own faults (pfbd_submit() refuses those).  Runs in the
+ * thread that owns the queue, from pfbd_queue_do_io() or
  * pfbd_queue_drain().  It may call pfbd_submit() on the same queue.
  */
 typedef void PfbdCompletionFunc(void *opaque, int ret);
@@ -202,24 +228,35 @@ void pfbd_volume_get_info(PfbdVolume *vol, PfbdVolumeInfo *info);
 int pfbd_volume_get_file_fd(PfbdVolume *vol);
 
 /**
- * pfbd_volume_refresh_size: re-read the size of the backing store.
- * @block_size: the size is rounded down to a multiple of it: 0 for the
- * volume's own block size, else a multiple of that (a user's larger
- * logical block size)
+ * pfbd_volume_set_block_size: make @block_size, a multiple of the
+ * volume's own block size (a user's larger logical block), the unit of
+ * the volume: pfbd_submit() refuses offsets and lengths that are not
+ * multiples of it, and the size is rounded down to it (now and by
+ * pfbd_volume_refresh_size()).  PfbdVolumeInfo.block_size stays the
+ * volume's own.  Only while @vol has no queue.  Returns 0, -EINVAL when
+ * @block_size is not a power of two multiple of the volume's block size or
+ * the volume is smaller than one such block (nothing changes then), or
+ * -EBUSY.
+ */
+int pfbd_volume_set_block_size(PfbdVolume *vol, uint32_t block_size);
+
+/**
+ * pfbd_volume_refresh_size: re-read the size of the backing store, rounded
+ * down to the volume's block size (pfbd_volume_set_block_size())
  *
  * Returns 0 and updates what pfbd_volume_get_info() reports and what
  * pfbd_submit() checks ranges against, or a negative errno with nothing
- * changed: -EINVAL when the store is now smaller than one block (or
- * @block_size is not a multiple of the volume's).  Safe while queues of
- * the volume have requests in flight; a request checked against the old
- * size may still complete, or fail in the engine.
+ * changed: -EINVAL when the store is now smaller than one block.  Safe
+ * while queues of the volume have requests in flight; a request checked
+ * against the old size may still complete, or fail in the engine.
  */
-int pfbd_volume_refresh_size(PfbdVolume *vol, uint32_t block_size);
+int pfbd_volume_refresh_size(PfbdVolume *vol);
 
 /**
  * pfbd_queue_new: create a submission/completion context on @vol
  *
- * @depth is the most requests that may be in flight at once (at least 1).
+ * @depth is the most requests the engine has in flight at once (at least
+ * 1); more wait in the queue.
  * Returns 0 and stores the queue in @qp, or a negative errno.
  */
 int pfbd_queue_new(PfbdVolume *vol, unsigned depth, PfbdQueue **qp);
@@ -235,12 +272,11 @@ void pfbd_queue_free(PfbdQueue *q);
  *
  * Returns a file descriptor to poll for POLLIN, the same one for the
  * queue's life.  It is level-triggered: readable while completions may be
- * ready, and pfbd_queue_reap() clears it (do not read it: it need not be an
- * eventfd).  A wakeup need not find anything ready.  Completions that are
- * ready when pfbd_queue_flush() returns need not make it readable (the null
- * engine's never do): after each flush, check pfbd_queue_completions_ready()
- * or reap before waiting on the fd.  The fd belongs to the queue: do not
- * close it.
+ * ready, and pfbd_queue_do_io() clears it (do not read it: it need not be
+ * an eventfd).  A wakeup need not find anything ready.  It says nothing of
+ * requests that pfbd_submit() took: call pfbd_queue_do_io() after
+ * submitting, which also takes what completed during its own submit.  The
+ * fd belongs to the queue: do not close it.
  */
 int pfbd_queue_get_fd(PfbdQueue *q);
 
@@ -258,10 +294,16 @@ int pfbd_queue_get_fd(PfbdQueue *q);
  * fails, and may be done with requests in flight.  Call it from the
  * queue's thread, or before the queue's first request.
  *
+ * With requests in flight the engine cannot register (io_uring): @n > 0
+ * then copies @iov and returns -EINPROGRESS, and the queue sends no new
+ * request until those in flight have completed; pfbd_queue_do_io() then
+ * registers the ranges, reports the result to PfbdTraceOps.memory_registered
+ * and sends what waited.  A later call replaces a registration that waits.
+ *
  * Returns 0, or a negative errno, after which no range is registered
- * (except with -EBUSY, which changes nothing):
+ * (except with -EINPROGRESS):
  *   -ENOTSUP  the engine has no such registration (null, rbd)
- *   -EBUSY    @n > 0 and requests are in flight
+ *   -EINPROGRESS  @n > 0 and requests are in flight: see above
  *   -ENOMEM   the memory cannot be pinned (RLIMIT_MEMLOCK)
  *   -EFAULT   a range is not plain memory (e.g. read-only, or a file
  *             mapping the kernel cannot pin)
@@ -270,15 +312,27 @@ int pfbd_queue_register_memory(PfbdQueue *q, const struct iovec *iov,
                                unsigned n);
 
 /**
+ * pfbd_queue_register_memory_later: as pfbd_queue_register_memory(), but
+ * the registration (and its pinning) is made by pfbd_queue_do_io(),
+ * before the queue sends its next request (once those in flight have
+ * completed): for a caller that cannot wait for it now.  @n 0 unregisters
+ * at once.  The result goes to PfbdTraceOps.memory_registered.  Returns
+ * 0, -ENOTSUP, or -ENOMEM with no range registered.
+ */
+int pfbd_queue_register_memory_later(PfbdQueue *q, const struct iovec *iov,
+                                     unsigned n);
+
+/**
  * pfbd_queue_set_bounce_limit: bound the bounce buffers of @q
  *
  * An engine that copies buffers it cannot use in place (file: misaligned
  * for O_DIRECT) holds at most @bytes of such copies for the requests of
- * @q in flight at once: pfbd_submit() of a request that would need more
- * returns -EAGAIN until requests holding copies complete.  A request is
- * always taken while no copy is held, so one larger than @bytes still
- * goes through.  0, the default, means no limit.  Call it from the
- * queue's thread, or before the queue's first request.
+ * @q in flight at once: a request that would need more waits in the
+ * queue, and the requests after it too, until requests holding copies
+ * complete.  A request is always sent while no copy is held, so one
+ * larger than @bytes still goes through.  0, the default, means no
+ * limit.  Call it from the queue's thread, or before the queue's first
+ * request.
  */
 void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes);
 
@@ -286,65 +340,77 @@ void pfbd_queue_set_bounce_limit(PfbdQueue *q, uint64_t bytes);
  * pfbd_submit: queue one request on @q
  *
  * @op:     the operation
- * @offset: byte offset, a multiple of the volume's block_size
+ * @offset: byte offset, a multiple of the volume's block size
  * @iov, @iovcnt: the data buffers for READ and WRITE (NULL/0 otherwise);
  *          they are used in place (zero-copy) when their addresses and
  *          lengths are multiples of mem_align, else bounced.  @iov and the
  *          buffers must stay valid until the callback runs.
  * @len:    the byte count: the total of @iov for READ/WRITE, the range
- *          for DISCARD/WRITE_ZEROES, 0 for FLUSH; a multiple of block_size
+ *          for DISCARD/WRITE_ZEROES, 0 for FLUSH; a multiple of the
+ *          volume's block size.  0 for the others moves nothing: the
+ *          request is checked, and completes with success (a virtio-blk
+ *          request without data buffers).
  * @flags:  PFBD_REQ_* flags
  * @cb, @opaque: completion callback, called exactly once if this returns 0
  *
- * The request reaches the engine at the next pfbd_queue_flush() (it may
- * be sent earlier if the submission ring is full).  Returns 0 when the
- * request was queued, or a negative errno and never calls @cb:
+ * The request reaches the engine at the next pfbd_queue_do_io(), or waits
+ * there, oldest first, while the queue has no room for it: @depth
+ * requests in flight, its bounce limit, a memory registration waiting.
+ * Returns 0 when the request was taken, or a negative errno when it is
+ * refused, and never calls @cb then:
  *   -EINVAL   misaligned offset or length, length not matching @iov, or
  *             unknown op or flags
  *   -ERANGE   the range goes beyond the end of the volume
  *   -EROFS    write, discard or write-zeroes on a read-only volume
- *   -ENOTSUP  the engine does not support @op
- *   -EAGAIN   no room: @depth requests are already in flight, or the
- *             bounce buffer would go over pfbd_queue_set_bounce_limit();
- *             submit again after a completion
- *   -ENOMEM   out of memory (bounce buffer)
+ *   -ENOTSUP  the volume does not implement @op
+ *   -ENOMEM   out of memory (for a request that has to wait)
+ * Errors of the engine and of the host come to @cb.
  */
 int pfbd_submit(PfbdQueue *q, PfbdOp op, uint64_t offset,
                 const struct iovec *iov, int iovcnt, uint64_t len,
                 unsigned flags, PfbdCompletionFunc *cb, void *opaque);
 
-/**
- * pfbd_queue_flush: send every queued request to the engine (one system
- * call for the io_uring engine).  Returns the number of requests sent
- * (0 if none were queued) or a negative errno; after an error the
- * requests stay queued and are failed or sent by pfbd_queue_drain().
- * Some requests may be complete on return, without the fd saying so: see
- * pfbd_queue_get_fd().
- */
-int pfbd_queue_flush(PfbdQueue *q);
+/* What one pfbd_queue_do_io() call did, for the caller's statistics */
+typedef struct PfbdIoCounts {
+    /* Engine submissions that sent requests (a system call for io_uring) */
+    unsigned sent;
+    unsigned completed;     /* callbacks run */
+} PfbdIoCounts;
 
 /**
- * pfbd_queue_completions_ready: true if pfbd_queue_reap() would complete
+ * pfbd_queue_do_io: the work of @q's thread for one wake-up
+ *
+ * Sends what is queued (new requests, and those that waited for room) to
+ * the engine, runs the callbacks of what has completed, sends what their
+ * room lets through and what the callbacks submitted, and goes on while
+ * completions are ready.  Runs at most @max_completions callbacks (0: no
+ * limit); blocks until at least @min_completions have run, or nothing is
+ * in flight.  Stores what it did in *@counts (may be NULL).
+ *
+ * Returns 0, or a negative errno when the engine could not send what is
+ * queued (io_uring_submit()'s -EAGAIN or -EBUSY): the requests stay queued
+ * and the queue's fd need not say when to try again: call it again
+ * shortly.
+ */
+int pfbd_queue_do_io(PfbdQueue *q, unsigned min_completions,
+                     unsigned max_completions, PfbdIoCounts *counts);
+
+/**
+ * pfbd_queue_completions_ready: true if pfbd_queue_do_io() would complete
  * at least one request now.  Cheap (no system call): for polling.
  */
 bool pfbd_queue_completions_ready(PfbdQueue *q);
 
 /**
- * pfbd_queue_reap: run the callbacks of up to @max completed requests
- * (@max 0 means no limit) without blocking.  Returns how many completed.
- */
-int pfbd_queue_reap(PfbdQueue *q, unsigned max);
-
-/**
  * pfbd_queue_inflight: the number of requests submitted whose callback has
- * not run yet.
+ * not run yet (in the engine, or waiting for room).
  */
 unsigned pfbd_queue_inflight(PfbdQueue *q);
 
 /**
- * pfbd_queue_drain: flush, then block until every request in flight has
- * completed, running their callbacks (including requests submitted by
- * those callbacks).
+ * pfbd_queue_drain: block until every request submitted has completed,
+ * running their callbacks (including requests submitted by those
+ * callbacks).
  */
 void pfbd_queue_drain(PfbdQueue *q);
 

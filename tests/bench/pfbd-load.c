@@ -146,13 +146,11 @@ static void *job_thread(void *opaque)
     for (i = 0; i < iodepth; i++) {
         submit(&j->reqs[i]);
     }
-    pfbd_queue_flush(j->q);
+    pfbd_queue_do_io(j->q, 0, 0, NULL);
     while (pfbd_queue_inflight(j->q) > 0) {
-        if (pfbd_queue_reap(j->q, 0) == 0 &&
-            !pfbd_queue_completions_ready(j->q)) {
-            poll(&pfd, 1, 100);
-        }
-        pfbd_queue_flush(j->q);
+        /* (The call sends again what the engine could not send) */
+        poll(&pfd, 1, 100);
+        pfbd_queue_do_io(j->q, 0, 0, NULL);
     }
     return NULL;
 }

@@ -266,12 +266,10 @@ static void run_queue(PfbdQueue *q)
 {
     struct pollfd pfd = { .fd = pfbd_queue_get_fd(q), .events = POLLIN };
 
-    g_assert_cmpint(pfbd_queue_flush(q), >=, 0);
+    g_assert_cmpint(pfbd_queue_do_io(q, 0, 0, NULL), ==, 0);
     while (pfbd_queue_inflight(q) > 0) {
-        if (pfbd_queue_reap(q, 0) == 0 && !pfbd_queue_completions_ready(q)) {
-            g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
-        }
-        pfbd_queue_flush(q);
+        g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
+        g_assert_cmpint(pfbd_queue_do_io(q, 0, 0, NULL), ==, 0);
     }
 }
 
@@ -422,7 +420,7 @@ static void test_many_in_flight(void)
     size_t len = 64 * KiB;
     g_autofree uint8_t *w = g_malloc(MANY * len);
     g_autofree uint8_t *r = g_malloc0(MANY * len);
-    Completion c[MANY] = { 0 };
+    Completion c[MANY] = { 0 }, extra = { 0 };
     struct iovec wv[MANY], rv[MANY];
     int i;
 
@@ -437,9 +435,13 @@ static void test_many_in_flight(void)
         g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, i * len, &wv[i], 1,
                                     len, 0, complete_cb, &c[i]), ==, 0);
     }
+    /* One more than the queue's depth waits for room */
     g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_WRITE, 0, &wv[0], 1, len, 0,
-                                complete_cb, &c[0]), ==, -EAGAIN);
+                                complete_cb, &extra), ==, 0);
+    g_assert_cmpuint(pfbd_queue_inflight(tv.q), ==, MANY + 1);
     run_queue(tv.q);
+    g_assert_cmpint(extra.count, ==, 1);
+    g_assert_cmpint(extra.ret, ==, 0);
     for (i = 0; i < MANY; i++) {
         g_assert_cmpint(c[i].count, ==, 1);
         g_assert_cmpint(c[i].ret, ==, 0);
@@ -470,17 +472,18 @@ static void test_completion_fd(void)
     struct iovec iov = { buf, sizeof(buf) };
     struct pollfd pfd;
     Completion c = { 0 };
+    PfbdIoCounts counts;
     int i;
 
     open_new(&tv, 16 * MiB, NULL, 1);
     pfd = (struct pollfd) { .fd = pfbd_queue_get_fd(tv.q), .events = POLLIN };
     g_assert_cmpint(pfbd_submit(tv.q, PFBD_OP_READ, 0, &iov, 1, sizeof(buf),
                                 0, complete_cb, &c), ==, 0);
-    g_assert_cmpint(pfbd_queue_flush(tv.q), ==, 1);
+    g_assert_cmpint(pfbd_queue_do_io(tv.q, 0, 0, &counts), ==, 0);
+    g_assert_cmpuint(counts.sent, ==, 1);
     for (i = 0; i < 1000 && c.count == 0; i++) {
         g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
-        pfbd_queue_reap(tv.q, 0);
-        pfbd_queue_flush(tv.q);
+        g_assert_cmpint(pfbd_queue_do_io(tv.q, 0, 0, NULL), ==, 0);
     }
     g_assert_cmpint(c.count, ==, 1);
     g_assert_cmpint(c.ret, ==, 0);
@@ -1274,14 +1277,11 @@ static void test_double_many_shards(void)
                                         pass ? &rv[i] : &wv[i], 1, 4096, 0,
                                         complete_cb, &c[i]), ==, 0);
         }
-        pfbd_queue_flush(tv.q);
+        g_assert_cmpint(pfbd_queue_do_io(tv.q, 0, 0, NULL), ==, 0);
         while (pfbd_queue_inflight(tv.q) > 0) {
             most = MAX(most, count_fds() - base);
-            if (pfbd_queue_reap(tv.q, 0) == 0 &&
-                !pfbd_queue_completions_ready(tv.q)) {
-                g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
-            }
-            pfbd_queue_flush(tv.q);
+            g_assert_cmpint(poll(&pfd, 1, 120000), ==, 1);
+            g_assert_cmpint(pfbd_queue_do_io(tv.q, 0, 0, NULL), ==, 0);
         }
     }
     for (i = 0; i < N; i++) {

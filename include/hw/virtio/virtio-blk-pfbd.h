@@ -93,7 +93,7 @@ typedef struct VirtIOBlockPfbdQueue {
     AioContext *ctx;
     PfbdQueue *pq;                  /* the engine's queue */
     EventNotifier completion;       /* wraps pfbd_queue_get_fd() */
-    QEMUTimer *retry_timer;         /* sends again after a failed submit */
+    QEMUTimer *retry_timer;         /* after a failed engine submit */
     unsigned int index;
     unsigned int used_pending;      /* filled in the used ring, not flushed */
     int64_t now_ns;                 /* get_clock() once per handler run */
@@ -103,19 +103,6 @@ typedef struct VirtIOBlockPfbdQueue {
      * queue runs, the main loop while it is stopped.
      */
     struct VirtIOBlockPfbdReq *parked;
-    /*
-     * Requests waiting for room in the engine queue (pfbd_submit()'s
-     * -EAGAIN), oldest first; at most the ring's size
-     */
-    QSIMPLEQ_HEAD(, VirtIOBlockPfbdReq) waiting;
-    /*
-     * fixed-buffers=on: the guest RAM changed (a DIMM came or went); the
-     * queue registers @ram_next with its engine queue once no request is
-     * in flight, and sends nothing before
-     */
-    bool ram_change;
-    struct iovec *ram_next;
-    unsigned int ram_next_count;
     char *iothread_name;            /* for the stats; "main-loop" if none */
     VirtIOBlockPfbdQueueStats stats;
 } VirtIOBlockPfbdQueue;
@@ -133,9 +120,7 @@ struct VirtIOBlockPfbd {
     NotifierWithReturn lock_migration;  /* passes them on to migrate */
     bool locked;                /* the image locks are taken */
     bool migrating;             /* a migration of this VM is under way */
-    PfbdVolumeInfo info;
-    uint64_t capacity;              /* in 512-byte sectors */
-    unsigned int sector_mask;       /* logical block size in sectors - 1 */
+    PfbdVolumeInfo info;            /* at open; the size may change */
     uint32_t seg_max;               /* data segments per request */
     uint64_t max_request_bytes;     /* seg_max x size_max */
     bool writeback;                 /* guest-visible write cache enabled */
@@ -173,7 +158,7 @@ typedef struct VirtIOBlockPfbdReq {
     uint64_t bytes;                 /* data bytes of a read or write */
     int64_t start_ns;               /* queue's now_ns when it was popped */
     uint32_t type;
-    /* What went to the engine, to send it again after an error stop */
+    /* What went to libpfbd, to send it again after an error stop */
     PfbdOp op;
     const struct iovec *iov;
     int iovcnt;
@@ -181,7 +166,6 @@ typedef struct VirtIOBlockPfbdReq {
     unsigned int flags;
     struct VirtIOBlockPfbdReq *next_parked;
     bool migrated;                  /* parked on a migration's source */
-    QSIMPLEQ_ENTRY(VirtIOBlockPfbdReq) next_waiting;
 } VirtIOBlockPfbdReq;
 
 /* hw/block/virtio-blk-pfbd-volumes.c: volumes of QMP pfbd-volume-open */
@@ -205,6 +189,5 @@ void virtio_blk_pfbd_stats_class_init(ObjectClass *klass);
 /* hw/block/virtio-blk-pfbd-ram.c: fixed-buffers=on */
 bool virtio_blk_pfbd_register_ram(VirtIOBlockPfbd *s, Error **errp);
 void virtio_blk_pfbd_unregister_ram(VirtIOBlockPfbd *s);
-bool virtio_blk_pfbd_apply_ram(VirtIOBlockPfbdQueue *q);
 
 #endif
