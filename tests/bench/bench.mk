@@ -10,6 +10,8 @@
 #                         and docs/benchmarks.md
 #   make bench QUICK=1    a subset in under 3 minutes (no docs/ update)
 #   make bench-rig        only build $(BUILD)/bench/pfbd-rig
+#   make bench-ab BEFORE=path/to/qemu-system-x86_64
+#                         virtio-blk-pfbd with two QEMU binaries, side by side
 #   make bench-deps       install what the report needs (matplotlib, fio)
 #
 # BENCH_ARGS passes more options to tests/bench/bench.py (see --help).
@@ -35,10 +37,18 @@ BENCH_LOAD := $(BUILD)/bench/pfbd-load
 PFBD_LIBS := $(foreach l,uring rbd rados zookeeper_mt,$(if $(wildcard \
 	/usr/lib/$(shell gcc -print-multiarch)/lib$(l).so),-l$(l)))
 
-$(BENCH_LOAD): tests/bench/pfbd-load.c $(QB)/block/pfbd/libpfbd.a
+$(BENCH_LOAD): tests/bench/pfbd-load.c $(QB)/subprojects/libpfbd/libpfbd.a
 	@mkdir -p $(dir $@)
-	$(BENCH_CC) $(BENCH_CFLAGS) -Iinclude -o $@ $< \
-		$(QB)/block/pfbd/libpfbd.a $(PFBD_LIBS) -lpthread
+	$(BENCH_CC) $(BENCH_CFLAGS) -Isubprojects/libpfbd -o $@ $< \
+		$(QB)/subprojects/libpfbd/libpfbd.a $(PFBD_LIBS) -lpthread
+
+# make bench-ab BEFORE=QEMU [AFTER=QEMU]: virtio-blk-pfbd in the rig with
+# two QEMU binaries side by side, runs interleaved (tests/bench/ab.py), for
+# a change made for speed or one that might cost it
+.PHONY: bench-ab
+bench-ab: build $(BENCH_RIG)
+	$(PYTHON) tests/bench/ab.py --before $(BEFORE) \
+		$(if $(AFTER),--after $(AFTER)) --rig $(BENCH_RIG) $(BENCH_ARGS)
 
 # matplotlib draws the plot (bench.py goes on without it); fio is the host
 # limit and runs in the guest.  Both from Debian's archive.

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/resource.h>
-#include "block/pfbd.h"
+#include "pfbd.h"
 
 typedef struct Job Job;
 

@@ -31,7 +31,7 @@
 #define THREADED            /* the synchronous API of zookeeper_mt */
 #include <zookeeper/zookeeper.h>
 #endif
-#include "block/pfbd.h"
+#include "pfbd.h"
 
 #define KiB 1024ull
 #define MiB (1024 * KiB)

@@ -35,8 +35,8 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 #endif
-#include "block/pfbd.h"
-#include "../../block/pfbd/pfbd-int.h"     /* pfbd_iov_seek() */
+#include "pfbd.h"
+#include "pfbd-int.h"     /* pfbd_iov_seek() */
 
 #define MiB (1024 * 1024)
 

@@ -19,7 +19,7 @@
 #include "qom/object.h"
 #include "qapi/qapi-types-virtio.h"
 #include "qapi/qapi-types-block-core.h"
-#include "block/pfbd.h"
+#include "pfbd.h"
 
 #define TYPE_VIRTIO_BLK_PFBD "virtio-blk-pfbd-device"
 OBJECT_DECLARE_SIMPLE_TYPE(VirtIOBlockPfbd, VIRTIO_BLK_PFBD)

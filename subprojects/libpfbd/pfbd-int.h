@@ -17,7 +17,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
-#include "block/pfbd.h"
+#include "pfbd.h"
 
 typedef struct PfbdEngine PfbdEngine;
 

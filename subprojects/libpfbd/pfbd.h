@@ -8,7 +8,7 @@
  * A volume is opened once per device; each virtqueue gets its own PfbdQueue,
  * owned by the one thread that serves that virtqueue.  The library has no
  * global state and includes no QEMU header: it is a storage client that
- * other programs can link (tests/unit/test-pfbd does), and must stay one.
+ * other programs can link (its unit tests do), and must stay one.
  *
  * Threading: pfbd_volume_*() may be called from any thread, but not
  * concurrently with each other or while queues of the volume exist (except
