@@ -6,7 +6,6 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
-#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -625,14 +624,13 @@ static unsigned pfbd_send_waiting(PfbdQueue *q)
         if (ret == PFBD_WAITING_SEND) {
             ret = pfbd_engine_submit(q, w->op, w->offset, w->iov, w->iovcnt,
                                      w->len, w->flags, w->cb, w->opaque);
-            if (ret == -EAGAIN) {
-                /*
-                 * Room comes with a completion: with none in flight, the
-                 * engine takes any request
-                 */
-                assert(q->inflight > 0);
-                break;
+            if (ret == -EAGAIN && q->inflight > 0) {
+                break;      /* room comes with a completion */
             }
+            /*
+             * (With none in flight every engine takes any request: should
+             * one not, no completion will make room, and it fails now)
+             */
         }
         q->waiting = w->next;
         if (!q->waiting) {
