@@ -1728,6 +1728,19 @@ static void check_registered_write(PfbdQueue *q, uint8_t *mem)
     free(rbuf);
 }
 
+/*
+ * @mem is registered with @q: a read into it goes through the pages
+ * pinned at the registration, so that after remap_zero() the process
+ * sees zeros where the read went
+ */
+static void check_read_into_pinned(PfbdQueue *q, uint8_t *mem)
+{
+    remap_zero(mem);
+    g_assert_cmpint(do_rw(q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
+                          0), ==, 0);
+    g_assert_true(is_zero(mem, sizeof(mem_pattern)));
+}
+
 typedef struct MemThread {
     TestVolume *tv;
     uint8_t *mem;
@@ -1762,10 +1775,7 @@ static void test_file_register_memory(void)
     check_registered_write(tv.q, mem);
 
     /* A read into registered memory goes through the registration */
-    remap_zero(mem);
-    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
-                          0), ==, 0);
-    g_assert_true(is_zero(mem, sizeof(mem_pattern)));
+    check_read_into_pinned(tv.q, mem);
 
     /* Two buffers, or one that sticks out, are sent as before */
     reg.iov_len = MEM_LEN - 4096;
@@ -1811,11 +1821,8 @@ static void test_file_register_memory(void)
     g_assert_cmpint(trace_seen.registered, ==, 1);
     g_assert_cmpint(trace_seen.registered_ret, ==, 0);
     g_assert_true(memcmp(mem, mem_pattern, sizeof(mem_pattern)) == 0);
-    /* Registered now: a read goes into the pages pinned then */
-    remap_zero(mem);
-    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
-                          0), ==, 0);
-    g_assert_true(is_zero(mem, sizeof(mem_pattern)));
+    /* Registered now */
+    check_read_into_pinned(tv.q, mem);
 
     /*
      * _later(): made before the next request, not at once; unregistering
@@ -1831,10 +1838,7 @@ static void test_file_register_memory(void)
     g_assert_cmpint(trace_seen.registered_ret, ==, 0);
     /* Registered before the read: its pages are the ones read into */
     g_assert_true(memcmp(mem, mem_pattern, sizeof(mem_pattern)) == 0);
-    remap_zero(mem);
-    g_assert_cmpint(do_rw(tv.q, PFBD_OP_READ, 0, mem, sizeof(mem_pattern),
-                          0), ==, 0);
-    g_assert_true(is_zero(mem, sizeof(mem_pattern)));
+    check_read_into_pinned(tv.q, mem);
 
     /* A queue that moves to another thread keeps its registration */
     g_assert_cmpint(pfbd_queue_register_memory(tv.q, &reg, 1), ==, 0);
